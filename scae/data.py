@@ -1,0 +1,180 @@
+"""From AnnData to tensors: validated matrix, batch codes and a row source on the training device."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+logger = logging.getLogger("scae")
+
+#: Inputs whose dense float32 copy is below this many bytes are densified once on the device.
+DENSE_BUDGET_BYTES = 4 * 1024**3
+#: Absolute input values above this suggest an untransformed matrix.
+LARGE_VALUE_WARNING = 20.0
+
+
+def get_matrix(adata: AnnData, layer: str | None):
+    """Return ``adata.X`` or ``adata.layers[layer]``, with a clear error for a missing layer."""
+    if layer is None:
+        X = adata.X
+    else:
+        if layer not in adata.layers:
+            msg = f"layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())})"
+            raise ValueError(msg)
+        X = adata.layers[layer]
+    if X is None:
+        msg = "adata.X is None: pass `layer=` naming a layer that holds the data"
+        raise ValueError(msg)
+    return X
+
+
+def validate_matrix(X, *, where: str) -> None:
+    """Raise ``ValueError`` for empty, non-numeric or non-finite data; warn for very large values."""
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        msg = f"{where} is empty (shape {X.shape}); scae needs at least one cell and one feature"
+        raise ValueError(msg)
+    dtype = X.dtype
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)) or np.issubdtype(dtype, np.complexfloating):
+        msg = f"{where} has non-numeric dtype {dtype}; scae needs a real-valued numeric matrix"
+        raise ValueError(msg)
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    n_bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if n_bad:
+        n_nan = int(np.count_nonzero(np.isnan(values)))
+        msg = f"{where} contains {n_nan} NaN and {n_bad - n_nan} infinite values; remove or impute them first"
+        raise ValueError(msg)
+
+
+def warn_if_untransformed(X, *, where: str) -> None:
+    """Log a warning when values look untransformed (SAUCIE users often hit NaNs/one giant cluster there)."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if values.size and float(np.abs(values).max()) > LARGE_VALUE_WARNING:
+        logger.warning(
+            "%s has values up to %.3g: scae expects transformed data (arcsinh for cytometry, "
+            "log1p of normalized counts for RNA); see `scae.pp.arcsinh`. Features are standardized internally.",
+            where,
+            float(np.abs(values).max()),
+        )
+
+
+def feature_moments(X) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (constant features get std 1), without densifying."""
+    if sp.issparse(X):
+        mean = np.asarray(X.mean(0), dtype=np.float64).ravel()
+        sq = np.asarray(X.multiply(X).mean(0), dtype=np.float64).ravel()
+    else:
+        Xd = np.asarray(X, dtype=np.float64)
+        mean = Xd.mean(0)
+        sq = (Xd**2).mean(0)
+    std = np.sqrt(np.clip(sq - mean**2, 0, None))
+    std[std < 1e-6] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+@dataclass
+class BatchInfo:
+    """Batch codes of the cells and the reference batch."""
+
+    codes: np.ndarray  # int64 (n_cells,)
+    categories: list[str]
+    reference: int
+
+
+def get_batches(adata: AnnData, batch_key: str | None, reference_batch=None, *, min_cells: int = 2) -> BatchInfo | None:
+    """Read ``adata.obs[batch_key]`` into integer codes, checking for missing values and tiny batches."""
+    if batch_key is None:
+        if reference_batch is not None:
+            msg = "`reference_batch` was given without `batch_key`"
+            raise ValueError(msg)
+        return None
+    if batch_key not in adata.obs.columns:
+        msg = f"batch_key {batch_key!r} not found in adata.obs (columns: {list(adata.obs.columns)})"
+        raise ValueError(msg)
+    col = adata.obs[batch_key]
+    if col.isna().any():
+        msg = f"adata.obs[{batch_key!r}] has {int(col.isna().sum())} missing values; every cell needs a batch"
+        raise ValueError(msg)
+    cat = pd.Categorical(col.astype(str))
+    cat = cat.remove_unused_categories()
+    categories = [str(c) for c in cat.categories]
+    codes = np.asarray(cat.codes, dtype=np.int64)
+    counts = np.bincount(codes, minlength=len(categories))
+    small = [f"{c!r} ({n} cells)" for c, n in zip(categories, counts, strict=True) if n < min_cells]
+    if small:
+        msg = f"batches of adata.obs[{batch_key!r}] with fewer than {min_cells} cells: {', '.join(small)}"
+        raise ValueError(msg)
+    if reference_batch is None:
+        reference = int(np.argmax(counts))
+    else:
+        if str(reference_batch) not in categories:
+            msg = f"reference_batch {reference_batch!r} is not a batch of adata.obs[{batch_key!r}] ({categories})"
+            raise ValueError(msg)
+        reference = categories.index(str(reference_batch))
+    return BatchInfo(codes=codes, categories=categories, reference=reference)
+
+
+class RowSource:
+    """Rows of the input matrix held on the training device, gathered by an index tensor on that device.
+
+    Dense matrices (and sparse ones whose dense copy fits ``DENSE_BUDGET_BYTES``) are stored as one dense
+    float32 tensor; larger sparse matrices are stored as a sparse COO tensor and densified per minibatch.
+    """
+
+    def __init__(self, X, device: torch.device) -> None:
+        self.shape = X.shape
+        self.device = device
+        dense_bytes = X.shape[0] * X.shape[1] * 4
+        self._sparse = None
+        self._dense = None
+        if sp.issparse(X) and dense_bytes > DENSE_BUDGET_BYTES:
+            coo = sp.coo_matrix(X)
+            idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+            vals = torch.from_numpy(coo.data.astype(np.float32))
+            self._sparse = torch.sparse_coo_tensor(idx, vals, X.shape).coalesce().to(device)
+        else:
+            if sp.issparse(X):
+                arr = np.empty(X.shape, dtype=np.float32)
+                step = max(1, int(2**26 // max(1, X.shape[1])))
+                for start in range(0, X.shape[0], step):
+                    arr[start : start + step] = X[start : start + step].toarray()
+            else:
+                arr = np.ascontiguousarray(X, dtype=np.float32)
+            self._dense = torch.from_numpy(arr).to(device)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Dense float32 rows ``idx`` (a long tensor on the device)."""
+        if self._dense is not None:
+            return self._dense.index_select(0, idx)
+        return self._sparse.index_select(0, idx).to_dense()
+
+    def chunks(self, chunk_size: int):
+        """Yield consecutive dense row blocks (for inference)."""
+        for start in range(0, len(self), chunk_size):
+            idx = torch.arange(start, min(start + chunk_size, len(self)), device=self.device)
+            yield self.rows(idx)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; otherwise ``torch.device(device)`` with a clear error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        msg = f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        raise ValueError(msg) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        msg = f"device {device!r} requested but CUDA is not available on this machine; use device='auto' or 'cpu'"
+        raise ValueError(msg)
+    return dev

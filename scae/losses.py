@@ -1,0 +1,128 @@
+"""Loss terms of scae as pure functions of tensors (one function per term)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_EPS = 1e-8
+# Bandwidths of the multi-scale Gaussian kernel, applied to squared distances rescaled to [0, 1].
+MMD_SCALES: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 5.0, 10.0)
+
+
+def squared_distances(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """Pairwise squared Euclidean distances via one matrix product (no square root, finite gradients)."""
+    b = a if b is None else b
+    d2 = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1).unsqueeze(0) - 2.0 * (a @ b.T)
+    return d2.clamp_min(0.0)
+
+
+def mse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all entries."""
+    return torch.mean((x - x_hat) ** 2)
+
+
+def id_regularization(codes: torch.Tensor) -> torch.Tensor:
+    """Information dimension (entropy) of the clustering layer, SAUCIE's ``lambda_c`` term.
+
+    Activations are divided by their minibatch maximum, summed per unit over the minibatch, and the sums
+    normalized to a distribution over units; its entropy is small when few units are in use.
+
+    Parameters
+    ----------
+    codes
+        Non-negative activations, shape ``(n_cells, n_units)``.
+    """
+    a = codes / (codes.max() + _EPS)
+    mass = a.sum(0)
+    p = mass / (mass.sum() + _EPS)
+    return -(p * torch.log(p + _EPS)).sum()
+
+
+def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Input-space distance between cells that share a code, SAUCIE's ``lambda_d`` term.
+
+    The code of each cell is its activation pattern divided by the minibatch maximum; two cells share a
+    code to the degree ``exp(-||a_i - a_j||^2)``. The loss is the similarity-weighted mean squared input
+    distance of pairs divided by the mean squared distance of all pairs: 1 when codes ignore the data,
+    towards 0 when cells sharing a code are close in input space.
+
+    Parameters
+    ----------
+    x
+        Inputs (standardized), shape ``(n_cells, n_features)``.
+    codes
+        Clustering-layer activations, shape ``(n_cells, n_units)``.
+    """
+    a = codes / (codes.max() + _EPS)
+    same = torch.exp(-squared_distances(a))
+    dist = squared_distances(x)
+    return (same * dist).sum() / (same.sum() + _EPS) / (dist.mean().detach() + _EPS)
+
+
+def gaussian_kernel_matrix(d2: torch.Tensor, scales: Sequence[float] = MMD_SCALES) -> torch.Tensor:
+    """Sum of Gaussian kernels ``exp(-d2 / s)`` over bandwidths ``s``."""
+    k = torch.zeros_like(d2)
+    for s in scales:
+        k = k + torch.exp(-d2 / s)
+    return k
+
+
+def mmd(
+    embedding: torch.Tensor,
+    batch: torch.Tensor,
+    *,
+    reference: int,
+    n_batches: int,
+    scales: Sequence[float] = MMD_SCALES,
+) -> torch.Tensor:
+    """Sum over non-reference batches of the squared MMD to the reference batch, SAUCIE's ``lambda_b`` term.
+
+    Squared distances are rescaled to [0, 1] by their minibatch maximum before the multi-scale Gaussian
+    kernel, so the bandwidths are relative to the data's spread.
+
+    Parameters
+    ----------
+    embedding
+        Points, shape ``(n_cells, n_dims)``.
+    batch
+        Integer batch code per cell, shape ``(n_cells,)``.
+    reference
+        Code of the reference batch.
+    n_batches
+        Number of batch codes (``0 .. n_batches - 1``).
+    """
+    d2 = squared_distances(embedding)
+    d2 = d2 / (d2.max().detach() + _EPS)
+    k = gaussian_kernel_matrix(d2, scales)
+    onehot = torch.nn.functional.one_hot(batch, n_batches).to(k.dtype)  # (n, B)
+    counts = onehot.sum(0)  # (B,)
+    present = counts > 0
+    w = onehot / counts.clamp_min(1.0)  # column b averages over batch b
+    block = w.T @ k @ w  # (B, B) mean kernel between batches
+    diag = torch.diagonal(block)
+    per_batch = diag + block[reference, reference] - 2 * block[:, reference]
+    keep = present & present[reference]
+    keep = keep & (torch.arange(n_batches, device=batch.device) != reference)
+    return torch.where(keep, per_batch, torch.zeros_like(per_batch)).sum()
+
+
+def batch_standardized_mse(
+    x: torch.Tensor, x_hat: torch.Tensor, batch: torch.Tensor, *, n_batches: int
+) -> torch.Tensor:
+    """MSE between per-batch z-scored inputs and per-batch z-scored outputs.
+
+    Used for non-reference batches when correcting batches: the network may shift and rescale a batch as a
+    whole but must keep its internal structure.
+    """
+    onehot = torch.nn.functional.one_hot(batch, n_batches).to(x.dtype)
+    counts = onehot.sum(0).clamp_min(1.0).unsqueeze(1)  # (B, 1)
+
+    def zscore(v: torch.Tensor) -> torch.Tensor:
+        mean = (onehot.T @ v) / counts
+        var = (onehot.T @ v.pow(2)) / counts - mean.pow(2)
+        std = var.clamp_min(0).add(1e-4).sqrt()
+        return (v - onehot @ mean) / (onehot @ std)
+
+    return mse(zscore(x), zscore(x_hat))

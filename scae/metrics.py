@@ -1,0 +1,48 @@
+"""Evaluation helpers: Hungarian-matched F1 (FlowCAP / Weber & Robinson), ARI, NMI, kNN label accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
+
+
+def hungarian_f1(labels_true, labels_pred) -> float:
+    """Mean F1 over true populations after one-to-one Hungarian matching of clusters to populations.
+
+    Each true population is matched to at most one cluster so that the summed F1 is maximal; unmatched
+    populations score 0 (Weber & Robinson 2016, Cytometry A 89:1084).
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        Arrays of shape ``(n_cells,)``.
+    """
+    t = pd.Categorical(np.asarray(labels_true))
+    p = pd.Categorical(np.asarray(labels_pred))
+    cont = pd.crosstab(t.codes, p.codes).to_numpy().astype(np.float64)  # (n_true, n_pred)
+    size_t = cont.sum(1, keepdims=True)
+    size_p = cont.sum(0, keepdims=True)
+    f1 = 2 * cont / (size_t + size_p)
+    rows, cols = linear_sum_assignment(-f1)
+    return float(f1[rows, cols].sum() / f1.shape[0])
+
+
+def cluster_scores(labels_true, labels_pred) -> dict[str, float]:
+    """F1 (Hungarian), ARI and NMI of a clustering against reference labels."""
+    return {
+        "f1": hungarian_f1(labels_true, labels_pred),
+        "ari": float(adjusted_rand_score(labels_true, labels_pred)),
+        "nmi": float(normalized_mutual_info_score(labels_true, labels_pred)),
+        "n_clusters": int(pd.Series(np.asarray(labels_pred)).nunique()),
+    }
+
+
+def knn_accuracy(embedding: np.ndarray, labels, *, k: int = 15, cv: int = 5, random_state: int = 0) -> float:
+    """Cross-validated k-nearest-neighbour accuracy of ``labels`` in ``embedding`` (how well it keeps them apart)."""
+    clf = KNeighborsClassifier(n_neighbors=k)
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
+    return float(cross_val_score(clf, embedding, np.asarray(labels), cv=folds).mean())

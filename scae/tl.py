@@ -1,0 +1,180 @@
+"""Scanpy-style tools: ``scae.tl.fit`` writes every output of one training run into the AnnData."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from ._model import SAUCIE
+
+logger = logging.getLogger("scae")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("scae", "torch", "anndata", "scanpy", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def fit(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    reference_batch: str | None = None,
+    max_epochs: int | None = None,
+    hidden: Sequence[int] = (512, 256, 128),
+    lambda_b: float = 0.1,
+    lambda_c: float = 0.1,
+    lambda_d: float = 0.2,
+    learning_rate: float = 1e-3,
+    batch_size: int = 256,
+    merge_threshold: float | None = 2.0,
+    n_clusters: int | None = None,
+    min_cluster_size: int | None = None,
+    impute: bool = True,
+    random_state: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    key_added: str = "scae",
+    copy: bool = False,
+) -> AnnData | None:
+    """Train one SAUCIE-style autoencoder and write embedding, codes, clusters and imputed values.
+
+    Parameters
+    ----------
+    adata
+        Cells × features, transformed (arcsinh for cytometry, log-normalized for RNA). Dense or sparse.
+    layer
+        Layer to use instead of ``adata.X``.
+    batch_key
+        Column of ``adata.obs`` whose batches are corrected by MMD in the embedding.
+    reference_batch
+        Batch the others are moved onto; default the largest.
+    max_epochs
+        Passes over the data; default gives about 3000 optimizer steps.
+    hidden
+        Encoder widths (decoder mirrors them; its last hidden layer is the clustering layer).
+    lambda_b, lambda_c, lambda_d
+        Weights of MMD batch correction, ID regularization and within-cluster distance (see :class:`scae.SAUCIE`).
+    learning_rate
+        Adam learning rate.
+    batch_size
+        Minibatch size.
+    merge_threshold, n_clusters, min_cluster_size
+        Granularity of the clusters (see :meth:`scae.SAUCIE.get_clusters`).
+    impute
+        Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix).
+    random_state
+        Seed; the same seed and device type give the same results.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    progress
+        Show a progress bar.
+    key_added
+        Prefix of every key written.
+    copy
+        Return a new AnnData instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or a new AnnData when ``copy=True``. Writes:
+
+    ``obsm[f"X_{key_added}"]``
+        2-D embedding (batch-corrected with ``batch_key``).
+    ``obsm[f"X_{key_added}_codes"]``
+        Clustering-layer activations, float32.
+    ``obs[f"{key_added}_cluster"]``
+        Categorical cluster labels.
+    ``layers[f"{key_added}_imputed"]``
+        Reconstruction in input units (with ``impute=True``).
+    ``layers[f"{key_added}_corrected"]``
+        Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
+    ``uns[key_added]``
+        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``.
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.cytonorm()
+    >>> scae.tl.fit(adata, batch_key="batch", max_epochs=5, progress=False)
+    >>> adata.obs["scae_cluster"].cat.categories.size > 1
+    True
+    """
+    params = dict(locals())
+    params.pop("adata")
+    params["hidden"] = list(hidden)
+    t0 = time.perf_counter()
+    model = SAUCIE(
+        adata,
+        layer=layer,
+        batch_key=batch_key,
+        reference_batch=reference_batch,
+        hidden=hidden,
+        lambda_b=lambda_b,
+        lambda_c=lambda_c,
+        lambda_d=lambda_d,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        random_state=random_state,
+        device=device,
+    )
+    model.train(max_epochs, progress=progress)
+    embedding = model.get_embedding()
+    codes = model.get_codes()
+    t_cluster = time.perf_counter()
+    labels = model.get_clusters(merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size)
+    t_cluster = time.perf_counter() - t_cluster
+    imputed = model.get_reconstruction() if impute else None
+    corrected = model.get_reconstruction(corrected=True) if batch_key is not None else None
+
+    adata = adata.copy() if copy else adata
+    adata.obsm[f"X_{key_added}"] = embedding
+    adata.obsm[f"X_{key_added}_codes"] = codes
+    n_clusters_found = int(labels.max()) + 1
+    adata.obs[f"{key_added}_cluster"] = pd.Categorical(
+        labels.astype(str), categories=[str(i) for i in range(n_clusters_found)]
+    )
+    if imputed is not None:
+        adata.layers[f"{key_added}_imputed"] = imputed
+    if corrected is not None:
+        adata.layers[f"{key_added}_corrected"] = corrected
+    runtime = dict(model.runtime)
+    runtime["cluster_s"] = t_cluster
+    runtime["total_s"] = time.perf_counter() - t0
+    adata.uns[key_added] = {
+        "params": params,
+        "history": {k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()},
+        "versions": _versions(),
+        "seed": int(random_state),
+        "device": str(model.device),
+        "runtime": runtime,
+        "n_clusters": n_clusters_found,
+        "input_sparse": bool(sp.issparse(model._X)),
+    }
+    if model.batches is not None:
+        adata.uns[key_added]["batch_categories"] = list(model.batches.categories)
+        adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]
+    logger.info(
+        "scae: %d clusters; added obsm %r, %r, obs %r, layers%s, uns %r (%.1fs)",
+        n_clusters_found,
+        f"X_{key_added}",
+        f"X_{key_added}_codes",
+        f"{key_added}_cluster",
+        "" if imputed is None else f" {key_added}_imputed",
+        key_added,
+        runtime["total_s"],
+    )
+    return adata if copy else None

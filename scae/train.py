@@ -1,0 +1,164 @@
+"""The training loop (pure torch): minibatches drawn on the device, per-term loss history per epoch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import losses
+from .nn.network import SAUCIENet
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms (names follow the SAUCIE paper)."""
+
+    lambda_b: float = 0.1
+    lambda_c: float = 0.1
+    lambda_d: float = 0.2
+    nonref_weight: float = 1.0
+
+
+class Sampler:
+    """Draws minibatch indices on the device; stratified by batch when batch codes are given.
+
+    Without batches, each epoch is a random permutation cut into minibatches. With batches, every
+    minibatch holds the same number of cells from each batch (drawn with replacement within a batch), so
+    small batches are always present next to the reference.
+    """
+
+    def __init__(
+        self,
+        n_cells: int,
+        batch_size: int,
+        *,
+        batch_codes: torch.Tensor | None,
+        n_batches: int,
+        generator: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        self.n_cells = n_cells
+        self.batch_size = min(batch_size, n_cells)
+        self.generator = generator
+        self.device = device
+        self.batch_codes = batch_codes
+        self.steps_per_epoch = max(1, math.ceil(n_cells / self.batch_size))
+        if batch_codes is not None:
+            order = torch.argsort(batch_codes, stable=True)
+            counts = torch.bincount(batch_codes, minlength=n_batches)
+            self._order = order
+            self._sizes = counts.to(torch.float32)
+            self._starts = torch.cumsum(counts, 0) - counts
+            per_batch = max(1, self.batch_size // n_batches)
+            self._which = torch.arange(n_batches, device=device).repeat_interleave(per_batch)
+
+    def epoch(self):
+        """Yield the index tensors of one epoch."""
+        if self.batch_codes is None:
+            perm = torch.randperm(self.n_cells, generator=self.generator, device=self.device)
+            for s in range(self.steps_per_epoch):
+                yield perm[s * self.batch_size : (s + 1) * self.batch_size]
+            return
+        for _ in range(self.steps_per_epoch):
+            u = torch.rand(self._which.shape[0], generator=self.generator, device=self.device)
+            pos = self._starts[self._which] + (u * self._sizes[self._which]).long()
+            yield self._order[pos]
+
+
+def compute_losses(
+    net: SAUCIENet,
+    x: torch.Tensor,
+    batch: torch.Tensor | None,
+    *,
+    weights: LossWeights,
+    reference: int,
+    n_batches: int,
+) -> dict[str, torch.Tensor]:
+    """All loss terms for one minibatch ``x`` (input units); key ``"total"`` is the weighted sum."""
+    z = net.standardize(x)
+    out = net(x)
+    terms: dict[str, torch.Tensor] = {}
+    if batch is None or weights.lambda_b == 0:
+        terms["reconstruction"] = losses.mse(z, out.reconstruction)
+    else:
+        is_ref = (batch == reference).to(z.dtype)
+        row_err = (z - out.reconstruction).pow(2).mean(1)
+        ref_term = (row_err * is_ref).sum() / is_ref.sum().clamp_min(1.0)
+        z_nonref = losses.batch_standardized_mse(z, out.reconstruction, batch, n_batches=n_batches)
+        terms["reconstruction"] = ref_term + weights.nonref_weight * z_nonref
+        terms["mmd"] = losses.mmd(out.embedding, batch, reference=reference, n_batches=n_batches)
+    if weights.lambda_c > 0:
+        terms["id_regularization"] = losses.id_regularization(out.codes)
+    if weights.lambda_d > 0:
+        terms["within_cluster"] = losses.within_cluster_distance(z, out.codes)
+    total = terms["reconstruction"]
+    for name, lam in (("mmd", weights.lambda_b), ("id_regularization", weights.lambda_c), ("within_cluster", weights.lambda_d)):
+        if name in terms:
+            total = total + lam * terms[name]
+    terms["total"] = total
+    return terms
+
+
+def train_net(
+    net: SAUCIENet,
+    source,
+    *,
+    batch_codes: torch.Tensor | None,
+    n_batches: int,
+    reference: int,
+    weights: LossWeights,
+    max_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    generator: torch.Generator,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Train ``net`` on rows of ``source`` and return the per-epoch mean of every loss term.
+
+    Loss values stay on the device during an epoch and are read once at its end, so the training step
+    never waits for the host.
+    """
+    device = next(net.parameters()).device
+    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    sampler = Sampler(
+        len(source), batch_size, batch_codes=batch_codes, n_batches=n_batches, generator=generator, device=device
+    )
+    history: dict[str, list[float]] = {}
+    net.train()
+    bar = tqdm(range(max_epochs), desc="scae", unit="epoch", disable=not progress, leave=False)
+    for _ in bar:
+        sums: dict[str, torch.Tensor] = {}
+        for idx in sampler.epoch():
+            x = source.rows(idx)
+            b = None if batch_codes is None else batch_codes.index_select(0, idx)
+            terms = compute_losses(net, x, b, weights=weights, reference=reference, n_batches=n_batches)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+        means = {k: float(v) / sampler.steps_per_epoch for k, v in sums.items()}
+        for k, v in means.items():
+            history.setdefault(k, []).append(v)
+        if not all(math.isfinite(v) for v in means.values()):
+            msg = f"training diverged (non-finite loss {means}); lower `learning_rate` or check the input transform"
+            raise FloatingPointError(msg)
+        bar.set_postfix(loss=f"{means['total']:.4f}")
+    net.eval()
+    return history
+
+
+@torch.no_grad()
+def infer(net: SAUCIENet, source, *, chunk_size: int = 65536) -> dict[str, torch.Tensor]:
+    """Embedding, codes and reconstruction (input units) of every row, gathered on the CPU."""
+    net.eval()
+    parts: dict[str, list[torch.Tensor]] = {"embedding": [], "codes": [], "reconstruction": []}
+    for x in source.chunks(chunk_size):
+        out = net(x)
+        parts["embedding"].append(out.embedding.cpu())
+        parts["codes"].append(out.codes.cpu())
+        parts["reconstruction"].append(net.to_input_units(out.reconstruction).cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}

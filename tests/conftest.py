@@ -1,0 +1,75 @@
+"""Shared fixtures: real data from the shared data directory, fitted once per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scae
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    try:
+        return scae.datasets.shared_data_dir()
+    except FileNotFoundError as e:  # pragma: no cover - CI and dev machines have ../shared/data
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def flow(data_dir):
+    """FlowSOM BAL flow data, 8 marker channels, 7 manual gates."""
+    return scae.datasets.flowsom_bal(data_dir)
+
+
+@pytest.fixture(scope="session")
+def flow_fitted(flow):
+    """One default fit of the flow data (about a minute on 2 cores), shared by the contract/quality tests."""
+    adata = flow.copy()
+    scae.tl.fit(adata, random_state=0, progress=False)
+    return adata
+
+
+@pytest.fixture(scope="session")
+def levine(data_dir):
+    """Levine 2015 CyTOF, 3,000 cells × 23 markers, 3 PhenoGraph groups."""
+    return scae.datasets.levine3k(data_dir)
+
+
+@pytest.fixture
+def small(levine):
+    """600 real CyTOF cells (a copy per test)."""
+    rng = np.random.default_rng(0)
+    return levine[np.sort(rng.choice(levine.n_obs, 600, replace=False))].copy()
+
+
+def _snapshot(adata):
+    """Everything a failed call must leave unchanged."""
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.array(adata.X, copy=True)
+    return {
+        "X": X,
+        "obs": adata.obs.copy(),
+        "obsm": sorted(adata.obsm.keys()),
+        "layers": sorted(adata.layers.keys()),
+        "uns": sorted(adata.uns.keys()),
+    }
+
+
+def _assert_unchanged(adata, snap):
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    np.testing.assert_array_equal(X, snap["X"])
+    assert adata.obs.equals(snap["obs"])
+    assert sorted(adata.obsm.keys()) == snap["obsm"]
+    assert sorted(adata.layers.keys()) == snap["layers"]
+    assert sorted(adata.uns.keys()) == snap["uns"]
+
+
+@pytest.fixture
+def guard():
+    """``check = guard(adata)`` records the AnnData; ``check()`` asserts nothing changed since."""
+
+    def make(adata):
+        snap = _snapshot(adata)
+        return lambda: _assert_unchanged(adata, snap)
+
+    return make

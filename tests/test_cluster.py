@@ -1,0 +1,33 @@
+import numpy as np
+
+from scae import cluster
+
+
+def test_hash_codes_groups_identical_codes_in_order_of_appearance():
+    rng = np.random.default_rng(0)
+    codes = rng.random((200, 70)) > 0.5  # 70 units → two 64-bit words
+    rows = rng.integers(0, 5, size=1000)
+    ids = cluster.hash_codes(codes[rows])
+    _, first = np.unique(rows, return_index=True)
+    assert len(np.unique(ids)) == 5
+    # same code ↔ same id
+    for a, b in [(0, 1), (2, 3), (10, 500)]:
+        assert (ids[a] == ids[b]) == (rows[a] == rows[b])
+
+
+def test_binarize_relative_threshold():
+    codes = np.array([[0.0, 10.0], [1.0, 0.5], [4.0, 9.0]])
+    np.testing.assert_array_equal(cluster.binarize(codes, threshold=0.1), [[False, True], [True, False], [True, True]])
+
+
+def test_absorb_small_and_merge():
+    rng = np.random.default_rng(0)
+    feats = np.vstack([rng.normal(0, 0.1, (100, 2)), rng.normal(0.05, 0.1, (100, 2)), rng.normal(5, 0.1, (100, 2))])
+    labels = np.repeat([0, 1, 2], 100)
+    labels[:3] = 3  # a rare code inside the first blob
+    absorbed = cluster.absorb_small(labels, feats, min_cells=10)
+    assert absorbed.max() + 1 == 3
+    merged = cluster.merge_clusters(absorbed, feats, merge_threshold=1.0)
+    assert merged.max() + 1 == 2  # the two overlapping blobs merge, the far one stays apart
+    assert len(np.unique(merged[200:])) == 1 and merged[0] != merged[250]
+    assert cluster.merge_clusters(absorbed, feats, merge_threshold=None, n_clusters=3).max() + 1 == 3

@@ -1,0 +1,93 @@
+"""Bad input gets a ValueError naming the problem, and the AnnData is left unchanged."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import scae
+
+
+def _with(adata, fn):
+    a = adata.copy()
+    fn(a)
+    return a
+
+
+def _set_x(value):
+    def fn(a):
+        X = np.array(a.X, copy=True)
+        X[5, 2] = value
+        a.X = X
+
+    return fn
+
+
+CASES = {
+    "nan": (_set_x(np.nan), {}, "1 NaN"),
+    "inf": (_set_x(np.inf), {}, "1 infinite"),
+    "unknown_layer": (lambda a: None, {"layer": "counts"}, "layer 'counts' not found"),
+    "unknown_batch_key": (lambda a: None, {"batch_key": "donor"}, "batch_key 'donor' not found"),
+    "nan_in_batch": (
+        lambda a: a.obs.__setitem__("donor", pd.Series(["a", None] * (a.n_obs // 2), index=a.obs_names)),
+        {"batch_key": "donor"},
+        "1 missing values|300 missing values",
+    ),
+    "unknown_reference": (
+        lambda a: a.obs.__setitem__("donor", np.repeat(["a", "b"], a.n_obs // 2)),
+        {"batch_key": "donor", "reference_batch": "c"},
+        "reference_batch 'c' is not a batch",
+    ),
+    "tiny_batch": (
+        lambda a: a.obs.__setitem__("donor", ["solo"] + ["a"] * (a.n_obs - 1)),
+        {"batch_key": "donor"},
+        "fewer than 2 cells: 'solo'",
+    ),
+    "negative_lambda": (lambda a: None, {"lambda_c": -1.0}, "`lambda_c` must be a finite number >= 0"),
+    "nan_sparse": (lambda a: setattr(a, "X", sp.csr_matrix(np.where(np.arange(a.n_vars) == 0, np.nan, a.X))), {}, "NaN"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_raises_and_leaves_adata_unchanged(small, case, guard):
+    prepare, kwargs, message = CASES[case]
+    adata = _with(small, prepare)
+    check = guard(adata)
+    with pytest.raises(ValueError, match=message):
+        scae.tl.fit(adata, max_epochs=1, progress=False, **kwargs)
+    check()
+
+
+def test_empty_adata():
+    adata = ad.AnnData(np.zeros((0, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match="empty"):
+        scae.tl.fit(adata, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        scae.tl.fit(ad.AnnData(np.zeros((5, 0), dtype=np.float32)), progress=False)
+
+
+def test_non_numeric_data(small):
+    adata = ad.AnnData(np.array([["a", "b"], ["c", "d"]], dtype=object))
+    snap_obs = adata.obs.copy()
+    with pytest.raises(ValueError, match="non-numeric dtype object"):
+        scae.tl.fit(adata, progress=False)
+    assert adata.obs.equals(snap_obs) and not adata.obsm
+
+
+def test_not_anndata():
+    with pytest.raises(TypeError, match="expected an AnnData"):
+        scae.tl.fit(np.zeros((4, 3)), progress=False)
+
+
+def test_untransformed_input_warns(small, caplog):
+    adata = small.copy()
+    adata.X = adata.layers["raw"]
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(adata)
+    assert "expects transformed data" in caplog.text
+
+
+def test_unknown_device(small):
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        scae.tl.fit(small, device="gpu0", progress=False)
