@@ -65,6 +65,10 @@ class SAUCIE:
         Seed of weight init and minibatch sampling: same seed and device type → same results.
     device
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    batch_reconstruction
+        With ``batch_key``: the reference batch is reconstructed value for value; a non-reference batch
+        must keep its own structure only: ``"zscore"`` compares per-batch z-scored outputs with z-scored
+        inputs, ``"distance"`` compares within-batch pairwise distances.
 
     Examples
     --------
@@ -91,6 +95,7 @@ class SAUCIE:
         batch_size: int = 256,
         random_state: int = 0,
         device: str | torch.device = "auto",
+        batch_reconstruction: str = "zscore",
     ) -> None:
         if not isinstance(adata, AnnData):
             msg = f"expected an AnnData, got {type(adata).__name__}"
@@ -102,19 +107,16 @@ class SAUCIE:
         if batch_size < 2:
             msg = f"`batch_size` must be at least 2, got {batch_size}"
             raise ValueError(msg)
+        if batch_reconstruction not in ("zscore", "distance"):
+            msg = f"`batch_reconstruction` must be 'zscore' or 'distance', got {batch_reconstruction!r}"
+            raise ValueError(msg)
         if learning_rate <= 0:
             msg = f"`learning_rate` must be > 0, got {learning_rate}"
             raise ValueError(msg)
         X = data.get_matrix(adata, layer)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         data.validate_matrix(X, where=where)
-        batches = data.get_batches(adata, batch_key, reference_batch)
-        if batches is not None and len(batches.categories) > 1:
-            need = max(2, batch_size // len(batches.categories))
-            counts = np.bincount(batches.codes)
-            small = [c for c, n in zip(batches.categories, counts, strict=True) if n < need]
-            if small:
-                logger.warning("batches %s have fewer cells than their minibatch share (%d); cells are redrawn", small, need)
+        batches = data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size)
         data.warn_if_untransformed(X, where=where)
 
         self.adata = adata
@@ -126,7 +128,12 @@ class SAUCIE:
         self.random_state = int(random_state)
         self.batch_size = int(batch_size)
         self.learning_rate = float(learning_rate)
-        self.weights = LossWeights(lambda_b=lambda_b if batches is not None else 0.0, lambda_c=lambda_c, lambda_d=lambda_d)
+        self.weights = LossWeights(
+            lambda_b=lambda_b if batches is not None else 0.0,
+            lambda_c=lambda_c,
+            lambda_d=lambda_d,
+            nonref_loss=batch_reconstruction,
+        )
         self.hparams = {
             "hidden": list(hidden),
             "n_latent": int(n_latent),
@@ -136,6 +143,7 @@ class SAUCIE:
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
             "random_state": self.random_state,
+            "batch_reconstruction": batch_reconstruction,
         }
         mean, std = data.feature_moments(X)
         with torch.random.fork_rng(devices=[]):

@@ -40,7 +40,9 @@ def validate_matrix(X, *, where: str) -> None:
         msg = f"{where} is empty (shape {X.shape}); scae needs at least one cell and one feature"
         raise ValueError(msg)
     dtype = X.dtype
-    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)) or np.issubdtype(dtype, np.complexfloating):
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)) or np.issubdtype(
+        dtype, np.complexfloating
+    ):
         msg = f"{where} has non-numeric dtype {dtype}; scae needs a real-valued numeric matrix"
         raise ValueError(msg)
     values = X.data if sp.issparse(X) else np.asarray(X)
@@ -86,8 +88,14 @@ class BatchInfo:
     reference: int
 
 
-def get_batches(adata: AnnData, batch_key: str | None, reference_batch=None, *, min_cells: int = 2) -> BatchInfo | None:
-    """Read ``adata.obs[batch_key]`` into integer codes, checking for missing values and tiny batches."""
+def get_batches(
+    adata: AnnData, batch_key: str | None, reference_batch=None, *, batch_size: int = 256
+) -> BatchInfo | None:
+    """Read ``adata.obs[batch_key]`` into integer codes, checking for missing values and too small batches.
+
+    Every minibatch draws ``batch_size // n_batches`` cells from each batch, so each batch needs at least
+    that many cells (and at least 2).
+    """
     if batch_key is None:
         if reference_batch is not None:
             msg = "`reference_batch` was given without `batch_key`"
@@ -105,9 +113,14 @@ def get_batches(adata: AnnData, batch_key: str | None, reference_batch=None, *, 
     categories = [str(c) for c in cat.categories]
     codes = np.asarray(cat.codes, dtype=np.int64)
     counts = np.bincount(codes, minlength=len(categories))
-    small = [f"{c!r} ({n} cells)" for c, n in zip(categories, counts, strict=True) if n < min_cells]
+    need = max(2, batch_size // len(categories)) if len(categories) > 1 else 2
+    small = [f"{c!r} ({n} cells)" for c, n in zip(categories, counts, strict=True) if n < need]
     if small:
-        msg = f"batches of adata.obs[{batch_key!r}] with fewer than {min_cells} cells: {', '.join(small)}"
+        msg = (
+            f"batches of adata.obs[{batch_key!r}] with fewer cells than the {need} that every minibatch draws "
+            f"from each batch (batch_size={batch_size}, {len(categories)} batches): {', '.join(small)}; "
+            "lower `batch_size`, merge small batches or drop them"
+        )
         raise ValueError(msg)
     if reference_batch is None:
         reference = int(np.argmax(counts))

@@ -126,3 +126,21 @@ def batch_standardized_mse(
         return (v - onehot @ mean) / (onehot @ std)
 
     return mse(zscore(x), zscore(x_hat))
+
+
+def within_batch_distance_mse(
+    x: torch.Tensor, x_hat: torch.Tensor, batch: torch.Tensor, *, reference: int
+) -> torch.Tensor:
+    """Mismatch of within-batch pairwise distances between inputs and outputs, for non-reference batches.
+
+    An alternative to :func:`batch_standardized_mse`: the output of a non-reference batch may be moved
+    (and rotated) freely as long as the squared distances between its cells are kept. Normalized by the
+    mean squared input distance of those pairs, so the value is scale-free.
+    """
+    same = (batch.unsqueeze(0) == batch.unsqueeze(1)) & (batch != reference).unsqueeze(1)
+    mask = same.to(x.dtype)
+    d_in = squared_distances(x)
+    d_out = squared_distances(x_hat)
+    n_pairs = mask.sum().clamp_min(1.0)
+    scale = ((d_in * mask).sum() / n_pairs).detach() + _EPS
+    return (mask * (d_in - d_out).pow(2)).sum() / n_pairs / scale.pow(2)

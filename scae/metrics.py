@@ -46,3 +46,41 @@ def knn_accuracy(embedding: np.ndarray, labels, *, k: int = 15, cv: int = 5, ran
     clf = KNeighborsClassifier(n_neighbors=k)
     folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=random_state)
     return float(cross_val_score(clf, embedding, np.asarray(labels), cv=folds).mean())
+
+
+def embedding_mmd(
+    embedding: np.ndarray, batches, *, reference=None, max_cells: int = 3000, random_state: int = 0
+) -> float:
+    """Sum over non-reference batches of the squared MMD to the reference batch in an embedding.
+
+    The embedding is standardized per dimension first (so embeddings of different scale compare), and at
+    most ``max_cells`` cells (stratified by batch) are used. Same multi-scale kernel as the training loss.
+
+    Parameters
+    ----------
+    embedding
+        ``(n_cells, n_dims)`` coordinates.
+    batches
+        Batch label per cell.
+    reference
+        Reference batch; default the largest.
+    """
+    import torch
+
+    from .losses import mmd
+
+    cat = pd.Categorical(np.asarray(batches))
+    codes = np.asarray(cat.codes)
+    counts = np.bincount(codes)
+    ref = int(np.argmax(counts)) if reference is None else list(cat.categories).index(reference)
+    rng = np.random.default_rng(random_state)
+    per = max(2, max_cells // len(counts))
+    idx = np.concatenate(
+        [rng.choice(np.flatnonzero(codes == b), min(per, counts[b]), replace=False) for b in range(len(counts))]
+    )
+    emb = np.asarray(embedding, dtype=np.float64)[idx]
+    emb = (emb - emb.mean(0)) / np.where(emb.std(0) > 0, emb.std(0), 1.0)
+    value = mmd(
+        torch.from_numpy(emb), torch.from_numpy(codes[idx].astype(np.int64)), reference=ref, n_batches=len(counts)
+    )
+    return float(value)

@@ -20,6 +20,9 @@ class LossWeights:
     lambda_c: float = 0.1
     lambda_d: float = 0.2
     nonref_weight: float = 1.0
+    #: how non-reference batches are reconstructed: "zscore" (per-batch standardized MSE) or "distance"
+    #: (within-batch pairwise distances kept)
+    nonref_loss: str = "zscore"
 
 
 class Sampler:
@@ -87,7 +90,10 @@ def compute_losses(
         is_ref = (batch == reference).to(z.dtype)
         row_err = (z - out.reconstruction).pow(2).mean(1)
         ref_term = (row_err * is_ref).sum() / is_ref.sum().clamp_min(1.0)
-        z_nonref = losses.batch_standardized_mse(z, out.reconstruction, batch, n_batches=n_batches)
+        if weights.nonref_loss == "distance":
+            z_nonref = losses.within_batch_distance_mse(z, out.reconstruction, batch, reference=reference)
+        else:
+            z_nonref = losses.batch_standardized_mse(z, out.reconstruction, batch, n_batches=n_batches)
         terms["reconstruction"] = ref_term + weights.nonref_weight * z_nonref
         terms["mmd"] = losses.mmd(out.embedding, batch, reference=reference, n_batches=n_batches)
     if weights.lambda_c > 0:
@@ -95,7 +101,11 @@ def compute_losses(
     if weights.lambda_d > 0:
         terms["within_cluster"] = losses.within_cluster_distance(z, out.codes)
     total = terms["reconstruction"]
-    for name, lam in (("mmd", weights.lambda_b), ("id_regularization", weights.lambda_c), ("within_cluster", weights.lambda_d)):
+    for name, lam in (
+        ("mmd", weights.lambda_b),
+        ("id_regularization", weights.lambda_c),
+        ("within_cluster", weights.lambda_d),
+    ):
         if name in terms:
             total = total + lam * terms[name]
     terms["total"] = total

@@ -37,7 +37,9 @@ def test_mmd_matches_double_loop_and_sums_batches():
     assert got3 == pytest.approx(got, rel=1e-9)
     # identical batches → 0; shifted batch → larger than a barely shifted one
     same = torch.tensor(np.vstack([ref, ref]), dtype=torch.float64)
-    assert float(losses.mmd(same, torch.tensor([0] * 30 + [1] * 30), reference=0, n_batches=2)) == pytest.approx(0, abs=1e-9)
+    assert float(losses.mmd(same, torch.tensor([0] * 30 + [1] * 30), reference=0, n_batches=2)) == pytest.approx(
+        0, abs=1e-9
+    )
 
 
 def test_id_regularization_entropy_values():
@@ -68,3 +70,19 @@ def test_batch_standardized_mse_ignores_per_batch_shift_and_scale():
     moved[20:] = moved[20:] * 3.0 + 7.0
     assert float(losses.batch_standardized_mse(x, moved, batch, n_batches=2)) < 1e-3
     assert float(losses.batch_standardized_mse(x, torch.flip(x, [0]), batch, n_batches=2)) > 0.5
+
+
+def test_within_batch_distance_mse_allows_moving_a_batch_but_not_scrambling_it():
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=(40, 3)), dtype=torch.float32)
+    batch = torch.tensor([0] * 20 + [1] * 20)
+    moved = x.clone()
+    moved[20:] = moved[20:] + 5.0  # batch 1 shifted as a whole: distances kept
+    assert float(losses.within_batch_distance_mse(x, moved, batch, reference=0)) < 1e-6
+    scrambled = moved.clone()
+    scrambled[20:] = scrambled[20:] * torch.tensor([3.0, 0.1, 1.0])
+    assert float(losses.within_batch_distance_mse(x, scrambled, batch, reference=0)) > 0.5
+    # reference rows are not looked at by this term
+    ref_changed = x.clone()
+    ref_changed[:20] = 0.0
+    assert float(losses.within_batch_distance_mse(x, ref_changed, batch, reference=0)) < 1e-6

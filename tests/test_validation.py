@@ -42,10 +42,14 @@ CASES = {
     "tiny_batch": (
         lambda a: a.obs.__setitem__("donor", ["solo"] + ["a"] * (a.n_obs - 1)),
         {"batch_key": "donor"},
-        "fewer than 2 cells: 'solo'",
+        "fewer cells than the 128 that every minibatch draws from each batch .*'solo' \\(1 cells\\)",
     ),
     "negative_lambda": (lambda a: None, {"lambda_c": -1.0}, "`lambda_c` must be a finite number >= 0"),
-    "nan_sparse": (lambda a: setattr(a, "X", sp.csr_matrix(np.where(np.arange(a.n_vars) == 0, np.nan, a.X))), {}, "NaN"),
+    "nan_sparse": (
+        lambda a: setattr(a, "X", sp.csr_matrix(np.where(np.arange(a.n_vars) == 0, np.nan, a.X))),
+        {},
+        "NaN",
+    ),
 }
 
 
