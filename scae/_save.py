@@ -68,6 +68,12 @@ def _jsonable(value, where: str):
     raise TypeError(msg)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_dir(path: Path, overwrite: bool):
     """Context: yields a temporary folder beside ``path`` that replaces ``path`` on success."""
 
@@ -87,6 +93,10 @@ def _atomic_dir(path: Path, overwrite: bool):
             if exc_type is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 return False
+            mask = _umask()
+            os.chmod(self.tmp, 0o777 & ~mask)
+            for f in self.tmp.iterdir():
+                os.chmod(f, 0o666 & ~mask)
             old = None
             if path.exists():
                 old = path.parent / f".{path.name}.{os.getpid()}.old"

@@ -47,6 +47,15 @@ def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
     return adata[:, idx]
 
 
+def _in_adata_order(values: np.ndarray, cols: np.ndarray | None, n_vars: int) -> np.ndarray:
+    """Model-ordered feature columns back in the AnnData's order; features the model lacks are NaN."""
+    if cols is None:
+        return values
+    out = np.full((values.shape[0], n_vars), np.nan, dtype=values.dtype)
+    out[:, cols] = values
+    return out
+
+
 def build_mapping_state(model, labels: np.ndarray | None = None, **cluster_kwargs) -> MappingState:
     """Mapping state of an in-memory trained model; ``labels`` are its training clusters (default: recomputed).
 
@@ -144,8 +153,8 @@ def transform(
         A trained :class:`scae.SAUCIE`, e.g. from :meth:`scae.SAUCIE.load`.
     adata
         New cells × features in the same units as the training data (same transform, same ``layer``).
-        Features are matched by name: reordered when they are a permutation, extra ones ignored; missing
-        ones raise ``ValueError``.
+        Features are matched by name: reordered when they are a permutation, extra ones ignored (NaN in
+        the imputed layers); missing ones raise ``ValueError``.
     batch_key
         Column of ``adata.obs`` with the new cells' batches; default the model's ``batch_key`` when
         ``adata.obs`` has it. Used to put imputed values back in each batch's own units and, with
@@ -187,9 +196,9 @@ def transform(
     >>> "scae_cluster" in new.obs
     True
     """
+    params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
     from .tl import _versions
 
-    params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
     if not getattr(model, "is_trained", False):
         msg = "the model is not trained: train it (`model.train()`) or load a trained one (`scae.SAUCIE.load`)"
         raise ValueError(msg)
@@ -232,15 +241,16 @@ def transform(
 
         imputed = _restore_batch_moments(rec, X, batch_codes) if batch_trained or fine_tune_epochs > 0 else rec
 
+    cols = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
     adata = adata.copy() if copy else adata
     adata.obsm[f"X_{key_added}"] = out["embedding"].astype(np.float32)
     adata.obsm[f"X_{key_added}_codes"] = out["codes"].astype(np.float32)
     n_clusters = state.clusters.n_clusters
     adata.obs[f"{key_added}_cluster"] = pd.Categorical(labels.astype(str), categories=[str(i) for i in range(n_clusters)])
     if imputed is not None:
-        adata.layers[f"{key_added}_imputed"] = imputed
+        adata.layers[f"{key_added}_imputed"] = _in_adata_order(imputed, cols, adata.n_vars)
     if batch_trained or fine_tune_epochs > 0:
-        adata.layers[f"{key_added}_corrected"] = rec
+        adata.layers[f"{key_added}_corrected"] = _in_adata_order(rec, cols, adata.n_vars)
     adata.uns[key_added] = {
         "params": {k: v for k, v in params.items() if v is not None},
         "mapped": True,
