@@ -12,7 +12,7 @@ Euclidean distance in the 2-D embedding (``X_scae``) and in the real-valued clus
 retrieved cells (query cells with a manual gate). Time excludes the fit and mapping; peak memory is the
 tracemalloc peak of the retrieval call.
 
-    python benchmarks/query.py [--n-ref 100000] [--n-query 10000] [--epochs N] [--threads 2]
+    python benchmarks/query.py [--n-ref 100000] [--n-query 10000] [--epochs N | --model DIR] [--threads 2]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="fit epochs (default: scae's default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--model", default=None, help="use this saved model folder instead of fitting")
     args = parser.parse_args()
 
     import tempfile
@@ -72,9 +73,12 @@ def main() -> None:
     k = args.k
     real = scae.datasets.flowsom_bal(args.data_dir)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        scae.tl.fit(real, max_epochs=args.epochs, progress=False, save_model=f"{tmp}/model")
-        model = scae.SAUCIE.load(f"{tmp}/model")
+    if args.model is not None:
+        model = scae.SAUCIE.load(args.model, device="cpu")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            scae.tl.fit(real, max_epochs=args.epochs, progress=False, save_model=f"{tmp}/model", device="cpu")
+            model = scae.SAUCIE.load(f"{tmp}/model", device="cpu")
     fit_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     ref, qry = _grow(real, args.n_ref, rng), _grow(real, args.n_query, rng)

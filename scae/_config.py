@@ -104,6 +104,11 @@ def check(values: dict, func, *, source: str) -> dict:
             msg = f"unknown key {key!r} in {source}; valid keys are the arguments of {func.__module__}.{func.__name__}: {', '.join(args)}"
             raise ConfigError(msg)
         hint = args[key][1]
+        if isinstance(value, str) and not _matches(value, hint) and _matches(1.5, hint):
+            try:  # PyYAML reads exponent floats without a dot (1e-3) as strings
+                values[key] = value = float(value)
+            except ValueError:
+                pass
         if not _matches(value, hint):
             msg = f"{source}: {key!r} must be {_type_name(hint)}, got {type(value).__name__} {value!r}"
             raise ConfigError(msg)

@@ -101,7 +101,7 @@ def test_config_errors(split, tmp_path, capsys):
 
 def test_yaml_config_and_flag_override(split, tmp_path):
     d = split[0]
-    (tmp_path / "p.yaml").write_text("hidden: [16, 8, 4]\nmax_epochs: 1\nlambda_c: 0.3\nrandom_state: 7\nprogress: false\n")
+    (tmp_path / "p.yaml").write_text("hidden: [16, 8, 4]\nmax_epochs: 1\nlambda_c: 3e-1\nrandom_state: 7\nprogress: false\n")
     assert cli.main(["fit", str(d / "train.h5ad"), str(tmp_path / "o.h5ad"), "--config", str(tmp_path / "p.yaml"), "--max-epochs", "2"]) == 0
     info = ad.read_h5ad(tmp_path / "o.h5ad").uns["scae"]
     assert info["params"]["lambda_c"] == 0.3 and info["seed"] == 7 and info["runtime"]["epochs"] == 2

