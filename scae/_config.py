@@ -65,7 +65,14 @@ def read_config(path) -> dict:
 
 
 def _type_name(hint) -> str:
-    return str(hint).replace("collections.abc.", "").replace("typing.", "").replace("os.", "").replace("<class '", "").replace("'>", "")
+    return (
+        str(hint)
+        .replace("collections.abc.", "")
+        .replace("typing.", "")
+        .replace("os.", "")
+        .replace("<class '", "")
+        .replace("'>", "")
+    )
 
 
 def _matches(value, hint) -> bool:

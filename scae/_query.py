@@ -78,7 +78,11 @@ def hamming_knn(
         cum = np.cumsum(sizes[by_d])
         dk = d[by_d[np.searchsorted(cum, k)]]
         closer, tier = by_d[d[by_d] < dk], by_d[d[by_d] == dk]
-        c_cells = np.concatenate([r_order[r_starts[b] : r_starts[b + 1]] for b in closer]) if closer.size else np.empty(0, np.int64)
+        c_cells = (
+            np.concatenate([r_order[r_starts[b] : r_starts[b + 1]] for b in closer])
+            if closer.size
+            else np.empty(0, np.int64)
+        )
         c_d = np.repeat(d[closer], sizes[closer])
         t_cells = np.sort(np.concatenate([r_order[r_starts[b] : r_starts[b + 1]] for b in tier]))
         rows = q_order[q_starts[j] : q_starts[j + 1]]
@@ -94,7 +98,11 @@ def hamming_knn(
                 indices[rows, : c_cells.size] = c_cells[np.argsort(key, axis=1, kind="stable")]
             if t_cells.size * rows.size <= _BRUTE_PAIRS or t_cells.size <= r:
                 e = np.linalg.norm(q[:, None, :] - ref_rep[t_cells][None, :, :], axis=2)
-                part = np.argpartition(e, r - 1, axis=1)[:, :r] if r < t_cells.size else np.tile(np.arange(t_cells.size), (rows.size, 1))
+                part = (
+                    np.argpartition(e, r - 1, axis=1)[:, :r]
+                    if r < t_cells.size
+                    else np.tile(np.arange(t_cells.size), (rows.size, 1))
+                )
                 part = np.take_along_axis(part, np.argsort(np.take_along_axis(e, part, 1), axis=1, kind="stable"), 1)
                 indices[rows, c_cells.size :] = t_cells[part]
             else:
@@ -189,7 +197,10 @@ def query(
     q_keys = pack_bits(binarize_with(q_codes, unit_max, threshold))
     reps = {}
     if tie_break is not None:
-        reps = {"ref_rep": np.asarray(adata_ref.obsm[tie_break], np.float64), "query_rep": np.asarray(adata_query.obsm[tie_break], np.float64)}
+        reps = {
+            "ref_rep": np.asarray(adata_ref.obsm[tie_break], np.float64),
+            "query_rep": np.asarray(adata_query.obsm[tie_break], np.float64),
+        }
     idx, dist = hamming_knn(ref_keys, q_keys, k, **reps)
     elapsed = time.perf_counter() - t0
 

@@ -105,7 +105,9 @@ def _fine_tuned_net(model, X, batch_codes: np.ndarray, n_new: int, *, epochs: in
     for name, p in net.named_parameters():
         p.requires_grad_(name.startswith("encoder."))
     ref = state.reference_rows
-    Xc = sp.vstack([sp.csr_matrix(ref), sp.csr_matrix(X)]).tocsr() if sp.issparse(X) else np.vstack([ref, np.asarray(X)])
+    Xc = (
+        sp.vstack([sp.csr_matrix(ref), sp.csr_matrix(X)]).tocsr() if sp.issparse(X) else np.vstack([ref, np.asarray(X)])
+    )
     codes = np.concatenate([np.zeros(len(ref), dtype=np.int64), batch_codes + 1])
     device = model.device
     lambda_b = float(model.hparams.get("lambda_b", 0.1)) or 0.1
@@ -246,7 +248,9 @@ def transform(
     adata.obsm[f"X_{key_added}"] = out["embedding"].astype(np.float32)
     adata.obsm[f"X_{key_added}_codes"] = out["codes"].astype(np.float32)
     n_clusters = state.clusters.n_clusters
-    adata.obs[f"{key_added}_cluster"] = pd.Categorical(labels.astype(str), categories=[str(i) for i in range(n_clusters)])
+    adata.obs[f"{key_added}_cluster"] = pd.Categorical(
+        labels.astype(str), categories=[str(i) for i in range(n_clusters)]
+    )
     if imputed is not None:
         adata.layers[f"{key_added}_imputed"] = _in_adata_order(imputed, cols, adata.n_vars)
     if batch_trained or fine_tune_epochs > 0:

@@ -32,13 +32,26 @@ def split(tmp_path_factory):
 
 
 def _run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "scae.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scae.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_round_trip_equals_in_process_api(split, tmp_path):
     d, fit_cells, held = split
     out, out2, model_dir = tmp_path / "out.h5ad", tmp_path / "held_out.h5ad", tmp_path / "model"
-    argv = ["fit", d / "train.h5ad", out, "--config", d / "params.toml", "--seed", "1", "--save-model", model_dir, "--quiet"]
+    argv = [
+        "fit",
+        d / "train.h5ad",
+        out,
+        "--config",
+        d / "params.toml",
+        "--seed",
+        "1",
+        "--save-model",
+        model_dir,
+        "--quiet",
+    ]
     assert cli.main(list(map(str, argv))) == 0
     assert cli.main(["transform", str(model_dir), str(d / "held.h5ad"), str(out2)]) == 0
     fitted, mapped = ad.read_h5ad(out), ad.read_h5ad(out2)
@@ -101,8 +114,23 @@ def test_config_errors(split, tmp_path, capsys):
 
 def test_yaml_config_and_flag_override(split, tmp_path):
     d = split[0]
-    (tmp_path / "p.yaml").write_text("hidden: [16, 8, 4]\nmax_epochs: 1\nlambda_c: 3e-1\nrandom_state: 7\nprogress: false\n")
-    assert cli.main(["fit", str(d / "train.h5ad"), str(tmp_path / "o.h5ad"), "--config", str(tmp_path / "p.yaml"), "--max-epochs", "2"]) == 0
+    (tmp_path / "p.yaml").write_text(
+        "hidden: [16, 8, 4]\nmax_epochs: 1\nlambda_c: 3e-1\nrandom_state: 7\nprogress: false\n"
+    )
+    assert (
+        cli.main(
+            [
+                "fit",
+                str(d / "train.h5ad"),
+                str(tmp_path / "o.h5ad"),
+                "--config",
+                str(tmp_path / "p.yaml"),
+                "--max-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     info = ad.read_h5ad(tmp_path / "o.h5ad").uns["scae"]
     assert info["params"]["lambda_c"] == 0.3 and info["seed"] == 7 and info["runtime"]["epochs"] == 2
 

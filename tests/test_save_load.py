@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 import scae
-from scae import _save
 
 FIT = {"hidden": (64, 32, 16), "max_epochs": 8, "merge_threshold": None, "progress": False, "random_state": 0}
 
