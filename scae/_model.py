@@ -161,9 +161,13 @@ class SAUCIE:
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
         self.runtime: dict[str, float] = {}
+        self.mapping_state = None  # cluster table etc. for new cells (scae._mapping), set at save/load/transform
 
     # ------------------------------------------------------------------ training
     def _row_source(self) -> data.RowSource:
+        if self._X is None:
+            msg = "this model was loaded without data: use `scae.tl.transform(model, adata)` or `SAUCIE.load(path, adata)`"
+            raise RuntimeError(msg)
         if self._source is None:
             self._source = data.RowSource(self._X, self.device)
         return self._source
@@ -300,6 +304,35 @@ class SAUCIE:
         if corrected or self.batches is None or self.weights.lambda_b == 0:
             return rec
         return _restore_batch_moments(rec, self._X, self.batches.codes)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path, *, overwrite: bool = True):
+        """Save to the folder ``path``: ``model.json`` + safetensors (see :mod:`scae._save`); returns the path.
+
+        Examples
+        --------
+        >>> model.save("run1/")  # doctest: +SKIP
+        """
+        from ._save import save_model
+
+        return save_model(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path, adata: AnnData | None = None, *, device: str | torch.device = "auto") -> SAUCIE:
+        """Load a model saved with :meth:`save`, optionally registered on new data ``adata``.
+
+        The weights are read from safetensors (or a state dict with ``torch.load(weights_only=True)``); no
+        pickled object is ever run. ``adata``'s features are matched to the saved var names: reordered when
+        they are a permutation, a ``ValueError`` names the missing ones.
+
+        Examples
+        --------
+        >>> new = scae.SAUCIE.load("run1/", adata=other)  # doctest: +SKIP
+        >>> other.obsm["X_scae"] = new.get_embedding()  # doctest: +SKIP
+        """
+        from ._save import load_model
+
+        return load_model(cls, path, adata, device=device)
 
     @property
     def n_cells(self) -> int:

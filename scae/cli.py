@@ -1,13 +1,21 @@
-"""The ``scae`` command: ``scae demo`` and ``scae fit IN.h5ad OUT.h5ad``."""
+"""The ``scae`` command: ``scae fit IN.h5ad OUT.h5ad``, ``scae transform MODEL IN.h5ad OUT.h5ad``, ``scae demo``.
+
+Pipeline contract: exit code 0 only on success; 1 with a one-line message on bad input or a failed run; 2
+on usage errors (unknown flag or config key, wrong value type). Outputs are written to a temporary file
+beside OUT and renamed, so an interrupted run (exception, Ctrl-C, SIGTERM) never leaves a partial OUT.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 logger = logging.getLogger("scae")
@@ -20,6 +28,9 @@ def _write_atomic(adata, out: Path) -> None:
     os.close(fd)
     try:
         adata.write_h5ad(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -43,8 +54,8 @@ def _demo(args: argparse.Namespace) -> int:
     tl.fit(
         adata,
         batch_key="batch",
-        random_state=args.seed,
-        device=args.device,
+        random_state=0 if args.seed is None else args.seed,
+        device=args.device or "auto",
         max_epochs=args.max_epochs,
         progress=not args.quiet,
     )
@@ -68,28 +79,114 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit(args: argparse.Namespace) -> int:
+def _check_writable(out: Path) -> None:
+    """Fail before training, not after, when ``out`` cannot be written."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+    except OSError as e:
+        msg = f"cannot write to {out.parent}: {e.strerror or e}"
+        raise OSError(msg) from e
+    os.close(fd)
+    Path(tmp).unlink()
+
+
+def _read_input(path: str):
     import anndata as ad
 
-    from . import tl
-
-    src = Path(args.input)
+    src = Path(path)
     if not src.is_file():
         msg = f"input file not found: {src}"
         raise FileNotFoundError(msg)
-    t0 = time.perf_counter()
-    adata = ad.read_h5ad(src)
-    tl.fit(
-        adata,
-        layer=args.layer,
-        batch_key=args.batch_key,
-        random_state=args.seed,
-        device=args.device,
-        max_epochs=args.max_epochs,
-        progress=not args.quiet,
-    )
-    _write_atomic(adata, Path(args.output))
-    logger.info("wrote %s in %.1fs", args.output, time.perf_counter() - t0)
+    try:
+        return ad.read_h5ad(src)
+    except Exception as e:
+        msg = f"cannot read {src} as .h5ad ({type(e).__name__}: {_first_line(e)})"
+        raise ValueError(msg) from e
+
+
+def _options(args: argparse.Namespace, func, flags: dict) -> tuple[dict, dict]:
+    """Config file values overridden by the flags that were given; returns (values, config values)."""
+    from ._config import check, read_config
+
+    cfg = check(read_config(args.config), func, source=args.config) if args.config else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+    values = check({**cfg, **given}, func, source="the command line")
+    return values, cfg
+
+
+def _log(adata, key: str, args, cfg: dict, started: float, t0: float) -> None:
+    """Record the command, config, in/out files and wall time in ``uns[key]["cli"]``."""
+    info = {
+        "command": " ".join(["scae", *args.argv]),
+        "subcommand": args.command,
+        "input": str(Path(args.input).resolve()),
+        "output": str(Path(args.output).resolve()),
+        "config_file": "" if not args.config else str(Path(args.config).resolve()),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if v is not None},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_s": time.perf_counter() - t0,
+    }
+    adata.uns.setdefault(key, {})["cli"] = info
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from . import tl
+    from ._config import ConfigError, arguments
+
+    started, t0 = time.time(), time.perf_counter()
+    flags = {
+        "random_state": args.seed,
+        "layer": args.layer,
+        "batch_key": args.batch_key,
+        "device": args.device,
+        "max_epochs": args.max_epochs,
+        "save_model": args.save_model,
+        "progress": False if args.quiet else None,
+    }
+    if args.gene_sets is not None:
+        if "gene_sets" not in arguments(tl.fit):
+            msg = "--gene-sets needs scae.tl.fit(gene_sets=...), which this scae version does not have"
+            raise ConfigError(msg)
+        if not Path(args.gene_sets).is_file():
+            msg = f"gene-set file not found: {args.gene_sets}"
+            raise FileNotFoundError(msg)
+        flags["gene_sets"] = args.gene_sets
+    values, cfg = _options(args, tl.fit, flags)
+    adata = _read_input(args.input)
+    out = Path(args.output)
+    _check_writable(out)
+    if values.get("save_model") is not None:
+        _check_writable(Path(values["save_model"]))
+    tl.fit(adata, **values)
+    _log(adata, values.get("key_added", "scae"), args, values, started, t0)
+    _write_atomic(adata, out)
+    logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
+    return 0
+
+
+def _transform(args: argparse.Namespace) -> int:
+    from . import tl
+    from ._model import SAUCIE
+
+    started, t0 = time.time(), time.perf_counter()
+    flags = {
+        "batch_key": args.batch_key,
+        "fine_tune_epochs": args.fine_tune_epochs,
+        "random_state": args.seed,
+        "key_added": args.key_added,
+        "progress": False if args.quiet else None,
+    }
+    values, cfg = _options(args, tl.transform, flags)
+    adata = _read_input(args.input)
+    out = Path(args.output)
+    _check_writable(out)
+    model = SAUCIE.load(args.model, device=args.device or "auto")
+    tl.transform(model, adata, **values)
+    _log(adata, values.get("key_added", "scae"), args, values, started, t0)
+    adata.uns[values.get("key_added", "scae")]["model"] = str(Path(args.model).resolve())
+    _write_atomic(adata, out)
+    logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
 
 
@@ -103,36 +200,83 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--seed", type=int, default=0, help="random_state (default 0)")
-        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        p.add_argument("--max-epochs", type=int, default=None, help="default: about 3000 optimizer steps")
+        p.add_argument("--seed", type=int, default=None, help="random_state (default 0)")
+        p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("-v", "--verbosity", type=int, default=argparse.SUPPRESS, help="0 errors, 1 info, 2 debug")
 
     demo = sub.add_parser("demo", help="fit the bundled CytoNorm CyTOF data; write scae_demo.h5ad and scae_demo.png")
     demo.add_argument("--out-dir", default=".", help="folder for the outputs (default: current folder)")
+    demo.add_argument("--max-epochs", type=int, default=None, help="default: about 3000 optimizer steps")
     common(demo)
     demo.set_defaults(func=_demo)
 
-    fit = sub.add_parser("fit", help="fit IN.h5ad and write all outputs to OUT.h5ad")
+    fit = sub.add_parser(
+        "fit",
+        help="fit IN.h5ad and write all outputs to OUT.h5ad",
+        description="Flags override the config file; config keys are exactly the arguments of scae.tl.fit.",
+    )
     fit.add_argument("input", help="input .h5ad")
-    fit.add_argument("output", help="output .h5ad (written atomically)")
+    fit.add_argument("output", help="output .h5ad (written to a temporary file, then renamed)")
+    fit.add_argument("--config", default=None, help="params.toml or params.yaml with scae.tl.fit arguments")
     fit.add_argument("--layer", default=None)
     fit.add_argument("--batch-key", default=None)
+    fit.add_argument("--gene-sets", default=None, help="GMT file passed as scae.tl.fit(gene_sets=...)")
+    fit.add_argument("--save-model", default=None, metavar="DIR", help="save the trained model to DIR")
+    fit.add_argument("--max-epochs", type=int, default=None, help="default: about 3000 optimizer steps")
     common(fit)
     fit.set_defaults(func=_fit)
+
+    tr = sub.add_parser(
+        "transform",
+        help="map IN.h5ad onto a saved model (embedding, codes, existing clusters, imputed values) into OUT.h5ad",
+        description="Flags override the config file; config keys are exactly the arguments of scae.tl.transform.",
+    )
+    tr.add_argument("model", help="model folder written by `scae fit --save-model` or SAUCIE.save")
+    tr.add_argument("input", help="input .h5ad")
+    tr.add_argument("output", help="output .h5ad (written to a temporary file, then renamed)")
+    tr.add_argument("--config", default=None, help="params.toml or params.yaml with scae.tl.transform arguments")
+    tr.add_argument("--batch-key", default=None)
+    tr.add_argument("--fine-tune-epochs", type=int, default=None, help="fine-tune the encoder onto the reference")
+    tr.add_argument("--key-added", default=None)
+    common(tr)
+    tr.set_defaults(func=_transform)
     return parser
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised by pipeline managers
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns 0 on success, 1 on failure, 2 on usage errors."""
+    """Entry point; returns 0 on success, 1 on failure, 2 on usage errors (bad flags or config)."""
+    from ._config import ConfigError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     level = {0: logging.ERROR, 1: logging.INFO}.get(args.verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # a killed run cleans up its temporary files
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError, OSError, RuntimeError) as e:
-        print(f"scae {args.command}: error: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(f"scae {args.command}: error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"scae {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.verbosity >= 2:
+            traceback.print_exc()
+        print(f"scae {args.command}: error: {_first_line(e)}", file=sys.stderr)
         return 1
 
 

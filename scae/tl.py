@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -14,6 +15,10 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ._model import SAUCIE
+from ._query import query
+from ._transform import build_mapping_state, transform
+
+__all__ = ["fit", "query", "transform"]
 
 logger = logging.getLogger("scae")
 
@@ -48,6 +53,7 @@ def fit(
     random_state: int = 0,
     device: str = "auto",
     progress: bool = True,
+    save_model: str | os.PathLike | None = None,
     key_added: str = "scae",
     copy: bool = False,
 ) -> AnnData | None:
@@ -83,6 +89,9 @@ def fit(
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     progress
         Show a progress bar.
+    save_model
+        Folder to save the trained model in (:meth:`scae.SAUCIE.save`), with these clusters, so that
+        :func:`scae.tl.transform` can place new cells into them later.
     key_added
         Prefix of every key written.
     copy
@@ -116,6 +125,8 @@ def fit(
     params = dict(locals())
     params.pop("adata")
     params["hidden"] = list(hidden)
+    if save_model is not None:
+        params["save_model"] = os.fspath(save_model)
     t0 = time.perf_counter()
     model = SAUCIE(
         adata,
@@ -139,6 +150,11 @@ def fit(
     t_cluster = time.perf_counter() - t_cluster
     imputed = model.get_reconstruction() if impute else None
     corrected = model.get_reconstruction(corrected=True) if batch_key is not None else None
+    if save_model is not None:
+        model.mapping_state = build_mapping_state(
+            model, labels, merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size
+        )
+        model.save(save_model)
 
     adata = adata.copy() if copy else adata
     adata.obsm[f"X_{key_added}"] = embedding

@@ -1,0 +1,275 @@
+"""``scae.tl.transform``: outputs of a trained model for new cells, without retraining (or a short fine-tune)."""
+
+from __future__ import annotations
+
+import copy as _copy
+import logging
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from . import data
+from ._mapping import ClusterReference, MappingState, reference_sample
+from .train import infer, train_net
+
+logger = logging.getLogger("scae")
+
+
+def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
+    """``adata`` with its features in the model's order (a view when reordering or subsetting is needed).
+
+    Raises ``ValueError`` naming the missing features when some of the model's features are absent.
+    """
+    names = pd.Index(adata.var_names.astype(str))
+    if names.size == len(var_names) and (names == pd.Index(var_names)).all():
+        return adata
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()[:5].tolist()
+        msg = f"adata.var_names has duplicates (e.g. {dup}); call `adata.var_names_make_unique()` first"
+        raise ValueError(msg)
+    idx = names.get_indexer(pd.Index(var_names))
+    if (idx < 0).any():
+        missing = [g for g, i in zip(var_names, idx, strict=True) if i < 0]
+        msg = (
+            f"{len(missing)} of the model's {len(var_names)} features are missing from adata.var_names "
+            f"(e.g. {missing[:5]}); the new data must measure every feature the model was trained on"
+        )
+        raise ValueError(msg)
+    if names.size > len(var_names):
+        logger.info("using %d of %d features of the new data (the model's features)", len(var_names), names.size)
+    else:
+        logger.info("reordered the new data's features to the model's order")
+    return adata[:, idx]
+
+
+def _in_adata_order(values: np.ndarray, cols: np.ndarray | None, n_vars: int) -> np.ndarray:
+    """Model-ordered feature columns back in the AnnData's order; features the model lacks are NaN."""
+    if cols is None:
+        return values
+    out = np.full((values.shape[0], n_vars), np.nan, dtype=values.dtype)
+    out[:, cols] = values
+    return out
+
+
+def build_mapping_state(model, labels: np.ndarray | None = None, **cluster_kwargs) -> MappingState:
+    """Mapping state of an in-memory trained model; ``labels`` are its training clusters (default: recomputed).
+
+    ``cluster_kwargs`` are those of :meth:`scae.SAUCIE.get_clusters` (``threshold`` and ``min_cluster_size``
+    are also used to rebuild the code table).
+    """
+    if labels is None:
+        labels = model.get_clusters(**cluster_kwargs)
+    out = model._infer()
+    mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
+    features = (out["reconstruction"] - mean) / std
+    clusters = ClusterReference.build(
+        out["codes"],
+        features,
+        labels,
+        threshold=cluster_kwargs.get("threshold", 0.1),
+        min_cluster_size=cluster_kwargs.get("min_cluster_size"),
+    )
+    if model.batches is not None:
+        rows = np.flatnonzero(model.batches.codes == model.batches.reference)
+        cats, ref = list(model.batches.categories), model.batches.categories[model.batches.reference]
+    else:
+        rows, cats, ref = np.arange(model.n_cells), None, None
+    sample = reference_sample(model._X, rows, random_state=model.random_state)
+    return MappingState(clusters=clusters, reference_rows=sample, batch_categories=cats, reference_batch=ref)
+
+
+def get_mapping_state(model) -> MappingState:
+    """The model's mapping state, built (default cluster settings) and kept on first use."""
+    if getattr(model, "mapping_state", None) is None:
+        model.mapping_state = build_mapping_state(model)
+    return model.mapping_state
+
+
+def _fine_tuned_net(model, X, batch_codes: np.ndarray, n_new: int, *, epochs: int, learning_rate, seed: int, progress):
+    """Copy of the network whose encoder is trained to move the new batches onto the reference sample.
+
+    Decoder, clustering layer and output stay frozen, so codes, clusters and reconstructions keep the
+    meaning they had for the reference; the reference sample is reconstructed value for value, which
+    anchors the encoder where it was.
+    """
+    state = get_mapping_state(model)
+    if state.reference_rows is None or len(state.reference_rows) < 2:
+        msg = "fine-tuning needs the reference-batch sample stored with the model; this model has none"
+        raise ValueError(msg)
+    net = _copy.deepcopy(model.net)
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith("encoder."))
+    ref = state.reference_rows
+    Xc = (
+        sp.vstack([sp.csr_matrix(ref), sp.csr_matrix(X)]).tocsr() if sp.issparse(X) else np.vstack([ref, np.asarray(X)])
+    )
+    codes = np.concatenate([np.zeros(len(ref), dtype=np.int64), batch_codes + 1])
+    device = model.device
+    lambda_b = float(model.hparams.get("lambda_b", 0.1)) or 0.1
+    weights = replace(model.weights, lambda_b=lambda_b)
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    history = train_net(
+        net,
+        data.RowSource(Xc, device),
+        batch_codes=torch.from_numpy(codes).to(device),
+        n_batches=n_new + 1,
+        reference=0,
+        weights=weights,
+        max_epochs=epochs,
+        batch_size=model.batch_size,
+        learning_rate=model.learning_rate if learning_rate is None else learning_rate,
+        generator=gen,
+        progress=progress,
+    )
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return net, history
+
+
+def transform(
+    model,
+    adata: AnnData,
+    *,
+    batch_key: str | None = None,
+    fine_tune_epochs: int = 0,
+    fine_tune_learning_rate: float | None = None,
+    impute: bool = True,
+    random_state: int = 0,
+    progress: bool = False,
+    key_added: str = "scae",
+    copy: bool = False,
+) -> AnnData | None:
+    """Embedding, codes, clusters and imputed values of new cells from a trained model.
+
+    New cells get the existing clusters (see :mod:`scae._mapping`: by binary code, else the nearest
+    training code centroid). The network is not retrained unless ``fine_tune_epochs > 0``.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`scae.SAUCIE`, e.g. from :meth:`scae.SAUCIE.load`.
+    adata
+        New cells × features in the same units as the training data (same transform, same ``layer``).
+        Features are matched by name: reordered when they are a permutation, extra ones ignored (NaN in
+        the imputed layers); missing ones raise ``ValueError``.
+    batch_key
+        Column of ``adata.obs`` with the new cells' batches; default the model's ``batch_key`` when
+        ``adata.obs`` has it. Used to put imputed values back in each batch's own units and, with
+        ``fine_tune_epochs``, as the batches moved onto the reference. Without it, all new cells are one batch.
+    fine_tune_epochs
+        Train the encoder (on a copy; ``model`` is unchanged) this many epochs so the new batches match the
+        reference-batch sample stored with the model (MMD in the embedding); 0 maps with the frozen network.
+    fine_tune_learning_rate
+        Adam learning rate of the fine-tuning; default the model's.
+    impute
+        Write ``layers[f"{key_added}_imputed"]``.
+    random_state
+        Seed of the fine-tuning minibatches.
+    progress
+        Progress bar while fine-tuning.
+    key_added
+        Prefix of every key written (as :func:`scae.tl.fit`).
+    copy
+        Return a new AnnData instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or a new AnnData when ``copy=True``. Writes the keys of :func:`scae.tl.fit`:
+    ``obsm[f"X_{key_added}"]``, ``obsm[f"X_{key_added}_codes"]``, ``obs[f"{key_added}_cluster"]`` (the
+    training clusters as categories), ``layers[f"{key_added}_imputed"]``, ``layers[f"{key_added}_corrected"]``
+    (model trained with ``batch_key``), and ``uns[key_added]`` with ``params``, ``versions``, ``device``,
+    ``runtime``, ``n_clusters``, ``n_by_code`` (cells whose code is a training code) and ``history`` of the
+    fine-tuning.
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.cytonorm()
+    >>> ref, new = adata[adata.obs["batch"] != "3"].copy(), adata[adata.obs["batch"] == "3"].copy()
+    >>> model = scae.SAUCIE(ref, batch_key="batch")
+    >>> model.train(max_epochs=5, progress=False)  # doctest: +ELLIPSIS
+    <scae._model.SAUCIE object at ...>
+    >>> scae.tl.transform(model, new)
+    >>> "scae_cluster" in new.obs
+    True
+    """
+    params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
+    from .tl import _versions
+
+    if not getattr(model, "is_trained", False):
+        msg = "the model is not trained: train it (`model.train()`) or load a trained one (`scae.SAUCIE.load`)"
+        raise ValueError(msg)
+    if fine_tune_epochs < 0:
+        msg = f"`fine_tune_epochs` must be >= 0, got {fine_tune_epochs}"
+        raise ValueError(msg)
+    t0 = time.perf_counter()
+    view = align_var_names(adata, model.var_names)
+    X = data.get_matrix(view, model.layer)
+    where = "adata.X" if model.layer is None else f"adata.layers[{model.layer!r}]"
+    data.validate_matrix(X, where=where)
+    if batch_key is None and model.batch_key is not None and model.batch_key in adata.obs.columns:
+        batch_key = model.batch_key
+    if batch_key is not None:
+        if batch_key not in adata.obs.columns:
+            msg = f"batch_key {batch_key!r} not found in adata.obs (columns: {list(adata.obs.columns)})"
+            raise ValueError(msg)
+        batches = data.get_batches(adata, batch_key, min_cells=1)
+        batch_codes, n_new = batches.codes, len(batches.categories)
+    else:
+        batch_codes, n_new = np.zeros(adata.n_obs, dtype=np.int64), 1
+    state = get_mapping_state(model)
+
+    net, history = model.net, {}
+    if fine_tune_epochs > 0:
+        net, history = _fine_tuned_net(
+            model, X, batch_codes, n_new, epochs=fine_tune_epochs, learning_rate=fine_tune_learning_rate,
+            seed=random_state, progress=progress,
+        )  # fmt: skip
+    t1 = time.perf_counter()
+    out = {k: v.numpy() for k, v in infer(net, data.RowSource(X, model.device)).items()}
+    mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
+    features = (out["reconstruction"] - mean) / std
+    labels, by_code = state.clusters.assign(out["codes"], features)
+    rec = out["reconstruction"].astype(np.float32)
+    batch_trained = state.batch_categories is not None and model.weights.lambda_b > 0
+    imputed = None
+    if impute:
+        from ._model import _restore_batch_moments
+
+        imputed = _restore_batch_moments(rec, X, batch_codes) if batch_trained or fine_tune_epochs > 0 else rec
+
+    cols = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
+    adata = adata.copy() if copy else adata
+    adata.obsm[f"X_{key_added}"] = out["embedding"].astype(np.float32)
+    adata.obsm[f"X_{key_added}_codes"] = out["codes"].astype(np.float32)
+    n_clusters = state.clusters.n_clusters
+    adata.obs[f"{key_added}_cluster"] = pd.Categorical(
+        labels.astype(str), categories=[str(i) for i in range(n_clusters)]
+    )
+    if imputed is not None:
+        adata.layers[f"{key_added}_imputed"] = _in_adata_order(imputed, cols, adata.n_vars)
+    if batch_trained or fine_tune_epochs > 0:
+        adata.layers[f"{key_added}_corrected"] = _in_adata_order(rec, cols, adata.n_vars)
+    adata.uns[key_added] = {
+        "params": {k: v for k, v in params.items() if v is not None},
+        "mapped": True,
+        "versions": _versions(),
+        "device": str(model.device),
+        "runtime": {"fine_tune_s": t1 - t0, "infer_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0},
+        "n_clusters": n_clusters,
+        "n_by_code": int(by_code.sum()),
+        "history": {k: np.asarray(v, dtype=np.float64) for k, v in history.items()},
+    }
+    if state.batch_categories is not None:
+        adata.uns[key_added]["batch_categories"] = list(state.batch_categories)
+        adata.uns[key_added]["reference_batch"] = state.reference_batch
+    logger.info(
+        "scae transform: %d cells, %d by code, %d by nearest code centroid (%.1fs)",
+        adata.n_obs, int(by_code.sum()), int((~by_code).sum()), time.perf_counter() - t0,
+    )  # fmt: skip
+    return adata if copy else None

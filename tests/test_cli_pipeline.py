@@ -1,0 +1,174 @@
+"""The ``scae`` command as a pipeline step: config files, exit codes, atomic outputs, fit → transform round trip."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import scae
+from scae import cli
+
+PARAMS_TOML = 'hidden = [64, 32, 16]\nmax_epochs = 4\nbatch_key = "batch"\nrandom_state = 5\n'
+FIT = {"hidden": (64, 32, 16), "max_epochs": 4, "batch_key": "batch"}
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """Real CyTOF: 1,200 cells of batches 1-2 to fit, 400 held-back cells of batch 3 to transform."""
+    a = scae.datasets.cytonorm()
+    rng = np.random.default_rng(0)
+    fit_cells = a[np.sort(rng.choice(np.flatnonzero(a.obs["batch"] != "3"), 1200, replace=False))].copy()
+    held = a[np.sort(rng.choice(np.flatnonzero(a.obs["batch"] == "3"), 400, replace=False))].copy()
+    d = tmp_path_factory.mktemp("cli")
+    fit_cells.write_h5ad(d / "train.h5ad")
+    held.write_h5ad(d / "held.h5ad")
+    (d / "params.toml").write_text(PARAMS_TOML)
+    return d, fit_cells, held
+
+
+def _run(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "scae.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_round_trip_equals_in_process_api(split, tmp_path):
+    d, fit_cells, held = split
+    out, out2, model_dir = tmp_path / "out.h5ad", tmp_path / "held_out.h5ad", tmp_path / "model"
+    argv = [
+        "fit",
+        d / "train.h5ad",
+        out,
+        "--config",
+        d / "params.toml",
+        "--seed",
+        "1",
+        "--save-model",
+        model_dir,
+        "--quiet",
+    ]
+    assert cli.main(list(map(str, argv))) == 0
+    assert cli.main(["transform", str(model_dir), str(d / "held.h5ad"), str(out2)]) == 0
+    fitted, mapped = ad.read_h5ad(out), ad.read_h5ad(out2)
+    # in-process: the same fit (flag --seed 1 overrides the config's random_state = 5)
+    ref = fit_cells.copy()
+    scae.tl.fit(ref, random_state=1, progress=False, **FIT)
+    np.testing.assert_array_equal(fitted.obsm["X_scae"], ref.obsm["X_scae"])
+    assert (fitted.obs["scae_cluster"] == ref.obs["scae_cluster"]).all()
+    info = fitted.uns["scae"]
+    assert info["seed"] == 1 and info["params"]["hidden"].tolist() == [64, 32, 16]
+    assert {"torch", "scae", "anndata"} <= set(info["versions"]) and info["runtime"]["train_s"] > 0
+    assert info["cli"]["config_file"].endswith("params.toml") and info["cli"]["wall_s"] > 0
+    # in-process transform with the in-memory model and with the saved one
+    model = scae.SAUCIE(fit_cells.copy(), random_state=1, **{k: v for k, v in FIT.items() if k != "max_epochs"})
+    model.train(4, progress=False)
+    for m in (model, scae.SAUCIE.load(model_dir)):
+        new = held.copy()
+        scae.tl.transform(m, new)
+        np.testing.assert_array_equal(mapped.obsm["X_scae"], new.obsm["X_scae"])
+        np.testing.assert_array_equal(mapped.obsm["X_scae_codes"], new.obsm["X_scae_codes"])
+        assert (mapped.obs["scae_cluster"] == new.obs["scae_cluster"]).all()
+        np.testing.assert_allclose(mapped.layers["scae_imputed"], new.layers["scae_imputed"], atol=1e-6)
+    assert mapped.uns["scae"]["cli"]["subcommand"] == "transform" and mapped.uns["scae"]["mapped"]
+
+
+def test_unknown_config_key_and_missing_input_exit_nonzero(split, tmp_path, capsys):
+    d = split[0]
+    (tmp_path / "bad.toml").write_text("epochs = 3\n")
+    proc = _run("fit", d / "train.h5ad", tmp_path / "out.h5ad", "--config", tmp_path / "bad.toml")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert "unknown key 'epochs'" in proc.stderr and "max_epochs" in proc.stderr
+    assert cli.main(["fit", str(tmp_path / "missing.h5ad"), str(tmp_path / "out.h5ad")]) == 1
+    assert capsys.readouterr().err.strip() == f"scae fit: error: input file not found: {tmp_path / 'missing.h5ad'}"
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_config_errors(split, tmp_path, capsys):
+    d = split[0]
+    out = str(tmp_path / "out.h5ad")
+    cases = {
+        "type.toml": ('max_epochs = "4"\n', "'max_epochs' must be int | None, got str"),
+        "list.yaml": ("hidden: [64, x]\n", "'hidden' must be Sequence[int]"),
+        "copy.yaml": ("copy: true\n", "unknown key 'copy'"),
+        "broken.yaml": ("hidden: [64\n", "cannot parse config file"),
+        "top.yaml": ("- 1\n- 2\n", "must hold key = value pairs"),
+        "params.json": ("{}", "must end in .toml, .yaml or .yml"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert cli.main(["fit", str(d / "train.h5ad"), out, "--config", str(tmp_path / name)]) == 2, name
+        assert expected in capsys.readouterr().err, name
+    assert cli.main(["fit", str(d / "train.h5ad"), out, "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    if "gene_sets" not in scae._config.arguments(scae.tl.fit):
+        assert cli.main(["fit", str(d / "train.h5ad"), out, "--gene-sets", "x.gmt"]) == 2
+        assert "does not have" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_yaml_config_and_flag_override(split, tmp_path):
+    d = split[0]
+    (tmp_path / "p.yaml").write_text(
+        "hidden: [16, 8, 4]\nmax_epochs: 1\nlambda_c: 3e-1\nrandom_state: 7\nprogress: false\n"
+    )
+    assert (
+        cli.main(
+            [
+                "fit",
+                str(d / "train.h5ad"),
+                str(tmp_path / "o.h5ad"),
+                "--config",
+                str(tmp_path / "p.yaml"),
+                "--max-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    info = ad.read_h5ad(tmp_path / "o.h5ad").uns["scae"]
+    assert info["params"]["lambda_c"] == 0.3 and info["seed"] == 7 and info["runtime"]["epochs"] == 2
+
+
+def test_failure_while_writing_leaves_no_output(split, tmp_path, monkeypatch, capsys):
+    d = split[0]
+    out = tmp_path / "out.h5ad"
+
+    def broken_writer(self, filename, *args, **kwargs):
+        with open(filename, "wb") as f:
+            f.write(b"\x89HDF half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", broken_writer)
+    argv = ["fit", str(d / "train.h5ad"), str(out), "--hidden-is-not-a-flag"]
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    (d / "tiny.yaml").write_text("hidden: [16, 8, 4]\nmax_epochs: 1\nprogress: false\n")
+    argv = ["fit", str(d / "train.h5ad"), str(out), "--config", str(d / "tiny.yaml")]
+    assert cli.main(argv) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == []  # neither OUT nor a temporary file
+    out.write_bytes(b"previous result")
+    assert cli.main(argv) == 1
+    assert out.read_bytes() == b"previous result" and sorted(os.listdir(tmp_path)) == ["out.h5ad"]
+
+
+@pytest.mark.slow
+def test_sigterm_during_fit_leaves_no_output(split, tmp_path):
+    d = split[0]
+    out = tmp_path / "out.h5ad"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scae.cli", "fit", str(d / "train.h5ad"), str(out), "--max-epochs", "500", "--quiet"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(15)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    assert proc.returncode != 0
+    assert os.listdir(tmp_path) == []
