@@ -173,3 +173,14 @@ def gene_set_mask(gene_sets: GeneSets, var_names: Iterable[str], *, min_genes: i
         )
     kept = [k for k in sets if k not in small]
     return pd.DataFrame({k: columns[k].astype(np.float32) for k in kept}, index=var_index)
+
+
+def describe(gene_sets: GeneSets | None) -> str | None:
+    """Short, h5ad-writable description of a ``gene_sets`` argument (for ``uns["scae"]["params"]``)."""
+    if gene_sets is None:
+        return None
+    if isinstance(gene_sets, str | os.PathLike):
+        return str(gene_sets)
+    if isinstance(gene_sets, pd.DataFrame):
+        return f"DataFrame mask of {gene_sets.shape[1]} sets"
+    return f"{type(gene_sets).__name__} of {len(gene_sets)} sets"

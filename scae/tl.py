@@ -13,7 +13,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from . import genesets
 from ._model import SAUCIE
+from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df  # noqa: F401
 
 logger = logging.getLogger("scae")
 
@@ -47,6 +49,10 @@ def fit(
     impute: bool = True,
     random_state: int = 0,
     device: str = "auto",
+    gene_sets: genesets.GeneSets | None = None,
+    min_genes: int = 5,
+    n_free_nodes: int = 0,
+    gene_set_layer: str = "encoder",
     progress: bool = True,
     key_added: str = "scae",
     copy: bool = False,
@@ -81,6 +87,16 @@ def fit(
         Seed; the same seed and device type give the same results.
     device
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    gene_sets
+        GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), dict ``{set: [genes]}`` or genes × sets 0/1
+        DataFrame: adds one node per set connected only to its genes (GSAE); names are matched
+        case-insensitively to ``var_names``.
+    min_genes
+        Sets with fewer genes among ``var_names`` are dropped with a warning.
+    n_free_nodes
+        Unconstrained nodes beside the set nodes.
+    gene_set_layer
+        ``"encoder"`` (GSAE, default) or ``"decoder"`` (expiMap style); see :class:`scae.SAUCIE`.
     progress
         Show a progress bar.
     key_added
@@ -102,8 +118,13 @@ def fit(
         Reconstruction in input units (with ``impute=True``).
     ``layers[f"{key_added}_corrected"]``
         Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
+    ``obsm[f"X_{key_added}_genesets"]``
+        Gene-set activities (cells × sets, float32, positive = set up; with ``gene_sets``).
+    ``varm[f"{key_added}_gene_set_weights"]``
+        Oriented weights of each set node on its genes (genes × sets, 0 outside the set; with ``gene_sets``).
     ``uns[key_added]``
-        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``.
+        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``;
+        with ``gene_sets`` also ``gene_sets`` (names of the kept sets, the columns of the two arrays above).
 
     Examples
     --------
@@ -116,6 +137,7 @@ def fit(
     params = dict(locals())
     params.pop("adata")
     params["hidden"] = list(hidden)
+    params["gene_sets"] = genesets.describe(gene_sets)
     t0 = time.perf_counter()
     model = SAUCIE(
         adata,
@@ -130,6 +152,10 @@ def fit(
         batch_size=batch_size,
         random_state=random_state,
         device=device,
+        gene_sets=gene_sets,
+        min_genes=min_genes,
+        n_free_nodes=n_free_nodes,
+        gene_set_layer=gene_set_layer,
     )
     model.train(max_epochs, progress=progress)
     embedding = model.get_embedding()
@@ -139,6 +165,7 @@ def fit(
     t_cluster = time.perf_counter() - t_cluster
     imputed = model.get_reconstruction() if impute else None
     corrected = model.get_reconstruction(corrected=True) if batch_key is not None else None
+    activities = model.get_gene_set_activities() if gene_sets is not None else None
 
     adata = adata.copy() if copy else adata
     adata.obsm[f"X_{key_added}"] = embedding
@@ -151,6 +178,9 @@ def fit(
         adata.layers[f"{key_added}_imputed"] = imputed
     if corrected is not None:
         adata.layers[f"{key_added}_corrected"] = corrected
+    if activities is not None:
+        adata.obsm[f"X_{key_added}_genesets"] = activities
+        adata.varm[f"{key_added}_gene_set_weights"] = model.get_gene_set_weights().to_numpy(np.float32)
     runtime = dict(model.runtime)
     runtime["cluster_s"] = t_cluster
     runtime["total_s"] = time.perf_counter() - t0
@@ -167,6 +197,8 @@ def fit(
     if model.batches is not None:
         adata.uns[key_added]["batch_categories"] = list(model.batches.categories)
         adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]
+    if activities is not None:
+        adata.uns[key_added]["gene_sets"] = model.gene_set_names
     logger.info(
         "scae: %d clusters; added obsm %r, %r, obs %r, layers%s, uns %r (%.1fs)",
         n_clusters_found,
@@ -178,3 +210,4 @@ def fit(
         runtime["total_s"],
     )
     return adata if copy else None
+
