@@ -8,10 +8,9 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
-
-import pandas as pd
 
 from . import cluster, data, genesets
 from .nn.network import SAUCIENet

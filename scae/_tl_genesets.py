@@ -130,7 +130,9 @@ def rank_gene_sets(
     return adata if copy else None
 
 
-def rank_gene_sets_df(adata: AnnData, *, group: str | Sequence[str] | None = None, key: str = "scae", key_added: str | None = None) -> pd.DataFrame:
+def rank_gene_sets_df(
+    adata: AnnData, *, group: str | Sequence[str] | None = None, key: str = "scae", key_added: str | None = None
+) -> pd.DataFrame:
     """Table of :func:`rank_gene_sets` results, best first within each group.
 
     Parameters
@@ -157,6 +159,5 @@ def rank_gene_sets_df(adata: AnnData, *, group: str | Sequence[str] | None = Non
         msg = f"adata.uns[{uns_key!r}] not found: run `scae.tl.rank_gene_sets(adata, groupby=...)` first"
         raise KeyError(msg)
     df = sc.get.rank_genes_groups_df(adata, group=group, key=uns_key)
-    return df.rename(
-        columns={"names": "gene_set", "scores": "score", "logfoldchanges": "mean_diff", "pvals": "pval", "pvals_adj": "pval_adj"}
-    )
+    columns = {"names": "gene_set", "scores": "score", "logfoldchanges": "mean_diff", "pvals": "pval"}
+    return df.rename(columns={**columns, "pvals_adj": "pval_adj"})

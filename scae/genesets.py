@@ -129,7 +129,8 @@ def gene_set_mask(gene_sets: GeneSets, var_names: Iterable[str], *, min_genes: i
     Examples
     --------
     >>> import scae
-    >>> mask = scae.genesets.gene_set_mask({"T": ["CD3E", "cd3d", "CD2", "NOPE"]}, ["CD3E", "CD3D", "CD2", "MS4A1"], min_genes=3)
+    >>> sets = {"T": ["CD3E", "cd3d", "CD2", "NOPE"]}
+    >>> mask = scae.genesets.gene_set_mask(sets, ["CD3E", "CD3D", "CD2", "MS4A1"], min_genes=3)
     >>> mask["T"].tolist()
     [1.0, 1.0, 1.0, 0.0]
     """

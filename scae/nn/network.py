@@ -98,7 +98,9 @@ class SAUCIENet(nn.Module):
         self.decoder = mlp([n_latent, *dec[:-1]], negative_slope=negative_slope) if len(dec) > 1 else nn.Identity()
         self.code_layer = nn.Linear(dec[-2] if len(dec) > 1 else n_latent, dec[-1])
         if set_mask is not None and gene_set_layer == "decoder":
-            self.output = nn.Sequential(nn.Linear(dec[-1], set_mask.shape[1]), MaskedLinear(set_mask.T, nonnegative_init=True))
+            self.output = nn.Sequential(
+                nn.Linear(dec[-1], set_mask.shape[1]), MaskedLinear(set_mask.T, nonnegative_init=True)
+            )
         else:
             self.output = nn.Linear(dec[-1], n_features)
         self.n_code = dec[-1]
