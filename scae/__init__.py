@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, metrics, pl, pp, tl
+from . import datasets, genesets, metrics, pl, pp, tl
 from ._model import SAUCIE
 
 try:
@@ -10,4 +10,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
-__all__ = ["SAUCIE", "datasets", "metrics", "pl", "pp", "tl", "__version__"]
+__all__ = ["SAUCIE", "datasets", "genesets", "metrics", "pl", "pp", "tl", "__version__"]

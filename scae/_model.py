@@ -8,12 +8,13 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import cluster, data
+from . import cluster, data, genesets
 from .nn.network import SAUCIENet
-from .train import LossWeights, infer, train_net
+from .train import LossWeights, infer, infer_gene_sets, train_net
 
 logger = logging.getLogger("scae")
 
@@ -69,6 +70,18 @@ class SAUCIE:
         With ``batch_key``: the reference batch is reconstructed value for value; a non-reference batch
         must keep its own structure only: ``"zscore"`` compares per-batch z-scored outputs with z-scored
         inputs, ``"distance"`` compares within-batch pairwise distances.
+    gene_sets
+        Adds a gene-set layer (GSAE/expiMap): a GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), a dict
+        ``{set name: [genes]}`` or a genes × sets 0/1 DataFrame, matched case-insensitively to ``var_names``
+        (:func:`scae.genesets.gene_set_mask`). One node per set, connected only to its genes.
+    min_genes
+        Sets with fewer genes among ``var_names`` are dropped with a warning.
+    n_free_nodes
+        Unconstrained nodes beside the set nodes (they see every gene; with ``gene_set_layer="encoder"``
+        and none of them, genes outside every set do not reach the embedding).
+    gene_set_layer
+        ``"encoder"`` (GSAE, default: the set layer is the first encoder layer, so an activity is a weighted
+        sum of the set's own genes) or ``"decoder"`` (expiMap style: set nodes before a masked output layer).
 
     Examples
     --------
@@ -96,6 +109,10 @@ class SAUCIE:
         random_state: int = 0,
         device: str | torch.device = "auto",
         batch_reconstruction: str = "zscore",
+        gene_sets: genesets.GeneSets | None = None,
+        min_genes: int = 5,
+        n_free_nodes: int = 0,
+        gene_set_layer: str = "encoder",
     ) -> None:
         if not isinstance(adata, AnnData):
             msg = f"expected an AnnData, got {type(adata).__name__}"
@@ -118,6 +135,7 @@ class SAUCIE:
         data.validate_matrix(X, where=where)
         batches = data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size)
         data.warn_if_untransformed(X, where=where)
+        set_mask = _gene_set_mask(adata, gene_sets, min_genes, n_free_nodes, gene_set_layer)
 
         self.adata = adata
         self.layer = layer
@@ -145,6 +163,14 @@ class SAUCIE:
             "random_state": self.random_state,
             "batch_reconstruction": batch_reconstruction,
         }
+        self.gene_set_mask = set_mask  # genes × sets DataFrame (the net holds it as a buffer) or None
+        if set_mask is not None:
+            self.hparams.update(
+                gene_set_names=list(set_mask.columns),
+                gene_set_layer=gene_set_layer,
+                n_free_nodes=int(n_free_nodes),
+                min_genes=int(min_genes),
+            )
         mean, std = data.feature_moments(X)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
@@ -154,6 +180,9 @@ class SAUCIE:
                 n_latent=n_latent,
                 feature_mean=torch.from_numpy(mean),
                 feature_std=torch.from_numpy(std),
+                gene_set_mask=None if set_mask is None else torch.from_numpy(set_mask.to_numpy()),
+                n_free_nodes=n_free_nodes,
+                gene_set_layer=gene_set_layer,
             ).to(self.device)
         self._X = X
         self._source: data.RowSource | None = None
@@ -335,6 +364,35 @@ class SAUCIE:
         return load_model(cls, path, adata, device=device)
 
     @property
+    def gene_set_names(self) -> list[str]:
+        """Names of the gene sets kept in the gene-set layer (empty without ``gene_sets``)."""
+        return [] if self.gene_set_mask is None else list(self.gene_set_mask.columns)
+
+    def _check_gene_sets(self) -> None:
+        if self.gene_set_mask is None:
+            msg = "the model has no gene-set layer: create it with `gene_sets=` (e.g. scae.datasets.hallmark_gmt())"
+            raise ValueError(msg)
+
+    def get_gene_set_activities(self) -> np.ndarray:
+        """Gene-set node activities (``n_cells × n_sets``, float32), oriented so positive means the set is up.
+
+        The orientation of each set is the sign of the mean weight between its node and its genes.
+        """
+        self._check_trained()
+        self._check_gene_sets()
+        return infer_gene_sets(self.net, self._row_source()).numpy().astype(np.float32)
+
+    def get_gene_set_weights(self) -> pd.DataFrame:
+        """Oriented weights between set nodes and genes (genes × sets; exactly 0 outside each set).
+
+        ``model.get_gene_set_weights()[name].sort_values()`` lists a set's genes by weight.
+        """
+        self._check_gene_sets()
+        with torch.no_grad():
+            w = self.net.gene_set_weights().cpu().numpy()
+        return pd.DataFrame(w, index=self.var_names, columns=self.gene_set_names)
+
+    @property
     def n_cells(self) -> int:
         """Number of cells the model was set up with."""
         return self._X.shape[0]
@@ -349,3 +407,19 @@ def _restore_batch_moments(rec: np.ndarray, X, codes: np.ndarray) -> np.ndarray:
         mean_out, std_out = data.feature_moments(rec[rows])
         out[rows] = (rec[rows] - mean_out) / std_out * std_in + mean_in
     return out
+
+
+def _gene_set_mask(adata: AnnData, gene_sets, min_genes: int, n_free_nodes: int, gene_set_layer: str):
+    """Validate the gene-set options and build the genes × sets mask (``None`` without ``gene_sets``)."""
+    if gene_set_layer not in ("encoder", "decoder"):
+        msg = f"`gene_set_layer` must be 'encoder' (GSAE) or 'decoder' (expiMap style), got {gene_set_layer!r}"
+        raise ValueError(msg)
+    if int(n_free_nodes) != n_free_nodes or n_free_nodes < 0:
+        msg = f"`n_free_nodes` must be an integer >= 0, got {n_free_nodes!r}"
+        raise ValueError(msg)
+    if gene_sets is None:
+        if n_free_nodes:
+            msg = "`n_free_nodes` only applies together with `gene_sets`"
+            raise ValueError(msg)
+        return None
+    return genesets.gene_set_mask(gene_sets, adata.var_names, min_genes=min_genes)

@@ -10,6 +10,8 @@ import scanpy as sc
 from anndata import AnnData
 from matplotlib.axes import Axes
 
+from ._pl_genesets import gene_sets  # noqa: F401
+
 
 def _require(adata: AnnData, key_added: str) -> None:
     if f"X_{key_added}" not in adata.obsm:
@@ -84,3 +86,4 @@ def loss_history(adata: AnnData, *, key_added: str = "scae", ax: Axes | None = N
     if show or (show is None and plt.isinteractive()):
         plt.show()
     return ax
+

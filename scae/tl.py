@@ -14,11 +14,13 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from . import genesets
 from ._model import SAUCIE
 from ._query import query
 from ._transform import build_mapping_state, transform
 
-__all__ = ["fit", "query", "transform"]
+__all__ = ["activity_adata", "fit", "query", "rank_gene_sets", "rank_gene_sets_df", "transform"]
+from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
 
 logger = logging.getLogger("scae")
 
@@ -52,6 +54,10 @@ def fit(
     impute: bool = True,
     random_state: int = 0,
     device: str = "auto",
+    gene_sets: genesets.GeneSets | None = None,
+    min_genes: int = 5,
+    n_free_nodes: int = 0,
+    gene_set_layer: str = "encoder",
     progress: bool = True,
     save_model: str | os.PathLike | None = None,
     key_added: str = "scae",
@@ -87,6 +93,16 @@ def fit(
         Seed; the same seed and device type give the same results.
     device
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    gene_sets
+        GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), dict ``{set: [genes]}`` or genes × sets 0/1
+        DataFrame: adds one node per set connected only to its genes (GSAE); names are matched
+        case-insensitively to ``var_names``.
+    min_genes
+        Sets with fewer genes among ``var_names`` are dropped with a warning.
+    n_free_nodes
+        Unconstrained nodes beside the set nodes.
+    gene_set_layer
+        ``"encoder"`` (GSAE, default) or ``"decoder"`` (expiMap style); see :class:`scae.SAUCIE`.
     progress
         Show a progress bar.
     save_model
@@ -111,8 +127,13 @@ def fit(
         Reconstruction in input units (with ``impute=True``).
     ``layers[f"{key_added}_corrected"]``
         Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
+    ``obsm[f"X_{key_added}_genesets"]``
+        Gene-set activities (cells × sets, float32, positive = set up; with ``gene_sets``).
+    ``varm[f"{key_added}_gene_set_weights"]``
+        Oriented weights of each set node on its genes (genes × sets, 0 outside the set; with ``gene_sets``).
     ``uns[key_added]``
-        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``.
+        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``;
+        with ``gene_sets`` also ``gene_sets`` (names of the kept sets, the columns of the two arrays above).
 
     Examples
     --------
@@ -127,6 +148,7 @@ def fit(
     params["hidden"] = list(hidden)
     if save_model is not None:
         params["save_model"] = os.fspath(save_model)
+    params["gene_sets"] = genesets.describe(gene_sets)
     t0 = time.perf_counter()
     model = SAUCIE(
         adata,
@@ -141,6 +163,10 @@ def fit(
         batch_size=batch_size,
         random_state=random_state,
         device=device,
+        gene_sets=gene_sets,
+        min_genes=min_genes,
+        n_free_nodes=n_free_nodes,
+        gene_set_layer=gene_set_layer,
     )
     model.train(max_epochs, progress=progress)
     embedding = model.get_embedding()
@@ -155,6 +181,7 @@ def fit(
             model, labels, merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size
         )
         model.save(save_model)
+    activities = model.get_gene_set_activities() if gene_sets is not None else None
 
     adata = adata.copy() if copy else adata
     adata.obsm[f"X_{key_added}"] = embedding
@@ -167,6 +194,9 @@ def fit(
         adata.layers[f"{key_added}_imputed"] = imputed
     if corrected is not None:
         adata.layers[f"{key_added}_corrected"] = corrected
+    if activities is not None:
+        adata.obsm[f"X_{key_added}_genesets"] = activities
+        adata.varm[f"{key_added}_gene_set_weights"] = model.get_gene_set_weights().to_numpy(np.float32)
     runtime = dict(model.runtime)
     runtime["cluster_s"] = t_cluster
     runtime["total_s"] = time.perf_counter() - t0
@@ -183,6 +213,8 @@ def fit(
     if model.batches is not None:
         adata.uns[key_added]["batch_categories"] = list(model.batches.categories)
         adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]
+    if activities is not None:
+        adata.uns[key_added]["gene_sets"] = model.gene_set_names
     logger.info(
         "scae: %d clusters; added obsm %r, %r, obs %r, layers%s, uns %r (%.1fs)",
         n_clusters_found,
@@ -194,3 +226,4 @@ def fit(
         runtime["total_s"],
     )
     return adata if copy else None
+

@@ -172,3 +172,10 @@ def infer(net: SAUCIENet, source, *, chunk_size: int = 65536) -> dict[str, torch
         parts["codes"].append(out.codes.cpu())
         parts["reconstruction"].append(net.to_input_units(out.reconstruction).cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def infer_gene_sets(net: SAUCIENet, source, *, chunk_size: int = 65536) -> torch.Tensor:
+    """Oriented gene-set node activities ``(n_cells, n_sets)`` of every row, gathered on the CPU."""
+    net.eval()
+    return torch.cat([net.gene_set_activities(x).cpu() for x in source.chunks(chunk_size)])

@@ -38,6 +38,10 @@ class MaskedLinear(nn.Linear):
         (for gene sets: genes × sets).
     bias
         Whether to learn a bias.
+    nonnegative_init
+        Draw the initial weights inside the mask from ``[0, 1)`` instead of ``[-1, 1)`` (scaled the same way),
+        so that every output starts as a positively weighted sum of its inputs. For gene-set nodes this makes
+        each node start as a score of its set (genes up → node up); training then refines the weights.
 
     Notes
     -----
@@ -46,13 +50,13 @@ class MaskedLinear(nn.Linear):
     so that nodes of large and small sets start with comparable activations.
     """
 
-    def __init__(self, mask: torch.Tensor, *, bias: bool = True) -> None:
+    def __init__(self, mask: torch.Tensor, *, bias: bool = True, nonnegative_init: bool = False) -> None:
         n_in, n_out = mask.shape
         super().__init__(n_in, n_out, bias=bias)
         self.register_buffer("mask", mask.T.to(torch.float32).contiguous())
         with torch.no_grad():
             fan_in = self.mask.sum(1, keepdim=True).clamp_min(1.0)
-            self.weight.uniform_(-1.0, 1.0)
+            self.weight.uniform_(0.0 if nonnegative_init else -1.0, 1.0)
             self.weight.mul_(self.mask / fan_in.sqrt())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102

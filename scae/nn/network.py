@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
 
-from .layers import mlp
+from .layers import MaskedLinear, mlp
+
+GeneSetLayer = Literal["encoder", "decoder"]
 
 
 class NetOutput(NamedTuple):
@@ -35,6 +37,18 @@ class SAUCIENet(nn.Module):
         units and :meth:`to_input_units` maps them back.
     negative_slope
         Leaky ReLU slope of the hidden layers.
+    gene_set_mask
+        Optional ``(n_features, n_sets)`` 0/1 tensor: adds a gene-set layer with one node per set, connected
+        only to that set's features (a :class:`~scae.nn.MaskedLinear` with non-negative initial weights, so a
+        node starts as a score of its set; the mask is a buffer, so it is saved in the state dict).
+    n_free_nodes
+        Unconstrained nodes (connected to every feature) beside the set nodes.
+    gene_set_layer
+        ``"encoder"`` (GSAE, Chen et al. 2018): the set layer is the first encoder layer, followed by the rest
+        of the encoder; a set's activity is a weighted sum of its own standardized genes. ``"decoder"``
+        (expiMap style): the output layer becomes ``codes → set nodes (linear) → masked linear → features``,
+        so each set node can only reconstruct its own genes; its activity is then a function of the 2-D
+        embedding and clustering codes, which is why ``"encoder"`` is the default.
     """
 
     def __init__(
@@ -46,6 +60,9 @@ class SAUCIENet(nn.Module):
         feature_mean: torch.Tensor | None = None,
         feature_std: torch.Tensor | None = None,
         negative_slope: float = 0.2,
+        gene_set_mask: torch.Tensor | None = None,
+        n_free_nodes: int = 0,
+        gene_set_layer: GeneSetLayer = "encoder",
     ) -> None:
         super().__init__()
         hidden = list(hidden)
@@ -58,11 +75,34 @@ class SAUCIENet(nn.Module):
         std = torch.ones(n_features) if feature_std is None else feature_std.to(torch.float32)
         self.register_buffer("feature_mean", mean.reshape(1, -1).clone())
         self.register_buffer("feature_std", std.reshape(1, -1).clone())
-        self.encoder = nn.Sequential(mlp([n_features, *hidden], negative_slope=negative_slope), nn.Linear(hidden[-1], n_latent))
+        if gene_set_layer not in ("encoder", "decoder"):
+            msg = f"`gene_set_layer` must be 'encoder' or 'decoder', got {gene_set_layer!r}"
+            raise ValueError(msg)
+        self.gene_set_layer = gene_set_layer if gene_set_mask is not None else None
+        self.n_gene_sets = 0 if gene_set_mask is None else int(gene_set_mask.shape[1])
+        self.n_free_nodes = int(n_free_nodes) if gene_set_mask is not None else 0
+        set_mask = None if gene_set_mask is None else _with_free_nodes(gene_set_mask, n_features, int(n_free_nodes))
+        if set_mask is not None and gene_set_layer == "encoder":
+            n_nodes = set_mask.shape[1]
+            self.encoder = nn.Sequential(
+                MaskedLinear(set_mask, nonnegative_init=True),
+                nn.LeakyReLU(negative_slope),
+                mlp([n_nodes, *hidden], negative_slope=negative_slope),
+                nn.Linear(hidden[-1], n_latent),
+            )
+        else:
+            self.encoder = nn.Sequential(
+                mlp([n_features, *hidden], negative_slope=negative_slope), nn.Linear(hidden[-1], n_latent)
+            )
         dec = hidden[::-1]
         self.decoder = mlp([n_latent, *dec[:-1]], negative_slope=negative_slope) if len(dec) > 1 else nn.Identity()
         self.code_layer = nn.Linear(dec[-2] if len(dec) > 1 else n_latent, dec[-1])
-        self.output = nn.Linear(dec[-1], n_features)
+        if set_mask is not None and gene_set_layer == "decoder":
+            self.output = nn.Sequential(
+                nn.Linear(dec[-1], set_mask.shape[1]), MaskedLinear(set_mask.T, nonnegative_init=True)
+            )
+        else:
+            self.output = nn.Linear(dec[-1], n_features)
         self.n_code = dec[-1]
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,3 +126,55 @@ class SAUCIENet(nn.Module):
         emb = self.encode(x)
         codes, rec = self.decode(emb)
         return NetOutput(emb, codes, rec)
+
+    def masked_layer(self) -> MaskedLinear:
+        """The gene-set :class:`~scae.nn.MaskedLinear` (encoder's first layer or the decoder's last)."""
+        if self.gene_set_layer == "encoder":
+            return self.encoder[0]
+        if self.gene_set_layer == "decoder":
+            return self.output[1]
+        msg = "this network has no gene-set layer (build it with `gene_set_mask=`)"
+        raise ValueError(msg)
+
+    def gene_set_weights(self) -> torch.Tensor:
+        """Oriented ``(n_features, n_sets)`` weights of the set nodes (zero outside the mask, free nodes left out).
+
+        Each set's column is multiplied by its orientation sign (:meth:`gene_set_signs`).
+        """
+        layer = self.masked_layer()
+        w = layer.weight * layer.mask
+        w = w.T if self.gene_set_layer == "encoder" else w  # → (n_features, n_nodes)
+        w = w[:, : self.n_gene_sets]
+        return w * self.gene_set_signs()
+
+    def gene_set_signs(self) -> torch.Tensor:
+        """Orientation ``(n_sets,)`` of ±1: the sign of the mean weight between a set node and its genes.
+
+        Multiplying activities by it makes a positive activity mean the set's genes are (on average) up.
+        """
+        layer = self.masked_layer()
+        w = layer.weight * layer.mask
+        w, m = (w, layer.mask) if self.gene_set_layer == "encoder" else (w.T, layer.mask.T)
+        mean = w[: self.n_gene_sets].sum(1) / m[: self.n_gene_sets].sum(1).clamp_min(1.0)
+        return torch.where(mean < 0, -1.0, 1.0).to(w.dtype)
+
+    def gene_set_activities(self, x: torch.Tensor) -> torch.Tensor:
+        """Oriented set-node activities ``(n, n_sets)`` of raw inputs ``x`` (linear, before any activation)."""
+        if self.gene_set_layer == "encoder":
+            h = self.encoder[0](self.standardize(x))
+        else:
+            codes, _ = self.decode(self.encode(x))
+            h = self.output[0](codes)
+        return h[:, : self.n_gene_sets] * self.gene_set_signs()
+
+
+def _with_free_nodes(mask: torch.Tensor, n_features: int, n_free_nodes: int) -> torch.Tensor:
+    """Append ``n_free_nodes`` all-ones columns to a ``(n_features, n_sets)`` mask, after checking it."""
+    if mask.ndim != 2 or mask.shape[0] != n_features:
+        msg = f"`gene_set_mask` must have shape (n_features={n_features}, n_sets), got {tuple(mask.shape)}"
+        raise ValueError(msg)
+    if n_free_nodes < 0:
+        msg = f"`n_free_nodes` must be >= 0, got {n_free_nodes}"
+        raise ValueError(msg)
+    mask = mask.to(torch.float32)
+    return torch.cat([mask, torch.ones(n_features, n_free_nodes)], 1)
