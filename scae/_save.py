@@ -234,6 +234,13 @@ def load_model(cls, path, adata: AnnData | None = None, *, device="auto"):
     )
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in meta["hparams"].items() if k in accepted and k not in _DATA_ARGS}
+    set_names = meta["hparams"].get("gene_set_names")
+    if set_names and "gene_sets" in accepted:
+        # the gene × set mask is a buffer of the masked layer: rebuild the `gene_sets` argument from it
+        mask_key = next(k for k in weights if k.endswith(".mask"))
+        mask = np.asarray(weights[mask_key], dtype=np.float32)
+        mask = mask if mask.shape[0] == len(var_names) else mask.T  # stored as (nodes, genes)
+        kwargs["gene_sets"] = pd.DataFrame(mask[:, : len(set_names)], index=var_names, columns=list(set_names))
     model = cls(
         template,
         layer=use_layer,

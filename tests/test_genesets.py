@@ -124,7 +124,7 @@ def test_fit_errors_leave_adata_untouched(pbmc, guard):
 
 
 @pytest.mark.parametrize("placement", ["encoder", "decoder"])
-def test_masked_weights_exactly_zero_after_training(placement):
+def test_masked_weights_exactly_zero_after_training(placement, tmp_path):
     adata = scae.datasets.tcga_coread()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -147,6 +147,13 @@ def test_masked_weights_exactly_zero_after_training(placement):
     assert (weights.to_numpy()[model.gene_set_mask.to_numpy() == 0] == 0).all()
     assert model.get_gene_set_activities().shape == (adata.n_obs, n_sets)
     assert model.hparams["gene_set_layer"] == placement and model.hparams["n_free_nodes"] == 3
+    # save/load rebuilds the gene-set layer from the stored mask
+    model.save(tmp_path / "model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        back = scae.SAUCIE.load(tmp_path / "model", adata=adata)
+    assert back.gene_set_names == model.gene_set_names
+    np.testing.assert_allclose(back.get_gene_set_activities(), model.get_gene_set_activities(), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- activities on real cells
