@@ -14,6 +14,9 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ._model import SAUCIE
+from ._tl_cluster import cluster_stats
+
+__all__ = ["cluster_stats", "fit"]
 
 logger = logging.getLogger("scae")
 
@@ -103,7 +106,9 @@ def fit(
     ``layers[f"{key_added}_corrected"]``
         Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
     ``uns[key_added]``
-        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``.
+        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``,
+        and per-cluster ``cluster_means``/``cluster_medians`` (DataFrames, clusters × features, of the input
+        values) and ``cluster_sizes`` (see :func:`scae.tl.cluster_stats`).
 
     Examples
     --------
@@ -167,6 +172,7 @@ def fit(
     if model.batches is not None:
         adata.uns[key_added]["batch_categories"] = list(model.batches.categories)
         adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]
+    cluster_stats(adata, layer=layer, key_added=key_added)
     logger.info(
         "scae: %d clusters; added obsm %r, %r, obs %r, layers%s, uns %r (%.1fs)",
         n_clusters_found,
