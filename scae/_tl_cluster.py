@@ -1,12 +1,105 @@
-"""``scae.tl.cluster_stats``: per-cluster marker means and medians, written to ``uns``."""
+"""``scae.tl.cluster`` (re-cut clusters from stored codes) and ``scae.tl.cluster_stats`` (per-cluster markers)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
+from . import cluster as _cluster
 from ._stats import group_stats
-from .data import get_matrix
+from .data import feature_moments, get_matrix
+
+
+def cluster(
+    adata: AnnData,
+    *,
+    n_clusters: int | None = None,
+    merge_threshold: float | None = 2.0,
+    min_cluster_size: int | None = None,
+    threshold: float = 0.1,
+    key_added: str = "scae",
+    copy: bool = False,
+) -> AnnData | None:
+    """Re-derive clusters from the codes and denoised values that :func:`scae.tl.fit` stored, without retraining.
+
+    Steps (see :mod:`scae.cluster`): binarize the clustering-layer activations (a unit fires above
+    ``threshold`` × its maximum), hash each binary code to an integer (O(n)), give codes with fewer than
+    ``min_cluster_size`` cells to the nearest larger code cluster, then merge code clusters whose centres in
+    the standardized denoised expression are close (WPGMA tree of Chebyshev distances).
+
+    How to steer granularity:
+
+    - ``merge_threshold`` (default 2.0): clusters whose denoised marker profiles differ by less than about
+      this many standard deviations on every marker are merged. Larger → fewer, coarser clusters; the
+      count it gives is data-driven and varies a little between seeds.
+    - ``n_clusters``: cut the same tree into exactly this many clusters (e.g. the number of manual gates),
+      which makes the count identical across seeds.
+    - ``lambda_c`` in :func:`scae.tl.fit` (needs retraining): stronger ID regularization → fewer units fire
+      → fewer distinct codes before merging.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :func:`scae.tl.fit` with ``impute=True``.
+    n_clusters
+        Exact number of clusters; overrides ``merge_threshold``.
+    merge_threshold
+        Merge distance in standard deviations; ``None`` or 0 keeps every code cluster.
+    min_cluster_size
+        Codes with fewer cells join the nearest cluster; default ``max(5, n_cells // 1000)``.
+    threshold
+        Relative firing threshold of a unit.
+    key_added
+        The ``key_added`` of :func:`scae.tl.fit`.
+    copy
+        Return a new AnnData instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` or a new AnnData (``copy=True``). Overwrites ``obs[f"{key_added}_cluster"]``,
+    ``uns[key_added]["n_clusters"]``, the cluster statistics of :func:`cluster_stats` and records the
+    options in ``uns[key_added]["cluster_params"]``.
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.cytonorm()
+    >>> scae.tl.fit(adata, max_epochs=3, progress=False)
+    >>> scae.tl.cluster(adata, n_clusters=4)
+    >>> adata.obs["scae_cluster"].cat.categories.size
+    4
+    """
+    codes_key, imputed_key = f"X_{key_added}_codes", f"{key_added}_imputed"
+    if codes_key not in adata.obsm or key_added not in adata.uns:
+        msg = f"adata.obsm[{codes_key!r}] not found: run `scae.tl.fit(adata)` first"
+        raise KeyError(msg)
+    if imputed_key not in adata.layers:
+        msg = f"adata.layers[{imputed_key!r}] not found: run `scae.tl.fit(adata, impute=True)` first"
+        raise KeyError(msg)
+    layer = adata.uns[key_added].get("params", {}).get("layer")
+    mean, std = feature_moments(get_matrix(adata, layer))
+    features = (np.asarray(adata.layers[imputed_key], dtype=np.float32) - mean) / std
+    labels = _cluster.codes_to_clusters(
+        np.asarray(adata.obsm[codes_key]),
+        features,
+        threshold=threshold,
+        min_cluster_size=min_cluster_size,
+        merge_threshold=merge_threshold,
+        n_clusters=n_clusters,
+    )
+    adata = adata.copy() if copy else adata
+    k = int(labels.max()) + 1
+    adata.obs[f"{key_added}_cluster"] = pd.Categorical(labels.astype(str), categories=[str(i) for i in range(k)])
+    adata.uns[key_added]["n_clusters"] = k
+    adata.uns[key_added]["cluster_params"] = {
+        "n_clusters": -1 if n_clusters is None else int(n_clusters),
+        "merge_threshold": 0.0 if merge_threshold is None else float(merge_threshold),
+        "min_cluster_size": -1 if min_cluster_size is None else int(min_cluster_size),
+        "threshold": float(threshold),
+    }
+    cluster_stats(adata, layer=layer, key_added=key_added)
+    return adata if copy else None
 
 
 def cluster_stats(

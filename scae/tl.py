@@ -14,9 +14,9 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from ._model import SAUCIE
-from ._tl_cluster import cluster_stats
+from ._tl_cluster import cluster, cluster_stats
 
-__all__ = ["cluster_stats", "fit"]
+__all__ = ["cluster", "cluster_stats", "fit"]
 
 logger = logging.getLogger("scae")
 
@@ -77,7 +77,7 @@ def fit(
     batch_size
         Minibatch size.
     merge_threshold, n_clusters, min_cluster_size
-        Granularity of the clusters (see :meth:`scae.SAUCIE.get_clusters`).
+        Granularity of the clusters (see :func:`scae.tl.cluster`, which re-cuts them without retraining).
     impute
         Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix).
     random_state
