@@ -23,6 +23,7 @@ extrapolated linearly from the largest measured size (marked "extrap."), which f
 search grows faster than linearly.
 
     python benchmarks/cytof.py [--seeds 0 1 2] [--sizes 10000 100000 1000000] [--scanpy-max 100000]
+                               [--steps N] [--hidden 64 32 16]
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import json
 import subprocess
 import sys
 
+#: scae encoder widths; ``--hidden`` sets it in every worker (default: scae's default).
+HIDDEN: tuple[int, ...] = (512, 256, 128)
 DATASETS = {"flowsom_bal": ("cell_type", "Unlabeled"), "levine3k": ("phenograph_cluster", None)}
 
 
@@ -116,7 +119,7 @@ def _quality_worker(method: str, dataset: str, seeds: list[int], steps: int | No
             import scae
 
             t0 = time.perf_counter()
-            model = scae.SAUCIE(adata, random_state=seed)
+            model = scae.SAUCIE(adata, random_state=seed, hidden=HIDDEN)
             model.train(_epochs(adata.n_obs, steps), progress=False)
             t_train = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -180,7 +183,7 @@ def _scae_scaling(sizes: list[int], n_train: int, steps: int | None = None) -> l
     warnings.filterwarnings("ignore")
     full = _resampled(max(sizes))
     t0 = time.perf_counter()
-    model = scae.SAUCIE(full[: min(n_train, full.n_obs)].copy(), random_state=0)
+    model = scae.SAUCIE(full[: min(n_train, full.n_obs)].copy(), random_state=0, hidden=HIDDEN)
     model.train(_epochs(model.n_cells, steps), progress=False)
     train_s = time.perf_counter() - t0
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
@@ -278,6 +281,7 @@ def _scaling_table(rows: list[dict], sizes: list[int], scanpy_max: int) -> str:
 
 
 def main() -> None:
+    global HIDDEN
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
@@ -288,7 +292,9 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=100_000, help="cells scae trains on in the scaling table")
     p.add_argument("--scae-scaling-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--scanpy-scaling-worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN), help="scae encoder widths")
     args = p.parse_args()
+    HIDDEN = tuple(args.hidden)
     if args.quality_worker:
         print(json.dumps(_quality_worker(*args.quality_worker, args.seeds, args.steps)))
         return
@@ -301,11 +307,13 @@ def main() -> None:
 
     seeds = [str(s) for s in args.seeds]
     epochs = [] if args.steps is None else ["--steps", str(args.steps)]
+    epochs += ["--hidden", *map(str, HIDDEN)]
     rows = []
     for dataset in args.datasets:
         for method in ("scae", "flowsom", "leiden"):
             rows += _run(["--quality-worker", method, dataset, "--seeds", *seeds, *epochs])
     steps = "scae default steps" if args.steps is None else f"scae trained {args.steps} steps"
+    steps += f", hidden={HIDDEN}"
     print(f"Clustering vs manual gates (seeds {', '.join(seeds)}; mean over seeds, F1 ± sd; {steps})")
     print(_quality_table(rows), flush=True)
     if args.sizes:

@@ -33,8 +33,8 @@ def cluster(
     - ``merge_threshold`` (default 2.0): clusters whose denoised marker profiles differ by less than about
       this many standard deviations on every marker are merged. Larger → fewer, coarser clusters; the
       count it gives is data-driven and varies a little between seeds.
-    - ``n_clusters``: cut the same tree into exactly this many clusters (e.g. the number of manual gates),
-      which makes the count identical across seeds.
+    - ``n_clusters``: group the code clusters into exactly this many (size-weighted k-means of their
+      denoised centres; e.g. the number of manual gates), which makes the count identical across seeds.
     - ``lambda_c`` in :func:`scae.tl.fit` (needs retraining): stronger ID regularization → fewer units fire
       → fewer distinct codes before merging.
 

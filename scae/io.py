@@ -42,7 +42,9 @@ def _read_one(path: Path) -> AnnData:
         adata = _read_without_markers(path)
     var = adata.var
     channel = var["channel"].astype(str) if "channel" in var else pd.Series(adata.var_names, index=var.index)
-    marker = var["marker"].fillna("").astype(str).str.strip() if "marker" in var else pd.Series("", index=var.index)
+    marker = pd.Series("", index=var.index)
+    if "marker" in var:  # readfcs may give a categorical column
+        marker = var["marker"].astype(object).fillna("").astype(str).str.strip()
     out = AnnData(
         np.asarray(adata.X, dtype=np.float32),
         var=pd.DataFrame(

@@ -29,6 +29,11 @@ def test_read_fcs_round_trip_real_cytof(tmp_path, levine):
     only = scae.pp.read_fcs(tmp_path / "a.fcs", markers_only=True)
     scae.pp.arcsinh(only, cofactor=5)
     np.testing.assert_allclose(only.X, levine.X[:300], atol=1e-5)
+    # every channel named (no Time): readfcs returns the markers as a categorical column
+    _write(tmp_path / "b.fcs", raw, channels[:-1], markers)
+    b = scae.pp.read_fcs(tmp_path / "b.fcs", markers_only=True)
+    assert list(b.var_names) == markers
+    np.testing.assert_allclose(b.X, raw, rtol=1e-6)
 
 
 def test_read_fcs_several_files_become_samples(tmp_path):
