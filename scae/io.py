@@ -28,7 +28,11 @@ def _read_without_markers(path: Path) -> AnnData:
 
 
 def _read_one(path: Path) -> AnnData:
-    import readfcs
+    try:
+        import readfcs
+    except ImportError as e:  # pragma: no cover - optional dependency
+        msg = "scae.pp.read_fcs needs the readfcs package: pip install 'scae[fcs]'"
+        raise ImportError(msg) from e
 
     if not path.is_file():
         msg = f"FCS file {str(path)!r} not found"
