@@ -303,7 +303,8 @@ class SAUCIE:
             Clusters whose denoised centres differ by less than about this many standard deviations in
             every feature are merged; larger → fewer clusters; ``None``/0 disables merging.
         n_clusters
-            Cut the merge tree into this many clusters instead of using ``merge_threshold``.
+            Group the code clusters into exactly this many (size-weighted k-means of their denoised centres)
+            instead of using ``merge_threshold``.
         """
         out = self._infer()
         features = (out["reconstruction"] - self.net.feature_mean.cpu().numpy()) / self.net.feature_std.cpu().numpy()

@@ -87,3 +87,74 @@ def loss_history(adata: AnnData, *, key_added: str = "scae", ax: Axes | None = N
         plt.show()
     return ax
 
+
+def clusters(
+    adata: AnnData,
+    *,
+    stat: str = "median",
+    standard_scale: str | None = "var",
+    key_added: str = "scae",
+    cmap: str = "viridis",
+    ax: Axes | None = None,
+    show: bool | None = None,
+) -> Axes:
+    """Heatmap of marker values per cluster, from ``uns[key_added]["cluster_medians"/"cluster_means"]``.
+
+    Rows are clusters (labelled with their cell counts), columns markers. With ``standard_scale="var"``
+    each marker is scaled to [0, 1] across clusters, so low and high populations stand out on every marker.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :func:`scae.tl.fit` (or :func:`scae.tl.cluster_stats`).
+    stat
+        ``"median"`` or ``"mean"``.
+    standard_scale
+        ``"var"`` to scale each marker to [0, 1], ``None`` to show the values themselves.
+    key_added
+        The ``key_added`` used in :func:`scae.tl.fit`.
+    cmap
+        Matplotlib colour map.
+    ax
+        Axes to draw into.
+    show
+        Show the figure; ``None`` shows it in interactive sessions.
+
+    Returns
+    -------
+    The Axes.
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.cytonorm()
+    >>> scae.tl.fit(adata, max_epochs=2, progress=False)
+    >>> ax = scae.pl.clusters(adata, show=False)
+    """
+    if stat not in ("median", "mean"):
+        msg = f"`stat` must be 'median' or 'mean', got {stat!r}"
+        raise ValueError(msg)
+    if standard_scale not in ("var", None):
+        msg = f"`standard_scale` must be 'var' or None, got {standard_scale!r}"
+        raise ValueError(msg)
+    key = f"cluster_{stat}s"
+    if key not in adata.uns.get(key_added, {}):
+        msg = f"adata.uns[{key_added!r}][{key!r}] not found: run `scae.tl.fit(adata)` or `scae.tl.cluster_stats(adata)`"
+        raise KeyError(msg)
+    frame = adata.uns[key_added][key]
+    values = np.asarray(frame, dtype=float)
+    sizes = np.asarray(adata.uns[key_added].get("cluster_sizes", np.full(values.shape[0], -1)))
+    if standard_scale == "var":
+        lo, hi = values.min(0, keepdims=True), values.max(0, keepdims=True)
+        values = (values - lo) / np.where(hi > lo, hi - lo, 1.0)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.45 * values.shape[1] + 2.5, 0.35 * values.shape[0] + 1.5))
+    im = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest")
+    ax.set_xticks(np.arange(values.shape[1]), labels=list(frame.columns), rotation=90)
+    ax.set_yticks(np.arange(values.shape[0]), labels=[f"{c} ({n})" for c, n in zip(frame.index, sizes, strict=True)])
+    groupby = adata.uns[key_added].get("cluster_stats_params", {}).get("groupby", f"{key_added}_cluster")
+    ax.set_ylabel(f"{groupby} (cells)")
+    ax.figure.colorbar(im, ax=ax, label=f"{stat}{' (scaled per marker)' if standard_scale else ''}", shrink=0.8)
+    if show or (show is None and plt.isinteractive()):
+        plt.show()
+    return ax

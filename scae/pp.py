@@ -67,3 +67,8 @@ def arcsinh(
         adata.layers[target] = Y
     adata.uns["scae_arcsinh"] = {**done, target: float(cofactor)}
     return adata if copy else None
+
+
+from .io import read_fcs  # noqa: E402  (re-exported: scae.pp.read_fcs)
+
+__all__ = ["arcsinh", "read_fcs"]

@@ -19,8 +19,19 @@ from ._model import SAUCIE
 from ._query import query
 from ._transform import build_mapping_state, transform
 
-__all__ = ["activity_adata", "fit", "query", "rank_gene_sets", "rank_gene_sets_df", "transform"]
+from ._tl_cluster import cluster, cluster_stats
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
+
+__all__ = [
+    "activity_adata",
+    "cluster",
+    "cluster_stats",
+    "fit",
+    "query",
+    "rank_gene_sets",
+    "rank_gene_sets_df",
+    "transform",
+]
 
 logger = logging.getLogger("scae")
 
@@ -86,7 +97,7 @@ def fit(
     batch_size
         Minibatch size.
     merge_threshold, n_clusters, min_cluster_size
-        Granularity of the clusters (see :meth:`scae.SAUCIE.get_clusters`).
+        Granularity of the clusters (see :func:`scae.tl.cluster`, which re-cuts them without retraining).
     impute
         Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix).
     random_state
@@ -133,7 +144,9 @@ def fit(
         Oriented weights of each set node on its genes (genes × sets, 0 outside the set; with ``gene_sets``).
     ``uns[key_added]``
         ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``;
-        with ``gene_sets`` also ``gene_sets`` (names of the kept sets, the columns of the two arrays above).
+        with ``gene_sets`` also ``gene_sets`` (names of the kept sets, the columns of the two arrays above);
+        per-cluster ``cluster_means``/``cluster_medians`` (DataFrames, clusters × features, of the input
+        values) and ``cluster_sizes`` (see :func:`scae.tl.cluster_stats`).
 
     Examples
     --------
@@ -215,6 +228,7 @@ def fit(
         adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]
     if activities is not None:
         adata.uns[key_added]["gene_sets"] = model.gene_set_names
+    cluster_stats(adata, layer=layer, key_added=key_added)
     logger.info(
         "scae: %d clusters; added obsm %r, %r, obs %r, layers%s, uns %r (%.1fs)",
         n_clusters_found,

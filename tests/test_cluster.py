@@ -31,3 +31,20 @@ def test_absorb_small_and_merge():
     assert merged.max() + 1 == 2  # the two overlapping blobs merge, the far one stays apart
     assert len(np.unique(merged[200:])) == 1 and merged[0] != merged[250]
     assert cluster.merge_clusters(absorbed, feats, merge_threshold=None, n_clusters=3).max() + 1 == 3
+
+
+def test_n_clusters_is_not_spent_on_outlying_small_codes():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    feats = np.vstack([rng.normal(c, 0.3, (300, 2)) for c in centres] + [rng.normal([8, 8], 0.1, (6, 2))])
+    truth = np.repeat([0, 1, 2, 3], [300, 300, 300, 6])
+    # each blob is split into 4 codes (as an over-fragmented clustering layer does); a far outlier code of 6 cells
+    labels = np.concatenate([truth[:900] * 4 + rng.integers(0, 4, 900), np.full(6, 12)])
+    merged = cluster.merge_clusters(labels, feats, n_clusters=3)
+    assert merged.max() + 1 == 3
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth[:900], merged[:900]) > 0.99  # the three blobs, the outliers join one
+    with np.testing.assert_raises(ValueError):
+        cluster.merge_clusters(labels, feats, n_clusters=0)
+    assert cluster.merge_clusters(labels, feats, n_clusters=50).max() + 1 == 13  # more than codes: keep codes

@@ -1,0 +1,90 @@
+"""Cluster outputs users read: statistics in uns, re-cutting without retraining, heatmap; quality on real data."""
+
+import anndata as ad
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+import pytest
+
+import scae
+from scae.metrics import cluster_scores
+
+FAST = {"hidden": (64, 32, 16), "max_epochs": 20, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def small_fitted(levine):
+    rng = np.random.default_rng(1)
+    a = levine[np.sort(rng.choice(levine.n_obs, 900, replace=False))].copy()
+    scae.tl.fit(a, random_state=0, **FAST)
+    return a
+
+
+def test_fit_writes_cluster_stats(small_fitted, tmp_path):
+    a = small_fitted
+    info = a.uns["scae"]
+    means, medians, sizes = info["cluster_means"], info["cluster_medians"], info["cluster_sizes"]
+    k = a.obs["scae_cluster"].cat.categories.size
+    assert means.shape == medians.shape == (k, a.n_vars) and sizes.shape == (k,)
+    assert list(means.columns) == list(a.var_names) and list(means.index) == [str(i) for i in range(k)]
+    assert sizes.sum() == a.n_obs and np.all(np.diff(sizes) <= 0)  # cluster 0 is the largest
+    expect = pd.DataFrame(a.X, columns=a.var_names).groupby(a.obs["scae_cluster"].to_numpy(), observed=True)
+    np.testing.assert_allclose(means.loc["0"], expect.mean().loc["0"], rtol=1e-5)
+    last = str(k - 1)
+    np.testing.assert_allclose(medians.loc[last], expect.median().loc[last], rtol=1e-5)
+    path = tmp_path / "a.h5ad"
+    a.write_h5ad(path)
+    b = ad.read_h5ad(path)
+    pd.testing.assert_frame_equal(b.uns["scae"]["cluster_medians"], medians)
+    np.testing.assert_array_equal(b.uns["scae"]["cluster_sizes"], sizes)
+
+
+def test_recluster_to_n_clusters_and_back(small_fitted, guard):
+    a = small_fitted.copy()
+    before = a.obs["scae_cluster"].copy()
+    b = scae.tl.cluster(a, n_clusters=3, copy=True)
+    assert b.obs["scae_cluster"].cat.categories.size == 3 and b.uns["scae"]["n_clusters"] == 3
+    assert b.uns["scae"]["cluster_means"].shape == (3, a.n_vars)
+    assert a.obs["scae_cluster"].equals(before)  # copy=True leaves the input alone
+    scae.tl.cluster(a)  # the defaults reproduce what fit wrote
+    assert np.array_equal(a.obs["scae_cluster"].to_numpy(), before.to_numpy())
+    s = cluster_scores(a.obs["phenograph_cluster"], b.obs["scae_cluster"])
+    assert s["ari"] > 0.4, s  # 80 training steps only; measured 0.53
+    check = guard(a)
+    with pytest.raises(ValueError, match="n_clusters"):
+        scae.tl.cluster(a, n_clusters=0)
+    bare = a.copy()
+    del bare.layers["scae_imputed"]
+    with pytest.raises(KeyError, match="impute=True"):
+        scae.tl.cluster(bare)
+    with pytest.raises(KeyError, match="run `scae.tl.fit"):
+        scae.tl.cluster(ad.AnnData(a.X.copy()))
+    check()
+
+
+def test_cluster_stats_other_grouping_and_errors(small, guard):
+    check = guard(small)
+    with pytest.raises(KeyError, match="run `scae.tl.fit"):
+        scae.tl.cluster_stats(small)
+    with pytest.raises(KeyError, match="pass an existing obs column"):
+        scae.tl.cluster_stats(small, groupby="nope")
+    with pytest.raises(KeyError, match="scae.tl.fit"):
+        scae.pl.clusters(small, show=False)
+    check()
+    scae.tl.cluster_stats(small, groupby="phenograph_cluster")
+    assert list(small.uns["scae"]["cluster_means"].index) == ["cluster1", "cluster2", "cluster3"]
+
+
+def test_pl_clusters_and_embedding(small_fitted):
+    ax = scae.pl.clusters(small_fitted, show=False)
+    k = small_fitted.uns["scae"]["cluster_means"].shape[0]
+    assert len(ax.get_yticklabels()) == k and len(ax.get_xticklabels()) == small_fitted.n_vars
+    ax = scae.pl.clusters(small_fitted, stat="mean", standard_scale=None, show=False)
+    assert ax.images[0].get_array().max() == pytest.approx(small_fitted.uns["scae"]["cluster_means"].to_numpy().max())
+    with pytest.raises(ValueError, match="stat"):
+        scae.pl.clusters(small_fitted, stat="mode", show=False)
+    axes = scae.pl.embedding(small_fitted, color=["scae_cluster", "phenograph_cluster"], show=False)
+    assert len(axes) == 2
+    matplotlib.pyplot.close("all")
