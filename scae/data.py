@@ -77,6 +77,61 @@ def feature_moments(X) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def validate_counts(X, *, where: str) -> None:
+    """Raise ``ValueError`` unless every entry is a non-negative integer (NB/ZINB need raw counts)."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    n_neg = int(np.count_nonzero(values < 0))
+    if n_neg:
+        msg = (
+            f"{where} has {n_neg} negative values, but a count likelihood ('nb'/'zinb') needs raw non-negative "
+            "integer counts; pass `layer=` naming the raw counts, or use likelihood='mse' for transformed data"
+        )
+        raise ValueError(msg)
+    n_frac = int(np.count_nonzero(values != np.round(values)))
+    if n_frac:
+        msg = (
+            f"{where} has {n_frac} non-integer values, but a count likelihood ('nb'/'zinb') needs raw integer "
+            "counts (not normalized or log-transformed); pass `layer=` naming the raw counts, or use likelihood='mse'"
+        )
+        raise ValueError(msg)
+
+
+def validate_binary(X, *, where: str) -> None:
+    """Raise ``ValueError`` unless every entry is 0 or 1 (the Bernoulli likelihood)."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    n_bad = int(np.count_nonzero((values != 0) & (values != 1)))
+    if n_bad:
+        msg = f"{where} has {n_bad} values other than 0 and 1, but the 'bernoulli' likelihood needs binary data"
+        raise ValueError(msg)
+
+
+def library_size(X) -> np.ndarray:
+    """Total count per cell (row sums, float64), without densifying sparse input."""
+    return np.asarray(X.sum(1), dtype=np.float64).ravel()
+
+
+def log_normalize(X, target_sum: float):
+    """``log1p(x / library × target_sum)`` per cell (float32; sparse stays sparse, zero-count rows stay 0).
+
+    The same transform the network applies to count blocks before standardization (``scae.nn.heads``).
+    """
+    lib = np.clip(library_size(X), 1.0, None)
+    scale = (target_sum / lib).astype(np.float32)
+    if sp.issparse(X):
+        Y = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        Y.data *= np.repeat(scale, np.diff(Y.indptr))
+        np.log1p(Y.data, out=Y.data)
+        return Y
+    return np.log1p(np.asarray(X, dtype=np.float32) * scale[:, None])
+
+
+def block_matrix(X, index: np.ndarray):
+    """Columns ``index`` of ``X`` (a view-free copy; sparse stays sparse)."""
+    if sp.issparse(X):
+        return sp.csc_matrix(X)[:, index] if not sp.isspmatrix_csc(X) else X[:, index]
+    return np.asarray(X)[:, index]
+
+
 @dataclass
 class BatchInfo:
     """Batch codes of the cells and the reference batch."""

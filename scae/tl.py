@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,16 @@ def fit(
     n_clusters: int | None = None,
     min_cluster_size: int | None = None,
     impute: bool = True,
+    likelihood: str | Mapping[str, str] = "mse",
+    block_key: str | None = None,
+    block_weights: Mapping[str, float] | None = None,
+    imputed_units: Literal["counts", "normalized", "log1p"] = "counts",
+    input_dropout: float = 0.0,
+    input_noise: float = 0.0,
+    l1_activity: float = 0.0,
+    contractive: float = 0.0,
+    variational: bool = False,
+    lambda_kl: float = 0.01,
     random_state: int = 0,
     device: str = "auto",
     progress: bool = True,
@@ -76,7 +87,22 @@ def fit(
     merge_threshold, n_clusters, min_cluster_size
         Granularity of the clusters (see :meth:`scae.SAUCIE.get_clusters`).
     impute
-        Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix).
+        Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix, filled chunk by
+        chunk; sparse input is never densified whole).
+    likelihood
+        ``"mse"`` (continuous input), ``"nb"``/``"zinb"`` (raw integer counts, e.g. ``layer="counts"``),
+        ``"bernoulli"`` (0/1), or ``{block: likelihood}`` with ``block_key`` (see :class:`scae.SAUCIE`).
+    block_key
+        Column of ``adata.var`` naming feature blocks (mixed multi-omics), e.g. from
+        :func:`scae.datasets.tcga_coread` with ``multiomics=True``.
+    block_weights
+        Weight per block of its reconstruction loss.
+    imputed_units
+        Units of count blocks in the imputed layer: ``"counts"`` (expected counts at each cell's observed
+        library size), ``"normalized"`` (per 10,000) or ``"log1p"`` (log1p of normalized). Bernoulli blocks
+        are probabilities; ``mse`` blocks are in input units.
+    input_dropout, input_noise, l1_activity, contractive, variational, lambda_kl
+        Seed autoencoder variants: denoising, sparse, contractive, variational (see :class:`scae.SAUCIE`).
     random_state
         Seed; the same seed and device type give the same results.
     device
@@ -116,6 +142,10 @@ def fit(
     params = dict(locals())
     params.pop("adata")
     params["hidden"] = list(hidden)
+    if not isinstance(likelihood, str):
+        params["likelihood"] = dict(likelihood)
+    if block_weights is not None:
+        params["block_weights"] = dict(block_weights)
     t0 = time.perf_counter()
     model = SAUCIE(
         adata,
@@ -130,6 +160,15 @@ def fit(
         batch_size=batch_size,
         random_state=random_state,
         device=device,
+        likelihood=likelihood,
+        block_key=block_key,
+        block_weights=block_weights,
+        input_dropout=input_dropout,
+        input_noise=input_noise,
+        l1_activity=l1_activity,
+        contractive=contractive,
+        variational=variational,
+        lambda_kl=lambda_kl,
     )
     model.train(max_epochs, progress=progress)
     embedding = model.get_embedding()
@@ -137,7 +176,7 @@ def fit(
     t_cluster = time.perf_counter()
     labels = model.get_clusters(merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size)
     t_cluster = time.perf_counter() - t_cluster
-    imputed = model.get_reconstruction() if impute else None
+    imputed = model.get_reconstruction(counts=imputed_units) if impute else None
     corrected = model.get_reconstruction(corrected=True) if batch_key is not None else None
 
     adata = adata.copy() if copy else adata
@@ -164,6 +203,8 @@ def fit(
         "n_clusters": n_clusters_found,
         "input_sparse": bool(sp.issparse(model._X)),
     }
+    if block_key is not None:
+        adata.uns[key_added]["blocks"] = dict(model.hparams["blocks"])
     if model.batches is not None:
         adata.uns[key_added]["batch_categories"] = list(model.batches.categories)
         adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]
