@@ -83,6 +83,8 @@ def _fit(args: argparse.Namespace) -> int:
         adata,
         layer=args.layer,
         batch_key=args.batch_key,
+        likelihood=args.likelihood,
+        block_key=args.block_key,
         random_state=args.seed,
         device=args.device,
         max_epochs=args.max_epochs,
@@ -118,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("output", help="output .h5ad (written atomically)")
     fit.add_argument("--layer", default=None)
     fit.add_argument("--batch-key", default=None)
+    fit.add_argument("--likelihood", default="mse", help="mse, nb, zinb or bernoulli (one for every block)")
+    fit.add_argument("--block-key", default=None, help="adata.var column naming feature blocks")
     common(fit)
     fit.set_defaults(func=_fit)
     return parser

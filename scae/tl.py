@@ -125,11 +125,14 @@ def fit(
     ``obs[f"{key_added}_cluster"]``
         Categorical cluster labels.
     ``layers[f"{key_added}_imputed"]``
-        Reconstruction in input units (with ``impute=True``).
+        Reconstruction (with ``impute=True``): input units for ``mse`` blocks, probabilities for
+        ``bernoulli`` blocks, ``imputed_units`` for ``nb``/``zinb`` blocks.
     ``layers[f"{key_added}_corrected"]``
         Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
     ``uns[key_added]``
-        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``.
+        ``params``, ``history`` (per-term loss per epoch; ``reconstruction_<block>`` per block with
+        ``block_key``, ``l1_activity``/``contractive``/``kl`` for those variants), ``versions``, ``seed``,
+        ``device``, ``runtime``; ``blocks`` (block → likelihood) with ``block_key``.
 
     Examples
     --------

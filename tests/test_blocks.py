@@ -1,5 +1,6 @@
 """Mixed feature blocks (bulk multi-omics): one model, one likelihood and weight per block."""
 
+import anndata as ad
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -28,7 +29,7 @@ def test_tcga_multiomics_helper(multiomics):
     assert set(np.unique(binary)) == {0.0, 1.0}
 
 
-def test_mixed_block_model_fits_tcga(multiomics):
+def test_mixed_block_model_fits_tcga(multiomics, tmp_path):
     a = multiomics.copy()
     scae.tl.fit(
         a,
@@ -56,6 +57,9 @@ def test_mixed_block_model_fits_tcga(multiomics):
     expr = (a.var["block"] == "expression").to_numpy()
     corr = np.corrcoef(imputed[:, expr].ravel(), a.X[:, expr].ravel())[0, 1]
     assert corr > EXPRESSION_CORR_FLOOR, corr  # expression stays in its input (log) units
+    a.write_h5ad(tmp_path / "blocks.h5ad")
+    b = ad.read_h5ad(tmp_path / "blocks.h5ad")
+    assert b.uns["scae"]["params"]["likelihood"] == LIKELIHOODS and b.uns["scae"]["blocks"] == LIKELIHOODS
 
 
 def test_block_arguments_are_checked(multiomics, small, guard):

@@ -38,7 +38,7 @@ def _penalties(model, x):
     net = model.net.eval()
     z = net.encoder_input(torch.as_tensor(x)).requires_grad_(True)
     out = net(torch.as_tensor(x), z=z)
-    return float(losses.contractive(out.embedding_mean, z)), float(losses.l1_activity(out.hidden))
+    return float(losses.contractive(out.embedding_mean, z).detach()), float(losses.l1_activity(out.hidden).detach())
 
 
 def test_variant_penalties_do_their_job(small):
