@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import cluster, data, genesets
+from . import _blocks, cluster, data, genesets
 from .nn.network import SAUCIENet
+from .objectives import Variants
 from .train import LossWeights, infer, infer_gene_sets, train_net
 
 logger = logging.getLogger("scae")
@@ -82,6 +83,30 @@ class SAUCIE:
     gene_set_layer
         ``"encoder"`` (GSAE, default: the set layer is the first encoder layer, so an activity is a weighted
         sum of the set's own genes) or ``"decoder"`` (expiMap style: set nodes before a masked output layer).
+    likelihood
+        Reconstruction model: ``"mse"`` (continuous, e.g. arcsinh CyTOF or log-normalized RNA), ``"nb"`` or
+        ``"zinb"`` (raw integer counts; the encoder sees ``log1p`` counts normalized to 10,000 per cell, the
+        output is ``library size × softmax`` rates with one dispersion per feature, plus dropout logits for
+        ZINB) or ``"bernoulli"`` (0/1 features). With ``block_key``, a mapping ``{block: likelihood}``.
+    block_key
+        Column of ``adata.var`` naming each feature's block (e.g. expression / mutation / cnv for bulk
+        multi-omics); each block gets its own likelihood, library size and weight.
+    block_weights
+        Weight of each block's mean per-entry loss, ``{block: weight}`` (default 1 each).
+    input_dropout
+        Denoising AE: fraction of input entries zeroed at random in training (targets stay clean).
+    input_noise
+        Denoising AE: standard deviation of Gaussian noise added to the standardized input in training.
+    l1_activity
+        Sparse AE: weight of the mean absolute activation of the last encoder layer (history ``"l1_activity"``).
+    contractive
+        Contractive AE: weight of the squared Jacobian norm of the embedding w.r.t. the standardized input
+        (history ``"contractive"``).
+    variational
+        VAE: the embedding is a Gaussian sampled with the reparameterization trick in training (the mean is
+        returned), with ``lambda_kl`` times its KL divergence to ``N(0, I)`` (history ``"kl"``).
+    lambda_kl
+        Weight of the KL term of ``variational=True``.
 
     Examples
     --------
@@ -113,11 +138,25 @@ class SAUCIE:
         min_genes: int = 5,
         n_free_nodes: int = 0,
         gene_set_layer: str = "encoder",
+        likelihood: str | Mapping[str, str] = "mse",
+        block_key: str | None = None,
+        block_weights: Mapping[str, float] | None = None,
+        input_dropout: float = 0.0,
+        input_noise: float = 0.0,
+        l1_activity: float = 0.0,
+        contractive: float = 0.0,
+        variational: bool = False,
+        lambda_kl: float = 0.01,
     ) -> None:
         if not isinstance(adata, AnnData):
             msg = f"expected an AnnData, got {type(adata).__name__}"
             raise TypeError(msg)
-        for name, value in (("lambda_b", lambda_b), ("lambda_c", lambda_c), ("lambda_d", lambda_d)):
+        checks = (("lambda_b", lambda_b), ("lambda_c", lambda_c), ("lambda_d", lambda_d), ("input_noise", input_noise))
+        checks += (("l1_activity", l1_activity), ("contractive", contractive), ("lambda_kl", lambda_kl))
+        if not 0 <= input_dropout < 1:
+            msg = f"`input_dropout` must be in [0, 1), got {input_dropout!r}"
+            raise ValueError(msg)
+        for name, value in checks:
             if not (value >= 0 and math.isfinite(value)):
                 msg = f"`{name}` must be a finite number >= 0, got {value!r}"
                 raise ValueError(msg)
@@ -133,8 +172,9 @@ class SAUCIE:
         X = data.get_matrix(adata, layer)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         data.validate_matrix(X, where=where)
+        blocks = _blocks.resolve_blocks(adata, likelihood=likelihood, block_key=block_key, block_weights=block_weights)
         batches = data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size)
-        data.warn_if_untransformed(X, where=where)
+        mean, std = _blocks.validate_and_moments(X, blocks, where=where)
         set_mask = _gene_set_mask(adata, gene_sets, min_genes, n_free_nodes, gene_set_layer)
 
         self.adata = adata
@@ -162,7 +202,25 @@ class SAUCIE:
             "batch_size": self.batch_size,
             "random_state": self.random_state,
             "batch_reconstruction": batch_reconstruction,
+            "likelihood": likelihood if isinstance(likelihood, str) else dict(likelihood),
+            "block_key": block_key,
+            "blocks": {b.name: b.likelihood for b in blocks},
+            "block_weights": {b.name: b.weight for b in blocks} if block_key is not None else None,
+            "input_dropout": float(input_dropout),
+            "input_noise": float(input_noise),
+            "l1_activity": float(l1_activity),
+            "contractive": float(contractive),
+            "variational": bool(variational),
+            "lambda_kl": float(lambda_kl),
         }
+        self.blocks = blocks
+        self.variants = Variants(
+            input_dropout=float(input_dropout),
+            input_noise=float(input_noise),
+            l1_activity=float(l1_activity),
+            contractive=float(contractive),
+            lambda_kl=float(lambda_kl),
+        )
         self.gene_set_mask = set_mask  # genes × sets DataFrame (the net holds it as a buffer) or None
         if set_mask is not None:
             self.hparams.update(
@@ -171,7 +229,6 @@ class SAUCIE:
                 n_free_nodes=int(n_free_nodes),
                 min_genes=int(min_genes),
             )
-        mean, std = data.feature_moments(X)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             self.net = SAUCIENet(
@@ -183,10 +240,12 @@ class SAUCIE:
                 gene_set_mask=None if set_mask is None else torch.from_numpy(set_mask.to_numpy()),
                 n_free_nodes=n_free_nodes,
                 gene_set_layer=gene_set_layer,
+                blocks=blocks,
+                variational=variational,
             ).to(self.device)
         self._X = X
         self._source: data.RowSource | None = None
-        self._outputs: dict[str, np.ndarray] | None = None
+        self._outputs: dict[str, dict[str, np.ndarray]] = {}
         self.history: dict[str, list[float]] = {}
         self.is_trained = False
         self.runtime: dict[str, float] = {}
@@ -243,6 +302,7 @@ class SAUCIE:
             learning_rate=self.learning_rate,
             generator=gen,
             progress=progress,
+            variants=self.variants,
         )
         t_train = time.perf_counter() - t1
         for k, v in history.items():
@@ -256,7 +316,7 @@ class SAUCIE:
             "train_cells_per_s": steps * min(self.batch_size, n_cells) / max(t_train, 1e-9),
         }
         self.is_trained = True
-        self._outputs = None
+        self._outputs = {}
         logger.info("trained %d epochs in %.1fs (%.0f cells/s)", max_epochs, t_train, self.runtime["train_cells_per_s"])
         return self
 
@@ -266,14 +326,14 @@ class SAUCIE:
             msg = "the model is not trained yet: call `model.train()` first"
             raise RuntimeError(msg)
 
-    def _infer(self) -> dict[str, np.ndarray]:
+    def _infer(self, counts: str = "counts") -> dict[str, np.ndarray]:
         self._check_trained()
-        if self._outputs is None:
+        if counts not in self._outputs:
             t0 = time.perf_counter()
-            out = infer(self.net, self._row_source())
-            self._outputs = {k: v.numpy() for k, v in out.items()}
+            out = infer(self.net, self._row_source(), counts=counts)
+            self._outputs[counts] = {k: v.numpy() for k, v in out.items()}
             self.runtime["infer_s"] = time.perf_counter() - t0
-        return self._outputs
+        return self._outputs[counts]
 
     def get_embedding(self) -> np.ndarray:
         """2-D embedding (``n_cells × n_latent``, float32); batch-corrected when ``batch_key`` was given."""
@@ -307,7 +367,10 @@ class SAUCIE:
             instead of using ``merge_threshold``.
         """
         out = self._infer()
-        features = (out["reconstruction"] - self.net.feature_mean.cpu().numpy()) / self.net.feature_std.cpu().numpy()
+        if "standardized" in out:  # count / binary blocks: compare in the encoder's standardized units
+            features = out["standardized"]
+        else:
+            features = (out["reconstruction"] - self.net.feature_mean.cpu().numpy()) / self.net.feature_std.cpu().numpy()
         return cluster.codes_to_clusters(
             out["codes"],
             features,
@@ -317,21 +380,30 @@ class SAUCIE:
             n_clusters=n_clusters,
         )
 
-    def get_reconstruction(self, *, corrected: bool = False) -> np.ndarray:
-        """Reconstruction in input units (imputed/denoised values).
+    def get_reconstruction(self, *, corrected: bool = False, counts: str = "counts") -> np.ndarray:
+        """Reconstruction = imputed/denoised values, in input units.
+
+        ``mse`` blocks are in the input's units; ``bernoulli`` blocks are probabilities of 1; ``nb``/``zinb``
+        blocks are given by ``counts``.
 
         Parameters
         ----------
         corrected
             With batch correction, ``True`` returns every batch in the reference batch's units
             (``layers["scae_corrected"]``); ``False`` puts each batch back to its own per-feature mean and
-            spread, keeping the denoised within-batch structure (``layers["scae_imputed"]``).
+            spread, keeping the denoised within-batch structure (``layers["scae_imputed"]``; all-``mse``
+            models only: count models keep their per-cell library offset instead).
+        counts
+            Units of count blocks: ``"counts"`` (expected counts, the NB mean at the cell's observed library
+            size; for ZINB the mean without dropouts), ``"normalized"`` (expected counts per 10,000) or
+            ``"log1p"`` (``log1p`` of the normalized value).
         """
-        rec = self._infer()["reconstruction"].astype(np.float32)
+        rec = self._infer(counts)["reconstruction"].astype(np.float32)
         if corrected and self.batches is None:
             msg = "`corrected=True` needs a model trained with `batch_key`"
             raise ValueError(msg)
-        if corrected or self.batches is None or self.weights.lambda_b == 0:
+        plain = all(b.likelihood == "mse" for b in self.blocks)
+        if corrected or self.batches is None or self.weights.lambda_b == 0 or not plain:
             return rec
         return _restore_batch_moments(rec, self._X, self.batches.codes)
 

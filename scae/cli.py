@@ -142,6 +142,8 @@ def _fit(args: argparse.Namespace) -> int:
         "device": args.device,
         "max_epochs": args.max_epochs,
         "save_model": args.save_model,
+        "likelihood": args.likelihood,
+        "block_key": args.block_key,
         "progress": False if args.quiet else None,
     }
     if args.gene_sets is not None:
@@ -224,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--gene-sets", default=None, help="GMT file passed as scae.tl.fit(gene_sets=...)")
     fit.add_argument("--save-model", default=None, metavar="DIR", help="save the trained model to DIR")
     fit.add_argument("--max-epochs", type=int, default=None, help="default: about 3000 optimizer steps")
+    fit.add_argument("--likelihood", default=None, help="mse (default), nb, zinb or bernoulli (one for every block)")
+    fit.add_argument("--block-key", default=None, help="adata.var column naming feature blocks")
     common(fit)
     fit.set_defaults(func=_fit)
 

@@ -79,6 +79,61 @@ def feature_moments(X) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def validate_counts(X, *, where: str) -> None:
+    """Raise ``ValueError`` unless every entry is a non-negative integer (NB/ZINB need raw counts)."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    n_neg = int(np.count_nonzero(values < 0))
+    if n_neg:
+        msg = (
+            f"{where} has {n_neg} negative values, but a count likelihood ('nb'/'zinb') needs raw non-negative "
+            "integer counts; pass `layer=` naming the raw counts, or use likelihood='mse' for transformed data"
+        )
+        raise ValueError(msg)
+    n_frac = int(np.count_nonzero(values != np.round(values)))
+    if n_frac:
+        msg = (
+            f"{where} has {n_frac} non-integer values, but a count likelihood ('nb'/'zinb') needs raw integer "
+            "counts (not normalized or log-transformed); pass `layer=` naming the raw counts, or use likelihood='mse'"
+        )
+        raise ValueError(msg)
+
+
+def validate_binary(X, *, where: str) -> None:
+    """Raise ``ValueError`` unless every entry is 0 or 1 (the Bernoulli likelihood)."""
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    n_bad = int(np.count_nonzero((values != 0) & (values != 1)))
+    if n_bad:
+        msg = f"{where} has {n_bad} values other than 0 and 1, but the 'bernoulli' likelihood needs binary data"
+        raise ValueError(msg)
+
+
+def library_size(X) -> np.ndarray:
+    """Total count per cell (row sums, float64), without densifying sparse input."""
+    return np.asarray(X.sum(1), dtype=np.float64).ravel()
+
+
+def log_normalize(X, target_sum: float):
+    """``log1p(x / library × target_sum)`` per cell (float32; sparse stays sparse, zero-count rows stay 0).
+
+    The same transform the network applies to count blocks before standardization (``scae.nn.heads``).
+    """
+    lib = np.clip(library_size(X), 1.0, None)
+    scale = (target_sum / lib).astype(np.float32)
+    if sp.issparse(X):
+        Y = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        Y.data *= np.repeat(scale, np.diff(Y.indptr))
+        np.log1p(Y.data, out=Y.data)
+        return Y
+    return np.log1p(np.asarray(X, dtype=np.float32) * scale[:, None])
+
+
+def block_matrix(X, index: np.ndarray):
+    """Columns ``index`` of ``X`` (a view-free copy; sparse stays sparse)."""
+    if sp.issparse(X):
+        return sp.csc_matrix(X)[:, index] if not sp.isspmatrix_csc(X) else X[:, index]
+    return np.asarray(X)[:, index]
+
+
 @dataclass
 class BatchInfo:
     """Batch codes of the cells and the reference batch."""
@@ -89,12 +144,12 @@ class BatchInfo:
 
 
 def get_batches(
-    adata: AnnData, batch_key: str | None, reference_batch=None, *, batch_size: int = 256
+    adata: AnnData, batch_key: str | None, reference_batch=None, *, batch_size: int = 256, min_cells: int | None = None
 ) -> BatchInfo | None:
     """Read ``adata.obs[batch_key]`` into integer codes, checking for missing values and too small batches.
 
     Every minibatch draws ``batch_size // n_batches`` cells from each batch, so each batch needs at least
-    that many cells (and at least 2).
+    that many cells (and at least 2); ``min_cells`` overrides that floor (e.g. 1 when mapping new cells).
     """
     if batch_key is None:
         if reference_batch is not None:
@@ -113,7 +168,10 @@ def get_batches(
     categories = [str(c) for c in cat.categories]
     codes = np.asarray(cat.codes, dtype=np.int64)
     counts = np.bincount(codes, minlength=len(categories))
-    need = max(2, batch_size // len(categories)) if len(categories) > 1 else 2
+    if min_cells is not None:
+        need = min_cells
+    else:
+        need = max(2, batch_size // len(categories)) if len(categories) > 1 else 2
     small = [f"{c!r} ({n} cells)" for c, n in zip(categories, counts, strict=True) if n < need]
     if small:
         msg = (

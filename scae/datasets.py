@@ -139,6 +139,43 @@ def cellbench(data_dir: str | os.PathLike | None = None) -> AnnData:
     return _read_shared("cellbench_3cl_2platforms", data_dir)
 
 
-def tcga_coread(data_dir: str | os.PathLike | None = None) -> AnnData:
-    """TCGA colorectal cancer, 121 tumours × 500 genes (log expression), ``obs["cms_label"]``; mutations/CNV in ``obsm``."""
-    return _read_shared("tcga_coread_cms", data_dir)
+def tcga_coread(data_dir: str | os.PathLike | None = None, *, multiomics: bool = False) -> AnnData:
+    """TCGA colorectal cancer, 121 tumours × 500 genes (log expression), ``obs["cms_label"]``; mutations/CNV in ``obsm``.
+
+    Parameters
+    ----------
+    data_dir
+        Shared data directory.
+    multiomics
+        Return one AnnData with the three omics as blocks of features: 500 expression genes (log scale,
+        continuous), 200 mutated genes and 100 CNV cytobands (binary), in that order. ``var["block"]`` is
+        ``"expression"``, ``"mutation"`` or ``"cnv"`` and ``var["feature"]`` the original name; var names
+        are prefixed (``mut_TP53``, ``cnv_8p23.2``) so genes present in two blocks stay unique.
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.tcga_coread(multiomics=True)  # doctest: +SKIP
+    >>> scae.tl.fit(  # doctest: +SKIP
+    ...     adata, block_key="block", likelihood={"expression": "mse", "mutation": "bernoulli", "cnv": "bernoulli"}
+    ... )
+    """
+    adata = _read_shared("tcga_coread_cms", data_dir)
+    if not multiomics:
+        return adata
+    import numpy as np
+    import pandas as pd
+
+    parts = [("expression", "", np.asarray(adata.X, dtype=np.float32), list(map(str, adata.var_names)))]
+    for key, block, prefix in (("mutations", "mutation", "mut_"), ("cnv", "cnv", "cnv_")):
+        df = adata.obsm[key]
+        parts.append((block, prefix, df.to_numpy(dtype=np.float32), list(map(str, df.columns))))
+    X = np.hstack([p[2] for p in parts])
+    var = pd.DataFrame(
+        {
+            "block": pd.Categorical([b for b, _, m, _ in parts for _ in range(m.shape[1])], categories=[p[0] for p in parts]),
+            "feature": [n for _, _, _, names in parts for n in names],
+        },
+        index=[prefix + n for _, prefix, _, names in parts for n in names],
+    )
+    return AnnData(X, obs=adata.obs.copy(), var=var)

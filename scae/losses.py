@@ -144,3 +144,93 @@ def within_batch_distance_mse(
     n_pairs = mask.sum().clamp_min(1.0)
     scale = ((d_in * mask).sum() / n_pairs).detach() + _EPS
     return (mask * (d_in - d_out).pow(2)).sum() / n_pairs / scale.pow(2)
+# ---------------------------------------------------------------------------------------------------------------
+# Likelihoods of the reconstruction (per-entry log-probabilities; the training loss is the negative mean).
+
+
+def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Negative binomial log-probability of counts ``x`` per entry, mean/inverse-dispersion parametrization.
+
+    ``P(x) = Γ(x+θ) / (Γ(θ) x!) · (θ/(θ+μ))^θ · (μ/(θ+μ))^x`` (variance ``μ + μ²/θ``); equal to
+    ``scipy.stats.nbinom.logpmf(x, n=θ, p=θ/(θ+μ))``.
+
+    Parameters
+    ----------
+    x
+        Non-negative counts, shape ``(n_cells, n_features)``.
+    mu
+        Means (> 0), same shape.
+    theta
+        Inverse dispersions (> 0), broadcastable to ``x`` (e.g. one per feature, shape ``(n_features,)``).
+    """
+    log_theta_mu = torch.log(theta + mu + _EPS)
+    return (
+        theta * (torch.log(theta + _EPS) - log_theta_mu)
+        + x * (torch.log(mu + _EPS) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
+
+
+def zinb_log_likelihood(
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, dropout_logits: torch.Tensor
+) -> torch.Tensor:
+    """Zero-inflated negative binomial log-probability per entry.
+
+    With dropout probability ``π = sigmoid(dropout_logits)``: ``P(0) = π + (1-π)·NB(0)`` and
+    ``P(x) = (1-π)·NB(x)`` for ``x > 0``. Computed in log space with ``softplus`` for stability.
+
+    Parameters
+    ----------
+    x, mu, theta
+        As in :func:`nb_log_likelihood`.
+    dropout_logits
+        Logits of the dropout probability, same shape as ``x``.
+    """
+    softplus = torch.nn.functional.softplus
+    nb = nb_log_likelihood(x, mu, theta)
+    log_1m_pi = -softplus(dropout_logits)  # log(1 - π)
+    # log(π + (1-π) NB(0)) = logaddexp(log π, log(1-π) + log NB(0)); log π = logits + log(1-π)
+    log_nb0 = theta * (torch.log(theta + _EPS) - torch.log(theta + mu + _EPS))
+    zero = torch.logaddexp(dropout_logits + log_1m_pi, log_1m_pi + log_nb0)
+    return torch.where(x < 0.5, zero, log_1m_pi + nb)
+
+
+def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Bernoulli log-probability of binary ``x`` (0/1) per entry given logits (stable, via BCE with logits)."""
+    return -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Terms of the seed autoencoder variants.
+
+
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL divergence of ``N(mean, exp(logvar))`` to ``N(0, I)``, summed over dimensions, mean over cells."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
+
+
+def l1_activity(activations: torch.Tensor) -> torch.Tensor:
+    """Mean absolute activation (sparse autoencoder penalty)."""
+    return activations.abs().mean()
+
+
+def contractive(outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Squared Frobenius norm of the Jacobian ``∂outputs/∂inputs`` per cell, averaged over cells.
+
+    ``inputs`` must require grad and ``outputs`` must be computed from it row by row (an encoder), so one
+    vector-Jacobian product per output unit gives the exact Jacobian; the graph is kept for backprop.
+
+    Parameters
+    ----------
+    outputs
+        Encoder outputs, shape ``(n_cells, n_out)`` (small ``n_out``, e.g. the 2-D embedding).
+    inputs
+        Encoder inputs, shape ``(n_cells, n_features)``, with ``requires_grad=True``.
+    """
+    total = outputs.new_zeros(())
+    for k in range(outputs.shape[1]):
+        (grad,) = torch.autograd.grad(outputs[:, k].sum(), inputs, create_graph=True)
+        total = total + grad.pow(2).sum()
+    return total / outputs.shape[0]

@@ -6,8 +6,9 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,16 @@ def fit(
     n_clusters: int | None = None,
     min_cluster_size: int | None = None,
     impute: bool = True,
+    likelihood: str | Mapping[str, str] = "mse",
+    block_key: str | None = None,
+    block_weights: Mapping[str, float] | None = None,
+    imputed_units: Literal["counts", "normalized", "log1p"] = "counts",
+    input_dropout: float = 0.0,
+    input_noise: float = 0.0,
+    l1_activity: float = 0.0,
+    contractive: float = 0.0,
+    variational: bool = False,
+    lambda_kl: float = 0.01,
     random_state: int = 0,
     device: str = "auto",
     gene_sets: genesets.GeneSets | None = None,
@@ -99,7 +110,22 @@ def fit(
     merge_threshold, n_clusters, min_cluster_size
         Granularity of the clusters (see :func:`scae.tl.cluster`, which re-cuts them without retraining).
     impute
-        Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix).
+        Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix, filled chunk by
+        chunk; sparse input is never densified whole).
+    likelihood
+        ``"mse"`` (continuous input), ``"nb"``/``"zinb"`` (raw integer counts, e.g. ``layer="counts"``),
+        ``"bernoulli"`` (0/1), or ``{block: likelihood}`` with ``block_key`` (see :class:`scae.SAUCIE`).
+    block_key
+        Column of ``adata.var`` naming feature blocks (mixed multi-omics), e.g. from
+        :func:`scae.datasets.tcga_coread` with ``multiomics=True``.
+    block_weights
+        Weight per block of its reconstruction loss.
+    imputed_units
+        Units of count blocks in the imputed layer: ``"counts"`` (expected counts at each cell's observed
+        library size), ``"normalized"`` (per 10,000) or ``"log1p"`` (log1p of normalized). Bernoulli blocks
+        are probabilities; ``mse`` blocks are in input units.
+    input_dropout, input_noise, l1_activity, contractive, variational, lambda_kl
+        Seed autoencoder variants: denoising, sparse, contractive, variational (see :class:`scae.SAUCIE`).
     random_state
         Seed; the same seed and device type give the same results.
     device
@@ -135,7 +161,8 @@ def fit(
     ``obs[f"{key_added}_cluster"]``
         Categorical cluster labels.
     ``layers[f"{key_added}_imputed"]``
-        Reconstruction in input units (with ``impute=True``).
+        Reconstruction (with ``impute=True``): input units for ``mse`` blocks, probabilities for
+        ``bernoulli`` blocks, ``imputed_units`` for ``nb``/``zinb`` blocks.
     ``layers[f"{key_added}_corrected"]``
         Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
     ``obsm[f"X_{key_added}_genesets"]``
@@ -143,10 +170,12 @@ def fit(
     ``varm[f"{key_added}_gene_set_weights"]``
         Oriented weights of each set node on its genes (genes × sets, 0 outside the set; with ``gene_sets``).
     ``uns[key_added]``
-        ``params``, ``history`` (per-term loss per epoch), ``versions``, ``seed``, ``device``, ``runtime``;
-        with ``gene_sets`` also ``gene_sets`` (names of the kept sets, the columns of the two arrays above);
-        per-cluster ``cluster_means``/``cluster_medians`` (DataFrames, clusters × features, of the input
-        values) and ``cluster_sizes`` (see :func:`scae.tl.cluster_stats`).
+        ``params``, ``history`` (per-term loss per epoch; ``reconstruction_<block>`` per block with
+        ``block_key``, ``l1_activity``/``contractive``/``kl`` for those variants), ``versions``, ``seed``,
+        ``device``, ``runtime``; ``blocks`` (block → likelihood) with ``block_key``; with ``gene_sets`` also
+        ``gene_sets`` (names of the kept sets, the columns of the two arrays above); per-cluster
+        ``cluster_means``/``cluster_medians`` (DataFrames, clusters × features, of the input values) and
+        ``cluster_sizes`` (see :func:`scae.tl.cluster_stats`).
 
     Examples
     --------
@@ -162,6 +191,10 @@ def fit(
     if save_model is not None:
         params["save_model"] = os.fspath(save_model)
     params["gene_sets"] = genesets.describe(gene_sets)
+    if not isinstance(likelihood, str):
+        params["likelihood"] = dict(likelihood)
+    if block_weights is not None:
+        params["block_weights"] = dict(block_weights)
     t0 = time.perf_counter()
     model = SAUCIE(
         adata,
@@ -180,6 +213,15 @@ def fit(
         min_genes=min_genes,
         n_free_nodes=n_free_nodes,
         gene_set_layer=gene_set_layer,
+        likelihood=likelihood,
+        block_key=block_key,
+        block_weights=block_weights,
+        input_dropout=input_dropout,
+        input_noise=input_noise,
+        l1_activity=l1_activity,
+        contractive=contractive,
+        variational=variational,
+        lambda_kl=lambda_kl,
     )
     model.train(max_epochs, progress=progress)
     embedding = model.get_embedding()
@@ -187,7 +229,7 @@ def fit(
     t_cluster = time.perf_counter()
     labels = model.get_clusters(merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size)
     t_cluster = time.perf_counter() - t_cluster
-    imputed = model.get_reconstruction() if impute else None
+    imputed = model.get_reconstruction(counts=imputed_units) if impute else None
     corrected = model.get_reconstruction(corrected=True) if batch_key is not None else None
     if save_model is not None:
         model.mapping_state = build_mapping_state(
@@ -223,6 +265,8 @@ def fit(
         "n_clusters": n_clusters_found,
         "input_sparse": bool(sp.issparse(model._X)),
     }
+    if block_key is not None:
+        adata.uns[key_added]["blocks"] = dict(model.hparams["blocks"])
     if model.batches is not None:
         adata.uns[key_added]["batch_categories"] = list(model.batches.categories)
         adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import losses
+from . import losses, objectives
 from .nn.network import SAUCIENet
+from .objectives import Variants
+
+NO_VARIANTS = Variants()
 
 
 @dataclass(frozen=True)
@@ -79,27 +82,36 @@ def compute_losses(
     weights: LossWeights,
     reference: int,
     n_batches: int,
+    variants: Variants = NO_VARIANTS,
+    generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All loss terms for one minibatch ``x`` (input units); key ``"total"`` is the weighted sum."""
-    z = net.standardize(x)
-    out = net(x)
+    """All loss terms for one minibatch ``x`` (input units); key ``"total"`` is the weighted sum.
+
+    The reconstruction is routed to each block's likelihood by :func:`scae.objectives.reconstruction_loss`;
+    ``variants`` adds the seed-variant terms (:mod:`scae.objectives`), drawing noise from ``generator``.
+    """
+    z = net.encoder_input(x)
+    out, z_in = objectives.forward_train(net, x, z, variants, generator)
     terms: dict[str, torch.Tensor] = {}
     if batch is None or weights.lambda_b == 0:
-        terms["reconstruction"] = losses.mse(z, out.reconstruction)
+        terms["reconstruction"], block_terms = objectives.reconstruction_loss(net, x, z, out)
     else:
         is_ref = (batch == reference).to(z.dtype)
-        row_err = (z - out.reconstruction).pow(2).mean(1)
+        row_err, block_terms = objectives.reconstruction_loss(net, x, z, out, per_cell=True)
+        block_terms = {k: (v * is_ref).sum() / is_ref.sum().clamp_min(1.0) for k, v in block_terms.items()}
         ref_term = (row_err * is_ref).sum() / is_ref.sum().clamp_min(1.0)
+        pred = net.standardized_prediction(x, out)
         if weights.nonref_loss == "distance":
-            z_nonref = losses.within_batch_distance_mse(z, out.reconstruction, batch, reference=reference)
+            z_nonref = losses.within_batch_distance_mse(z, pred, batch, reference=reference)
         else:
-            z_nonref = losses.batch_standardized_mse(z, out.reconstruction, batch, n_batches=n_batches)
+            z_nonref = losses.batch_standardized_mse(z, pred, batch, n_batches=n_batches)
         terms["reconstruction"] = ref_term + weights.nonref_weight * z_nonref
         terms["mmd"] = losses.mmd(out.embedding, batch, reference=reference, n_batches=n_batches)
     if weights.lambda_c > 0:
         terms["id_regularization"] = losses.id_regularization(out.codes)
     if weights.lambda_d > 0:
         terms["within_cluster"] = losses.within_cluster_distance(z, out.codes)
+    extra = objectives.variant_terms(net, out, z_in, variants)
     total = terms["reconstruction"]
     for name, lam in (
         ("mmd", weights.lambda_b),
@@ -108,6 +120,10 @@ def compute_losses(
     ):
         if name in terms:
             total = total + lam * terms[name]
+    if extra:
+        total = total + objectives.weighted_variant_total(extra, variants)
+    terms.update(extra)
+    terms.update({f"reconstruction_{k}": v.detach() for k, v in block_terms.items()})
     terms["total"] = total
     return terms
 
@@ -125,6 +141,7 @@ def train_net(
     learning_rate: float,
     generator: torch.Generator,
     progress: bool = True,
+    variants: Variants = NO_VARIANTS,
 ) -> dict[str, list[float]]:
     """Train ``net`` on rows of ``source`` and return the per-epoch mean of every loss term.
 
@@ -144,7 +161,9 @@ def train_net(
         for idx in sampler.epoch():
             x = source.rows(idx)
             b = None if batch_codes is None else batch_codes.index_select(0, idx)
-            terms = compute_losses(net, x, b, weights=weights, reference=reference, n_batches=n_batches)
+            terms = compute_losses(
+                net, x, b, weights=weights, reference=reference, n_batches=n_batches, variants=variants, generator=generator
+            )
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
@@ -162,15 +181,24 @@ def train_net(
 
 
 @torch.no_grad()
-def infer(net: SAUCIENet, source, *, chunk_size: int = 65536) -> dict[str, torch.Tensor]:
-    """Embedding, codes and reconstruction (input units) of every row, gathered on the CPU."""
+def infer(net: SAUCIENet, source, *, chunk_size: int = 65536, counts: str = "counts") -> dict[str, torch.Tensor]:
+    """Embedding, codes and reconstruction of every row, gathered on the CPU chunk by chunk.
+
+    ``reconstruction`` is in input units (count blocks as ``counts``: see :meth:`SAUCIENet.predict`); for
+    networks with non-``mse`` blocks, ``standardized`` holds the prediction in standardized encoder units.
+    """
     net.eval()
+    plain = all(b.likelihood == "mse" for b in net.heads.blocks)
     parts: dict[str, list[torch.Tensor]] = {"embedding": [], "codes": [], "reconstruction": []}
+    if not plain:
+        parts["standardized"] = []
     for x in source.chunks(chunk_size):
         out = net(x)
         parts["embedding"].append(out.embedding.cpu())
         parts["codes"].append(out.codes.cpu())
-        parts["reconstruction"].append(net.to_input_units(out.reconstruction).cpu())
+        parts["reconstruction"].append(net.predict(x, out, counts=counts).cpu())
+        if not plain:
+            parts["standardized"].append(net.standardized_prediction(x, out).cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

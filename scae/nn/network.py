@@ -8,17 +8,21 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from .heads import Block, BlockHeads
 from .layers import MaskedLinear, mlp
 
 GeneSetLayer = Literal["encoder", "decoder"]
 
 
 class NetOutput(NamedTuple):
-    """Everything one forward pass produces (all in standardized feature units)."""
+    """Everything one forward pass produces."""
 
-    embedding: torch.Tensor  # (n, 2)
+    embedding: torch.Tensor  # (n, 2); a reparameterized sample when variational and training
     codes: torch.Tensor  # (n, n_code) clustering-layer activations, >= 0
-    reconstruction: torch.Tensor  # (n, n_features)
+    reconstruction: torch.Tensor  # (n, n_features) raw output: standardized values / logits (see heads.py)
+    hidden: torch.Tensor | None = None  # (n, hidden[-1]) last encoder hidden layer
+    embedding_mean: torch.Tensor | None = None  # (n, 2) equal to ``embedding`` unless variational
+    embedding_logvar: torch.Tensor | None = None  # (n, 2) only when variational
 
 
 class SAUCIENet(nn.Module):
@@ -49,6 +53,16 @@ class SAUCIENet(nn.Module):
         (expiMap style): the output layer becomes ``codes → set nodes (linear) → masked linear → features``,
         so each set node can only reconstruct its own genes; its activity is then a function of the 2-D
         embedding and clustering codes, which is why ``"encoder"`` is the default.
+    blocks
+        Feature blocks with their likelihoods (:class:`scae.nn.heads.Block`); default one ``mse`` block.
+    variational
+        Make the embedding a Gaussian (mean and log-variance layers) sampled with the reparameterization
+        trick in training mode; in eval mode the embedding is the mean.
+
+    Notes
+    -----
+    Count blocks are ``log1p``-normalized before standardization, so ``feature_mean``/``feature_std`` must
+    be the moments of the transformed inputs (see :mod:`scae.nn.heads`).
     """
 
     def __init__(
@@ -63,6 +77,8 @@ class SAUCIENet(nn.Module):
         gene_set_mask: torch.Tensor | None = None,
         n_free_nodes: int = 0,
         gene_set_layer: GeneSetLayer = "encoder",
+        blocks: Sequence[Block] | None = None,
+        variational: bool = False,
     ) -> None:
         super().__init__()
         hidden = list(hidden)
@@ -104,6 +120,10 @@ class SAUCIENet(nn.Module):
         else:
             self.output = nn.Linear(dec[-1], n_features)
         self.n_code = dec[-1]
+        self.heads = BlockHeads(dec[-1], n_features, blocks if blocks is not None else [Block("all", "mse")])
+        self.variational = bool(variational)
+        if self.variational:
+            self.embedding_logvar = nn.Linear(hidden[-1], n_latent)
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """Input units → standardized units."""
@@ -113,19 +133,35 @@ class SAUCIENet(nn.Module):
         """Standardized units → input units."""
         return z * self.feature_std + self.feature_mean
 
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw inputs → standardized encoder inputs (count blocks ``log1p``-normalized first)."""
+        return self.standardize(self.heads.transform(x))
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Embedding of raw inputs ``x`` (input units)."""
-        return self.encoder(self.standardize(x))
+        """Embedding (the mean when variational) of raw inputs ``x``."""
+        return self.encoder(self.encoder_input(x))
 
     def decode(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clustering-layer codes and standardized reconstruction from an embedding."""
+        """Clustering-layer codes and raw output from an embedding."""
         codes = torch.relu(self.code_layer(self.decoder(embedding)))
         return codes, self.output(codes)
 
-    def forward(self, x: torch.Tensor) -> NetOutput:  # noqa: D102
-        emb = self.encode(x)
+    def forward(
+        self, x: torch.Tensor, *, z: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> NetOutput:
+        """One pass; ``z`` replaces the encoder input (e.g. corrupted), ``generator`` drives the VAE noise."""
+        z = self.encoder_input(x) if z is None else z
+        hidden = self.encoder[:-1](z)  # the trunk (with the gene-set layer first when there is one)
+        mean = self.encoder[-1](hidden)
+        logvar = None
+        emb = mean
+        if self.variational:
+            logvar = self.embedding_logvar(hidden).clamp(-10.0, 10.0)
+            if self.training:
+                eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                emb = mean + torch.exp(0.5 * logvar) * eps
         codes, rec = self.decode(emb)
-        return NetOutput(emb, codes, rec)
+        return NetOutput(emb, codes, rec, hidden, mean, logvar)
 
     def masked_layer(self) -> MaskedLinear:
         """The gene-set :class:`~scae.nn.MaskedLinear` (encoder's first layer or the decoder's last)."""
@@ -161,11 +197,32 @@ class SAUCIENet(nn.Module):
     def gene_set_activities(self, x: torch.Tensor) -> torch.Tensor:
         """Oriented set-node activities ``(n, n_sets)`` of raw inputs ``x`` (linear, before any activation)."""
         if self.gene_set_layer == "encoder":
-            h = self.encoder[0](self.standardize(x))
+            h = self.encoder[0](self.encoder_input(x))
         else:
             codes, _ = self.decode(self.encode(x))
             h = self.output[0](codes)
         return h[:, : self.n_gene_sets] * self.gene_set_signs()
+
+    def predict(self, x: torch.Tensor, out: NetOutput, *, counts: str = "counts") -> torch.Tensor:
+        """Expected values in input units: ``mse`` blocks de-standardized, probabilities, NB means (see heads)."""
+        if all(b.likelihood == "mse" for b in self.heads.blocks):
+            return self.to_input_units(out.reconstruction)
+        e = self.heads.expected(out.reconstruction, out.codes, x, counts=counts)
+        res = self.to_input_units(e)
+        for k, b in enumerate(self.heads.blocks):
+            if b.likelihood != "mse":
+                res[:, self.heads.index(k)] = self.heads.take(k, e)
+        return res
+
+    def standardized_prediction(self, x: torch.Tensor, out: NetOutput) -> torch.Tensor:
+        """Expected values in the standardized units of the encoder input (for z-score comparisons, clusters)."""
+        if all(b.likelihood == "mse" for b in self.heads.blocks):
+            return out.reconstruction
+        s = self.standardize(self.heads.expected(out.reconstruction, out.codes, x, counts="log1p"))
+        for k, b in enumerate(self.heads.blocks):
+            if b.likelihood == "mse":
+                s[:, self.heads.index(k)] = self.heads.take(k, out.reconstruction)
+        return s
 
 
 def _with_free_nodes(mask: torch.Tensor, n_features: int, n_free_nodes: int) -> torch.Tensor:
