@@ -161,15 +161,16 @@ class BackedRowSource:
             yield torch.from_numpy(read_rows(self.X, a, min(a + chunk_size, self.stop))).to(self.device)
 
     def make_sampler(self, n_cells: int, batch_size: int, **kwargs) -> BlockSampler:
-        """The sampler :func:`scae.train.train_net` uses for this source."""
-        return BlockSampler(self, batch_size, **kwargs)
+        """The sampler :func:`scae.train.train_net` uses for this source (``steps`` attribute → exact steps)."""
+        return BlockSampler(self, batch_size, min_steps=getattr(self, "steps", 0), **kwargs)
 
 
 class BlockSampler:
     """Shuffled blocks of pieces; minibatches drawn within a block (stratified by batch when given).
 
-    ``steps_per_epoch`` is fixed at the start of each epoch. ``min_steps`` pads an epoch with extra draws
-    from its last block so that every rank of a distributed run takes the same number of steps.
+    ``steps_per_epoch`` is fixed at the start of each epoch. ``min_steps`` (when > 0) makes every epoch
+    exactly that many steps (extra draws from the last block, or fewer from the last blocks), so that all
+    ranks of a distributed run take the same number of steps.
     """
 
     def __init__(
@@ -203,9 +204,19 @@ class BlockSampler:
         plan = self._plan()
         lens = [sum(self.source.piece_len(p) for p in blk) for blk in plan]
         steps = [max(1, math.ceil(n / self.batch_size)) for n in lens]
-        steps[-1] += max(0, self.min_steps - sum(steps))
+        if self.min_steps:  # exactly min_steps (all ranks of a distributed run step together)
+            diff = self.min_steps - sum(steps)
+            steps[-1] += max(0, diff)
+            for i in range(len(steps) - 1, -1, -1):
+                if diff >= 0:
+                    break
+                take = min(steps[i], -diff)
+                steps[i] -= take
+                diff += take
         self.steps_per_epoch = sum(steps)
         for blk, n_steps in zip(plan, steps, strict=True):
+            if n_steps == 0:
+                continue
             idx = self.source.load(sorted(blk))
             if self.batch_codes is None:
                 for s in range(n_steps):
