@@ -18,6 +18,8 @@ import torch
 
 #: Bytes of dense float32 rows held per training block (and per inference chunk).
 BLOCK_BYTES = 64 * 1024**2
+#: Bytes of dense rows per chunk of the validating scan (moments, finiteness).
+SCAN_BYTES = 16 * 1024**2
 #: Rows per contiguous read; a block is ``block_rows // piece_rows`` reads from random places.
 PIECE_ROWS = 1024
 
@@ -75,14 +77,13 @@ def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, float]:
     s1 = np.zeros(X.shape[1])
     s2 = np.zeros(X.shape[1])
     vmax, n_bad = 0.0, 0
-    for _, block in iter_chunks(X, default_chunk_rows(X.shape[1])):
-        finite = np.isfinite(block)
-        if not finite.all():
-            n_bad += int(block.size - np.count_nonzero(finite))
+    for _, block in iter_chunks(X, default_chunk_rows(X.shape[1], budget=SCAN_BYTES)):
+        n_finite = np.count_nonzero(np.isfinite(block))
+        if n_finite < block.size:
+            n_bad += int(block.size - n_finite)
             continue
-        b64 = block.astype(np.float64)
-        s1 += b64.sum(0)
-        s2 += (b64**2).sum(0)
+        s1 += block.sum(0, dtype=np.float64)
+        s2 += np.square(block).sum(0, dtype=np.float64)
         vmax = max(vmax, float(np.abs(block).max()) if block.size else 0.0)
     if n_bad:
         msg = f"{where} contains {n_bad} non-finite (NaN or infinite) values; remove or impute them first"

@@ -69,14 +69,23 @@ def test_streamed_clusters_equal_in_memory(levine):
 
 _WORKER = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     import anndata as ad
     import scae
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def hwm_mb():  # peak RSS of this process image (VmHWM; ru_maxrss would include the forking parent's peak)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+
     adata = ad.read_h5ad(sys.argv[1], backed="r")
-    scae.tl.fit(adata, max_epochs=1, hidden=(64, 32, 16), block_rows=1024, out_path=sys.argv[2], progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "n_clusters": int(adata.uns["scae"]["n_clusters"]),
+    # warm-up: a 300-cell in-memory fit loads every lazily imported module (torch._dynamo via Adam, scipy...)
+    warm = ad.AnnData(adata.X[:300] if not hasattr(adata.X[:300], "toarray") else adata.X[:300].toarray())
+    scae.tl.fit(warm, max_epochs=1, hidden=(64, 32, 16), progress=False)
+    del warm
+    base = hwm_mb()
+    scae.tl.fit(adata, max_epochs=1, hidden=(64, 32, 16), block_rows=256, out_path=sys.argv[2], progress=False)
+    print(json.dumps({"base_mb": base, "peak_mb": hwm_mb(), "n_clusters": int(adata.uns["scae"]["n_clusters"]),
                       "loss": float(adata.uns["scae"]["history"]["total"][-1])}))
     """
 )
@@ -101,8 +110,9 @@ def _fit_under_cap(tmp_path, data_dir, n_cells, ratio, sparse):
     )
     info = json.loads(res.stdout.strip().splitlines()[-1])
     grown = info["peak_mb"] - info["base_mb"]
-    print(f"dense matrix {dense_mb:.0f} MB; RSS after imports {info['base_mb']:.0f} MB, peak {info['peak_mb']:.0f} MB")
-    # the fit itself (everything after importing scae) stays under 1/ratio of the dense matrix
+    print(f"dense matrix {dense_mb:.0f} MB; peak RSS after imports and warm-up {info['base_mb']:.0f} MB, "
+          f"peak after the backed fit {info['peak_mb']:.0f} MB (+{grown:.0f} MB)")
+    # the fit itself (everything after imports and a tiny warm-up fit) stays under 1/ratio of the dense matrix
     assert grown < dense_mb / ratio, (grown, dense_mb)
     assert info["n_clusters"] >= 1 and np.isfinite(info["loss"])
     out = ad.read_h5ad(tmp_path / "out.h5ad", backed="r")
@@ -110,8 +120,9 @@ def _fit_under_cap(tmp_path, data_dir, n_cells, ratio, sparse):
     return info, dense_mb
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from /proc/self/status")
 def test_backed_memory_cap_fast(tmp_path, data_dir):
-    _fit_under_cap(tmp_path, data_dir, 8_000, 3, False)
+    _fit_under_cap(tmp_path, data_dir, 20_000, 3, False)
 
 
 @pytest.mark.slow
