@@ -1,92 +1,187 @@
-"""Training speed and peak memory of scae on real CyTOF.
+"""Training speed, embed+cluster time and peak memory of scae (in memory and backed) and scVI, real CyTOF.
 
-Data: the bundled CytoNorm CyTOF (6,000 cells × 37 markers). Larger sizes are built by resampling its
-cells with small Gaussian noise (sd 0.05 in arcsinh units), and are labelled as such in the table.
-Each configuration runs in a fresh subprocess so peak RSS is its own.
+Data: the bundled CytoNorm CyTOF (6,000 cells × 37 markers, arcsinh, 3 batches). Larger sizes are built
+by resampling its cells with N(0, 0.05) noise (``scae._outofcore.write_resampled_h5ad``), labelled as
+such. Every configuration runs in a fresh subprocess, so peak RSS is its own. Rows:
 
-    python benchmarks/speed.py [--sizes 6000 60000] [--device auto] [--epochs 3]
+* ``scae memory``: the matrix on the device, ``scae.SAUCIE(...).train`` for ``--epochs`` epochs, then
+  embedding + clusters (``get_embedding``, ``get_clusters``).
+* ``scae backed``: ``scae.tl.fit`` on ``anndata.read_h5ad(path, backed="r")`` (streamed blocks; outputs
+  streamed, codes/imputed not kept).
+* ``scVI``: ``scvi.model.SCVI`` (``gene_likelihood="normal"``, continuous data) trained for
+  ``--epochs`` epochs at the same batch size on the same cells, CPU; ``vs scVI`` is scae's training
+  cells/s divided by scVI's at that size.
+
+    python benchmarks/speed.py [--sizes 100000 1000000] [--scvi-size 100000] [--device auto] [--epochs 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
+import time
 
 
-def _one(n_cells: int, device: str, epochs: int, batch_size: int) -> dict:
-    import resource
-    import time
-
+def _resampled(n_cells: int):
+    import anndata as ad
     import numpy as np
+    import pandas as pd
+
+    import scae
+
+    base = scae.datasets.cytonorm()
+    if n_cells == base.n_obs:
+        return base
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, base.n_obs, n_cells)
+    X = base.X[idx] + rng.normal(0, 0.05, (n_cells, base.n_vars)).astype(np.float32)
+    obs = pd.DataFrame({"batch": base.obs["batch"].to_numpy()[idx]}, index=pd.RangeIndex(n_cells).astype(str))
+    return ad.AnnData(X, obs=obs, var=base.var)
+
+
+def _peaks(device) -> dict:
+    import resource
+
+    import torch
+
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if os.path.exists("/proc/self/status"):  # VmHWM: this process image only (ru_maxrss keeps the parent's)
+        rss = next(int(ln.split()[1]) / 1024 for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+    return {"peak_rss_mb": rss, "peak_gpu_mb": gpu}
+
+
+def _scae_memory(n_cells, device, epochs, batch_size, precision, compile_):
+    import scae
+
+    adata = _resampled(n_cells)
+    model = scae.SAUCIE(adata, batch_key="batch", batch_size=batch_size, device=device, precision=precision, compile=compile_)
+    model.train(max_epochs=epochs, progress=False)
+    t = time.perf_counter()
+    model.get_embedding()
+    model.get_clusters()
+    t = time.perf_counter() - t
+    out = {"train_cells_per_s": model.runtime["train_cells_per_s"], "embed_cluster_s": t, "batch": model.batch_size}
+    return out | _peaks(model.device)
+
+
+def _scae_backed(path, device, epochs, batch_size, precision, compile_):
+    import anndata as ad
     import torch
 
     import scae
 
-    adata = scae.datasets.cytonorm()
-    if n_cells != adata.n_obs:
-        rng = np.random.default_rng(0)
-        idx = rng.integers(0, adata.n_obs, n_cells)
-        X = adata.X[idx] + rng.normal(0, 0.05, (n_cells, adata.n_vars)).astype(np.float32)
-        adata = _resampled(adata, X, idx)
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    model = scae.SAUCIE(adata, batch_key="batch", batch_size=batch_size, device=device)
-    model.train(max_epochs=epochs, progress=False)
-    t_embed = time.perf_counter()
-    model.get_embedding()
-    model.get_clusters()
-    t_embed = time.perf_counter() - t_embed
-    total = time.perf_counter() - t0
-    out = {
-        "cells": n_cells,
-        "device": str(model.device),
-        "train_cells_per_s": model.runtime["train_cells_per_s"],
-        "embed_cluster_s": t_embed,
-        "total_s": total,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if model.device.type == "cuda" else float("nan"),
-    }
-    return out
+    adata = ad.read_h5ad(path, backed="r")
+    scae.tl.fit(adata, batch_key="batch", max_epochs=epochs, batch_size=batch_size, device=device,
+                precision=precision, compile=compile_, progress=False)
+    rt = adata.uns["scae"]["runtime"]
+    dev = torch.device(adata.uns["scae"]["device"])
+    out = {"train_cells_per_s": rt["train_cells_per_s"], "embed_cluster_s": rt["infer_cluster_s"],
+           "batch": adata.uns["scae"]["params"]["batch_size"] or scae._fast.default_batch_size(dev)}
+    return out | _peaks(dev)
 
 
-def _resampled(adata, X, idx):
-    import anndata as ad
+def _scvi(n_cells, epochs, batch_size):
+    import logging
 
-    obs = adata.obs.iloc[idx].reset_index(drop=True)
-    obs.index = obs.index.astype(str)
-    return ad.AnnData(X, obs=obs, var=adata.var)
+    import scvi
+    import torch
+
+    logging.getLogger("scvi").setLevel(logging.ERROR)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    adata = _resampled(n_cells)
+    scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
+    model = scvi.model.SCVI(adata, gene_likelihood="normal")
+    t = time.perf_counter()
+    model.train(max_epochs=epochs, batch_size=batch_size, accelerator="cpu", train_size=1.0,
+                enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False)
+    t = time.perf_counter() - t
+    t2 = time.perf_counter()
+    model.get_latent_representation()
+    t2 = time.perf_counter() - t2
+    out = {"train_cells_per_s": n_cells * epochs / t, "embed_cluster_s": t2, "batch": batch_size}
+    return out | _peaks(torch.device("cpu"))
+
+
+def _worker(args) -> dict:
+    kind, n = args.worker, args.cells
+    if kind == "memory":
+        return _scae_memory(n, args.device, args.epochs, args.batch_size, args.precision, args.compile)
+    if kind == "backed":
+        return _scae_backed(args.path, args.device, args.epochs, args.batch_size, args.precision, args.compile)
+    return _scvi(n, args.epochs, args.batch_size or 256)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[6000, 60000])
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--scvi-size", type=int, default=100_000, help="size of the scae-vs-scVI comparison (0: skip scVI)")
+    p.add_argument("--modes", nargs="+", default=["memory", "backed"], choices=["memory", "backed"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 256 on CPU, 4096 on GPU (scVI: 256)")
+    p.add_argument("--precision", default="32", choices=["32", "bf16"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cells", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--path", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker is not None:
-        print(json.dumps(_one(args.worker, args.device, args.epochs, args.batch_size)))
+        print(json.dumps(_worker(args)))
         return
+
+    def spawn(kind, n, path=None):
+        cmd = [sys.executable, __file__, "--worker", kind, "--cells", str(n), "--device", args.device]
+        cmd += ["--epochs", str(args.epochs), "--precision", args.precision]
+        cmd += ["--batch-size", str(args.batch_size or (256 if kind == "scvi" else 0))] if (args.batch_size or kind == "scvi") else []
+        cmd += ["--compile"] if args.compile else []
+        cmd += ["--path", path] if path else []
+        t = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            sys.stderr.write(res.stderr[-3000:])
+            raise SystemExit(f"worker {kind} {n} failed")
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        out.update(method="scVI" if kind == "scvi" else "scae", mode="memory" if kind == "scvi" else kind, cells=n,
+                   total_s=time.perf_counter() - t)
+        return out
+
     rows = []
-    for n in args.sizes:
-        cmd = [sys.executable, __file__, "--worker", str(n), "--device", args.device, "--epochs", str(args.epochs)]
-        cmd += ["--batch-size", str(args.batch_size)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print("scae training speed, CytoNorm CyTOF (37 markers, 3 batches, MMD on)")
-    print("sizes above 6,000 cells: real cells resampled with N(0, 0.05) noise")
-    hdr = f"{'cells':>9} {'device':>7} {'batch':>6} {'train cells/s':>14} {'embed+cluster s':>16} {'peak RSS MB':>12} {'peak GPU MB':>12}"
+    load = os.getloadavg()[0]
+    sizes = sorted(set(args.sizes) | ({args.scvi_size} if args.scvi_size else set()))
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            if args.scvi_size and n == args.scvi_size:
+                rows.append(spawn("scvi", n))
+            if "memory" in args.modes:
+                rows.append(spawn("memory", n))
+            if "backed" in args.modes:
+                from scae import datasets
+                from scae._outofcore import write_resampled_h5ad
+
+                path = os.path.join(tmp, f"cells_{n}.h5ad")
+                base = datasets.cytonorm()
+                base.obs = base.obs[["batch"]]
+                write_resampled_h5ad(base, path, n, chunk_rows=65536)
+                rows.append(spawn("backed", n, path))
+                os.remove(path)
+    scvi_speed = {r["cells"]: r["train_cells_per_s"] for r in rows if r["method"] == "scVI"}
+    print(f"Speed, CytoNorm CyTOF (37 markers, 3 batches, MMD on), {args.epochs} epoch(s); sizes other than 6,000: "
+          f"real cells resampled with N(0, 0.05) noise; load average at start {load:.1f} on {os.cpu_count()} CPUs")
+    hdr = (f"{'method':>6} {'mode':>7} {'cells':>10} {'device':>7} {'batch':>6} {'train cells/s':>14} {'vs scVI':>8} "
+           f"{'embed+cluster s':>16} {'run s':>8} {'peak RSS MB':>12} {'peak GPU MB':>12}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        print(
-            f"{r['cells']:>9,} {r['device']:>7} {args.batch_size:>6} {r['train_cells_per_s']:>14,.0f} "
-            f"{r['embed_cluster_s']:>16.2f} {r['peak_rss_mb']:>12.0f} {r['peak_gpu_mb']:>12.0f}"
-        )
+        ratio = r["train_cells_per_s"] / scvi_speed[r["cells"]] if r["method"] == "scae" and r["cells"] in scvi_speed else float("nan")
+        dev = "cpu" if r["method"] == "scVI" else ("cuda" if r["peak_gpu_mb"] == r["peak_gpu_mb"] else "cpu")
+        print(f"{r['method']:>6} {r['mode']:>7} {r['cells']:>10,} {dev:>7} {r['batch']:>6} {r['train_cells_per_s']:>14,.0f} "
+              f"{ratio:>8.2f} {r['embed_cluster_s']:>16.2f} {r['total_s']:>8.1f} {r['peak_rss_mb']:>12.0f} {r['peak_gpu_mb']:>12.0f}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _blocks, cluster, data, genesets
+from . import _blocks, _fast, cluster, data, genesets
 from .nn.network import SAUCIENet
 from .objectives import Variants
 from .train import LossWeights, infer, infer_gene_sets, train_net
@@ -63,6 +63,7 @@ class SAUCIE:
         Adam learning rate.
     batch_size
         Minibatch size; with ``batch_key`` each minibatch holds equal numbers of cells of every batch.
+        Default 256 on CPU and 4096 on CUDA (see :mod:`scae._fast`).
     random_state
         Seed of weight init and minibatch sampling: same seed and device type → same results.
     device
@@ -107,6 +108,14 @@ class SAUCIE:
         returned), with ``lambda_kl`` times its KL divergence to ``N(0, I)`` (history ``"kl"``).
     lambda_kl
         Weight of the KL term of ``variational=True``.
+    precision
+        ``"32"`` (float32) or ``"bf16"`` (bfloat16 autocast in the training step; falls back to float32
+        with a warning where unsupported).
+    compile
+        Compile the training step with ``torch.compile``; falls back to eager with a warning where that fails.
+    block_rows
+        Rows per block read from disk when ``adata`` is backed (``read_h5ad(..., backed="r")``); default
+        about 64 MB of dense float32 rows. Peak memory of training is one block, whatever the file size.
 
     Examples
     --------
@@ -130,7 +139,7 @@ class SAUCIE:
         lambda_c: float = 0.1,
         lambda_d: float = 0.2,
         learning_rate: float = 1e-3,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         random_state: int = 0,
         device: str | torch.device = "auto",
         batch_reconstruction: str = "zscore",
@@ -147,6 +156,9 @@ class SAUCIE:
         contractive: float = 0.0,
         variational: bool = False,
         lambda_kl: float = 0.01,
+        precision: str = "32",
+        compile: bool = False,
+        block_rows: int | None = None,
     ) -> None:
         if not isinstance(adata, AnnData):
             msg = f"expected an AnnData, got {type(adata).__name__}"
@@ -160,6 +172,12 @@ class SAUCIE:
             if not (value >= 0 and math.isfinite(value)):
                 msg = f"`{name}` must be a finite number >= 0, got {value!r}"
                 raise ValueError(msg)
+        self.device = data.resolve_device(device)
+        if batch_size is None:
+            batch_size = _fast.default_batch_size(self.device)
+        self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
+        self.compile = bool(compile)
+        self.block_rows = block_rows
         if batch_size < 2:
             msg = f"`batch_size` must be at least 2, got {batch_size}"
             raise ValueError(msg)
@@ -182,7 +200,6 @@ class SAUCIE:
         self.batch_key = batch_key
         self.batches = batches
         self.var_names = list(map(str, adata.var_names))
-        self.device = data.resolve_device(device)
         self.random_state = int(random_state)
         self.batch_size = int(batch_size)
         self.learning_rate = float(learning_rate)
@@ -257,7 +274,7 @@ class SAUCIE:
             msg = "this model was loaded without data: use `scae.tl.transform(model, adata)` or `SAUCIE.load(path, adata)`"
             raise RuntimeError(msg)
         if self._source is None:
-            self._source = data.RowSource(self._X, self.device)
+            self._source = data.make_row_source(self._X, self.device, block_rows=self.block_rows)
         return self._source
 
     def train(self, max_epochs: int | None = None, *, progress: bool = True) -> SAUCIE:
@@ -303,6 +320,8 @@ class SAUCIE:
             generator=gen,
             progress=progress,
             variants=self.variants,
+            autocast_dtype=self.autocast_dtype,
+            compile=self.compile,
         )
         t_train = time.perf_counter() - t1
         for k, v in history.items():

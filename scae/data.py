@@ -11,6 +11,8 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from . import _backed
+
 logger = logging.getLogger("scae")
 
 #: Inputs whose dense float32 copy is below this many bytes are densified once on the device.
@@ -36,6 +38,9 @@ def get_matrix(adata: AnnData, layer: str | None):
 
 def validate_matrix(X, *, where: str) -> None:
     """Raise ``ValueError`` for empty, non-numeric or non-finite data; warn for very large values."""
+    if _backed.is_backed(X):
+        _scan(X, where)
+        return
     if X.shape[0] == 0 or X.shape[1] == 0:
         msg = f"{where} is empty (shape {X.shape}); scae needs at least one cell and one feature"
         raise ValueError(msg)
@@ -55,6 +60,11 @@ def validate_matrix(X, *, where: str) -> None:
 
 def warn_if_untransformed(X, *, where: str) -> None:
     """Log a warning when values look untransformed (SAUCIE users often hit NaNs/one giant cluster there)."""
+    if _backed.is_backed(X):
+        vmax = _scan(X, where)[2]
+        if vmax > LARGE_VALUE_WARNING:
+            logger.warning("%s has values up to %.3g: scae expects transformed data; see `scae.pp.arcsinh`", where, vmax)
+        return
     values = X.data if sp.issparse(X) else np.asarray(X)
     if values.size and float(np.abs(values).max()) > LARGE_VALUE_WARNING:
         logger.warning(
@@ -67,6 +77,8 @@ def warn_if_untransformed(X, *, where: str) -> None:
 
 def feature_moments(X) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation (constant features get std 1), without densifying."""
+    if _backed.is_backed(X):
+        return _scan(X, "backed matrix")[:2]
     if sp.issparse(X):
         mean = np.asarray(X.mean(0), dtype=np.float64).ravel()
         sq = np.asarray(X.multiply(X).mean(0), dtype=np.float64).ravel()
@@ -188,6 +200,23 @@ def get_batches(
             raise ValueError(msg)
         reference = categories.index(str(reference_batch))
     return BatchInfo(codes=codes, categories=categories, reference=reference)
+
+
+_SCAN: list = []
+
+
+def _scan(X, where: str):
+    """One validating pass over a backed matrix, remembered for the last matrix scanned."""
+    if not (_SCAN and _SCAN[0] is X):
+        _SCAN[:] = [X, _backed.scan(X, where=where)]
+    return _SCAN[1]
+
+
+def make_row_source(X, device: torch.device, *, block_rows: int | None = None):
+    """:class:`RowSource` for in-memory matrices, :class:`scae._backed.BackedRowSource` for backed ones."""
+    if _backed.is_backed(X):
+        return _backed.BackedRowSource(X, device, block_rows=block_rows)
+    return RowSource(X, device)
 
 
 class RowSource:

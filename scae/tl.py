@@ -59,7 +59,7 @@ def fit(
     lambda_c: float = 0.1,
     lambda_d: float = 0.2,
     learning_rate: float = 1e-3,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     merge_threshold: float | None = 2.0,
     n_clusters: int | None = None,
     min_cluster_size: int | None = None,
@@ -84,6 +84,10 @@ def fit(
     save_model: str | os.PathLike | None = None,
     key_added: str = "scae",
     copy: bool = False,
+    precision: str = "32",
+    compile: bool = False,
+    block_rows: int | None = None,
+    out_path: str | None = None,
 ) -> AnnData | None:
     """Train one SAUCIE-style autoencoder and write embedding, codes, clusters and imputed values.
 
@@ -149,6 +153,12 @@ def fit(
         Prefix of every key written.
     copy
         Return a new AnnData instead of writing into ``adata``.
+    precision, compile, block_rows
+        GPU fast path and out-of-core options, see :class:`scae.SAUCIE`.
+    out_path
+        Backed ``adata`` only (``anndata.read_h5ad(path, backed="r")``, dense or CSR): an .h5ad that receives
+        the codes (``obsm``) and, with ``impute``, the reconstruction (``layers``), written chunk by chunk.
+        With backed input only the embedding, clusters and ``uns`` are written into ``adata`` itself.
 
     Returns
     -------
@@ -195,6 +205,13 @@ def fit(
         params["likelihood"] = dict(likelihood)
     if block_weights is not None:
         params["block_weights"] = dict(block_weights)
+    backed = bool(getattr(adata, "isbacked", False))
+    if backed and copy:
+        msg = "`copy=True` is not supported for a backed AnnData; results are written into it (and `out_path`)"
+        raise ValueError(msg)
+    if out_path is not None and not backed:
+        msg = "`out_path` is only used with a backed AnnData (`anndata.read_h5ad(path, backed='r')`)"
+        raise ValueError(msg)
     t0 = time.perf_counter()
     model = SAUCIE(
         adata,
@@ -222,8 +239,13 @@ def fit(
         contractive=contractive,
         variational=variational,
         lambda_kl=lambda_kl,
+        precision=precision,
+        compile=compile,
+        block_rows=block_rows,
     )
     model.train(max_epochs, progress=progress)
+    if backed:
+        return _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size)
     embedding = model.get_embedding()
     codes = model.get_codes()
     t_cluster = time.perf_counter()
@@ -285,3 +307,32 @@ def fit(
     )
     return adata if copy else None
 
+
+def _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size):
+    """Outputs of a backed fit, streamed chunk by chunk (see :mod:`scae._outofcore`)."""
+    from ._outofcore import finish
+
+    info = finish(
+        adata,
+        model,
+        key_added=key_added,
+        impute=impute,
+        out_path=out_path,
+        merge_threshold=merge_threshold,
+        n_clusters=n_clusters,
+        min_cluster_size=min_cluster_size,
+    )
+    runtime = dict(model.runtime, infer_cluster_s=info["infer_cluster_s"], total_s=time.perf_counter() - t0)
+    adata.uns[key_added] = {
+        "params": params,
+        "history": {k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()},
+        "versions": _versions(),
+        "seed": int(params["random_state"]),
+        "device": str(model.device),
+        "runtime": runtime,
+        "n_clusters": info["n_clusters"],
+        "backed": True,
+        "out_path": info["out_path"] or "",
+    }
+    logger.info("scae (backed): %d clusters in %.1fs", info["n_clusters"], runtime["total_s"])
+    return None

@@ -142,17 +142,27 @@ def train_net(
     generator: torch.Generator,
     progress: bool = True,
     variants: Variants = NO_VARIANTS,
+    autocast_dtype: torch.dtype | None = None,
+    compile: bool = False,
+    reduce_history=None,
 ) -> dict[str, list[float]]:
     """Train ``net`` on rows of ``source`` and return the per-epoch mean of every loss term.
 
     Loss values stay on the device during an epoch and are read once at its end, so the training step
-    never waits for the host.
+    never waits for the host. A ``source`` with a ``make_sampler`` method (backed data, shards) supplies its
+    own sampler. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the step under autocast; ``compile``
+    uses ``torch.compile`` on the loss (see :mod:`scae._fast`). ``reduce_history(dict) -> dict`` combines
+    the epoch means across processes (distributed training).
     """
+    from ._fast import step_function
+
     device = next(net.parameters()).device
     optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
-    sampler = Sampler(
+    make_sampler = getattr(source, "make_sampler", Sampler)
+    sampler = make_sampler(
         len(source), batch_size, batch_codes=batch_codes, n_batches=n_batches, generator=generator, device=device
     )
+    loss_fn = step_function(compute_losses, device=device, autocast_dtype=autocast_dtype, compile=compile)
     history: dict[str, list[float]] = {}
     net.train()
     bar = tqdm(range(max_epochs), desc="scae", unit="epoch", disable=not progress, leave=False)
@@ -161,7 +171,7 @@ def train_net(
         for idx in sampler.epoch():
             x = source.rows(idx)
             b = None if batch_codes is None else batch_codes.index_select(0, idx)
-            terms = compute_losses(
+            terms = loss_fn(
                 net, x, b, weights=weights, reference=reference, n_batches=n_batches, variants=variants, generator=generator
             )
             optimizer.zero_grad(set_to_none=True)
@@ -170,6 +180,8 @@ def train_net(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
         means = {k: float(v) / sampler.steps_per_epoch for k, v in sums.items()}
+        if reduce_history is not None:
+            means = reduce_history(means)
         for k, v in means.items():
             history.setdefault(k, []).append(v)
         if not all(math.isfinite(v) for v in means.values()):

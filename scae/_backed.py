@@ -1,0 +1,239 @@
+"""Out-of-core rows: an h5ad opened with ``backed="r"`` (dense or CSR) streamed in shuffled row blocks.
+
+Training reads a *block* of rows at a time: the rows are cut into contiguous pieces of ``piece_rows``
+rows; every epoch the pieces are shuffled and grouped into blocks of about ``block_rows`` rows (many
+pieces from all over the file, so batches sorted in the file still mix); a block is read with one
+contiguous read per piece and shuffled in memory; minibatches are drawn inside the block. Peak memory is
+one block, whatever the file size. This module never touches AnnData objects, only the backed matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+#: Bytes of dense float32 rows held per training block (and per inference chunk).
+BLOCK_BYTES = 64 * 1024**2
+#: Bytes of dense rows per chunk of the validating scan (moments, finiteness).
+SCAN_BYTES = 16 * 1024**2
+#: Rows per contiguous read; a block is ``block_rows // piece_rows`` reads from random places.
+PIECE_ROWS = 1024
+
+
+def is_backed(X) -> bool:
+    """True for a matrix that lives on disk (h5py dataset or anndata's backed sparse dataset)."""
+    if isinstance(X, h5py.Dataset):
+        return True
+    try:
+        from anndata.abc import CSCDataset, CSRDataset
+    except ImportError:  # pragma: no cover - anndata < 0.10
+        return type(X).__name__.endswith("Dataset")
+    return isinstance(X, (CSRDataset, CSCDataset))
+
+
+def _check_layout(X) -> None:
+    fmt = getattr(X, "format", None)
+    if fmt == "csc":
+        msg = "backed CSC matrices cannot be read by rows efficiently; rewrite the h5ad with X as CSR or dense"
+        raise ValueError(msg)
+
+
+def read_rows(X, start: int, stop: int) -> np.ndarray:
+    """Dense float32 rows ``start:stop`` of a backed (or in-memory) matrix."""
+    block = X[start:stop]
+    if sp.issparse(block):
+        return block.toarray().astype(np.float32, copy=False)
+    return np.asarray(block, dtype=np.float32)
+
+
+def default_chunk_rows(n_features: int, budget: int = BLOCK_BYTES) -> int:
+    """Rows per block so that one dense float32 block takes about ``budget`` bytes."""
+    return max(PIECE_ROWS, (budget // (4 * max(1, n_features))) // PIECE_ROWS * PIECE_ROWS)
+
+
+def iter_chunks(X, chunk_rows: int):
+    """Yield ``(start, dense float32 rows)`` over the whole matrix, one chunk in memory at a time."""
+    for start in range(0, X.shape[0], chunk_rows):
+        yield start, read_rows(X, start, min(start + chunk_rows, X.shape[0]))
+
+
+def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """One pass over a backed matrix: validate it and return feature mean, std and max |value|.
+
+    Raises ``ValueError`` for empty, non-numeric or non-finite data, like :func:`scae.data.validate_matrix`.
+    """
+    _check_layout(X)
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        msg = f"{where} is empty (shape {X.shape}); scae needs at least one cell and one feature"
+        raise ValueError(msg)
+    dtype = np.dtype(X.dtype)
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)) or np.issubdtype(dtype, np.complexfloating):
+        msg = f"{where} has non-numeric dtype {dtype}; scae needs a real-valued numeric matrix"
+        raise ValueError(msg)
+    s1 = np.zeros(X.shape[1])
+    s2 = np.zeros(X.shape[1])
+    vmax, n_bad = 0.0, 0
+    for _, block in iter_chunks(X, default_chunk_rows(X.shape[1], budget=SCAN_BYTES)):
+        n_finite = np.count_nonzero(np.isfinite(block))
+        if n_finite < block.size:
+            n_bad += int(block.size - n_finite)
+            continue
+        s1 += block.sum(0, dtype=np.float64)
+        s2 += np.square(block).sum(0, dtype=np.float64)
+        vmax = max(vmax, float(np.abs(block).max()) if block.size else 0.0)
+    if n_bad:
+        msg = f"{where} contains {n_bad} non-finite (NaN or infinite) values; remove or impute them first"
+        raise ValueError(msg)
+    n = X.shape[0]
+    mean = s1 / n
+    std = np.sqrt(np.clip(s2 / n - mean**2, 0, None))
+    std[std < 1e-6] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32), vmax
+
+
+class BackedRowSource:
+    """Row source over a backed matrix (same interface as :class:`scae.data.RowSource`).
+
+    ``rows(idx)`` serves global row indices from the block loaded by the sampler returned by
+    :meth:`make_sampler`; ``chunks(n)`` streams the file in order. Rows ``start:stop`` restrict the
+    source to a shard (used by :mod:`scae.distributed`).
+    """
+
+    def __init__(
+        self,
+        X,
+        device: torch.device,
+        *,
+        block_rows: int | None = None,
+        piece_rows: int = PIECE_ROWS,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> None:
+        _check_layout(X)
+        self.X = X
+        self.device = device
+        self.start = int(start)
+        self.stop = int(X.shape[0] if stop is None else stop)
+        self.shape = (self.stop - self.start, X.shape[1])
+        self.piece_rows = int(piece_rows)
+        self.block_rows = int(block_rows or default_chunk_rows(X.shape[1]))
+        n_pieces = math.ceil(len(self) / self.piece_rows)
+        self._piece_pos = torch.zeros(n_pieces, dtype=torch.long, device=device)
+        self._block: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def piece_len(self, p: int) -> int:
+        """Rows in piece ``p`` (the last piece may be short)."""
+        return min(self.piece_rows, len(self) - p * self.piece_rows)
+
+    def load(self, pieces: list[int]) -> torch.Tensor:
+        """Read the given pieces (in this order) into the block; return their row indices (local, on device)."""
+        parts, idx, pos = [], [], 0
+        piece_pos = np.zeros(len(pieces), dtype=np.int64)
+        for i, p in enumerate(pieces):
+            a = p * self.piece_rows
+            b = a + self.piece_len(p)
+            parts.append(read_rows(self.X, self.start + a, self.start + b))
+            idx.append(np.arange(a, b))
+            piece_pos[i] = pos
+            pos += b - a
+        self._block = torch.from_numpy(np.concatenate(parts)).to(self.device)
+        self._piece_pos[torch.as_tensor(pieces, device=self.device)] = torch.from_numpy(piece_pos).to(self.device)
+        return torch.from_numpy(np.concatenate(idx)).to(self.device)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Dense float32 rows ``idx`` (shard-local indices, all inside the loaded block)."""
+        if self._block is None:
+            msg = "no block loaded: draw indices from `make_sampler(...)` before calling `rows`"
+            raise RuntimeError(msg)
+        pos = self._piece_pos[idx // self.piece_rows] + idx % self.piece_rows
+        return self._block.index_select(0, pos)
+
+    def chunks(self, chunk_size: int):
+        """Yield consecutive dense row blocks of the shard, read straight from disk."""
+        chunk_size = min(chunk_size, self.block_rows)
+        for a in range(self.start, self.stop, chunk_size):
+            yield torch.from_numpy(read_rows(self.X, a, min(a + chunk_size, self.stop))).to(self.device)
+
+    def make_sampler(self, n_cells: int, batch_size: int, **kwargs) -> BlockSampler:
+        """The sampler :func:`scae.train.train_net` uses for this source (``steps`` attribute → exact steps)."""
+        return BlockSampler(self, batch_size, min_steps=getattr(self, "steps", 0), **kwargs)
+
+
+class BlockSampler:
+    """Shuffled blocks of pieces; minibatches drawn within a block (stratified by batch when given).
+
+    ``steps_per_epoch`` is fixed at the start of each epoch. ``min_steps`` (when > 0) makes every epoch
+    exactly that many steps (extra draws from the last block, or fewer from the last blocks), so that all
+    ranks of a distributed run take the same number of steps.
+    """
+
+    def __init__(
+        self,
+        source: BackedRowSource,
+        batch_size: int,
+        *,
+        batch_codes: torch.Tensor | None,
+        n_batches: int,
+        generator: torch.Generator,
+        device: torch.device,
+        min_steps: int = 0,
+    ) -> None:
+        self.source = source
+        self.batch_size = min(batch_size, len(source))
+        self.batch_codes = batch_codes
+        self.n_batches = n_batches
+        self.generator = generator
+        self.device = device
+        self.min_steps = int(min_steps)
+        self.pieces_per_block = max(1, source.block_rows // source.piece_rows)
+        self.n_pieces = math.ceil(len(source) / source.piece_rows)
+        self.steps_per_epoch = max(self.min_steps, math.ceil(len(source) / self.batch_size))
+
+    def _plan(self) -> list[list[int]]:
+        perm = torch.randperm(self.n_pieces, generator=self.generator, device=self.device).tolist()
+        return [perm[i : i + self.pieces_per_block] for i in range(0, len(perm), self.pieces_per_block)]
+
+    def epoch(self):
+        """Yield the (shard-local) index tensors of one epoch, loading blocks as it goes."""
+        plan = self._plan()
+        lens = [sum(self.source.piece_len(p) for p in blk) for blk in plan]
+        steps = [max(1, math.ceil(n / self.batch_size)) for n in lens]
+        if self.min_steps:  # exactly min_steps (all ranks of a distributed run step together)
+            diff = self.min_steps - sum(steps)
+            steps[-1] += max(0, diff)
+            for i in range(len(steps) - 1, -1, -1):
+                if diff >= 0:
+                    break
+                take = min(steps[i], -diff)
+                steps[i] -= take
+                diff += take
+        self.steps_per_epoch = sum(steps)
+        for blk, n_steps in zip(plan, steps, strict=True):
+            if n_steps == 0:
+                continue
+            idx = self.source.load(sorted(blk))
+            if self.batch_codes is None:
+                for s in range(n_steps):
+                    if s % max(1, math.ceil(len(idx) / self.batch_size)) == 0:
+                        perm = idx[torch.randperm(len(idx), generator=self.generator, device=self.device)]
+                    k = s % max(1, math.ceil(len(idx) / self.batch_size))
+                    yield perm[k * self.batch_size : (k + 1) * self.batch_size]
+                continue
+            codes = self.batch_codes.index_select(0, idx)
+            order = idx[torch.argsort(codes, stable=True)]
+            counts = torch.bincount(codes, minlength=self.n_batches)
+            starts = torch.cumsum(counts, 0) - counts
+            present = torch.nonzero(counts).ravel()
+            per_batch = max(1, self.batch_size // self.n_batches)
+            which = present.repeat_interleave(per_batch)
+            sizes = counts.to(torch.float32)
+            for _ in range(n_steps):
+                u = torch.rand(which.shape[0], generator=self.generator, device=self.device)
+                yield order[starts[which] + (u * sizes[which]).long().clamp_max(counts[which] - 1)]

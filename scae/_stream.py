@@ -1,0 +1,135 @@
+"""Streaming inference and clustering: outputs of every cell without holding codes or reconstructions.
+
+Used for backed (out-of-core) data. Only the 2-D embedding and one integer label per cell stay in
+memory; codes and reconstructions go chunk by chunk to ``sink(name, start, array)`` (for example an
+h5 file) or are dropped. The clusters equal those of :func:`scae.cluster.codes_to_clusters` on the full
+arrays; the network is re-run over the data instead of keeping its outputs (three passes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial import cKDTree
+
+from .cluster import relabel_by_size
+
+
+def _packed(binary: np.ndarray) -> np.ndarray:
+    packed = np.packbits(binary, axis=1)
+    pad = (-packed.shape[1]) % 8
+    if pad:
+        packed = np.pad(packed, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def _sums(labels: np.ndarray, features: np.ndarray, n: int) -> np.ndarray:
+    onehot = sp.csr_matrix((np.ones(labels.size), (labels, np.arange(labels.size))), shape=(n, labels.size))
+    return np.asarray(onehot @ features.astype(np.float64))
+
+
+@torch.no_grad()
+def stream_outputs(
+    net,
+    source,
+    *,
+    chunk_size: int,
+    threshold: float = 0.1,
+    min_cluster_size: int | None = None,
+    merge_threshold: float | None = 2.0,
+    n_clusters: int | None = None,
+    sink: Callable[[str, int, np.ndarray], None] | None = None,
+    write_reconstruction: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding ``(n, n_latent)`` and cluster labels ``(n,)`` of all rows of ``source``.
+
+    ``sink("codes", start, codes)`` and, with ``write_reconstruction``, ``sink("reconstruction", start,
+    rows)`` (input units) receive the per-chunk outputs in row order.
+    """
+    net.eval()
+    n = len(source)
+    embedding = None
+    unit_max = None
+    # pass 1: embedding, codes to the sink, per-unit maximum of the codes
+    start = 0
+    for x in source.chunks(chunk_size):
+        out = net(x)
+        emb = out.embedding.float().cpu().numpy()
+        codes = out.codes.float().cpu().numpy()
+        if embedding is None:
+            embedding = np.empty((n, emb.shape[1]), dtype=np.float32)
+            unit_max = np.zeros(codes.shape[1], dtype=np.float32)
+        embedding[start : start + len(x)] = emb
+        unit_max = np.maximum(unit_max, codes.max(0))
+        if sink is not None:
+            sink("codes", start, codes)
+            if write_reconstruction:
+                sink("reconstruction", start, net.to_input_units(out.reconstruction).float().cpu().numpy())
+        start += len(x)
+    cut = threshold * np.where(unit_max > 0, unit_max, np.inf)
+    # pass 2: code id per cell and per-code sums of the standardized reconstruction
+    keys: dict[tuple, int] = {}
+    labels = np.empty(n, dtype=np.int64)
+    total = np.zeros((0, 0))
+    start = 0
+    for x in source.chunks(chunk_size):
+        out = net(x)
+        words = _packed(out.codes.float().cpu().numpy() > cut)
+        local, uniq = pd.MultiIndex.from_arrays(list(words.T)).factorize() if words.shape[1] > 1 else pd.factorize(words[:, 0])
+        uniq = [tuple(u) if isinstance(u, tuple) else (u,) for u in uniq]
+        ids = np.array([keys.setdefault(u, len(keys)) for u in uniq], dtype=np.int64)
+        lab = ids[np.asarray(local)]
+        labels[start : start + len(x)] = lab
+        feats = out.reconstruction.float().cpu().numpy()
+        if total.shape[0] < len(keys):
+            total = np.pad(total, ((0, len(keys) - total.shape[0]), (0, feats.shape[1] - total.shape[1])))
+        total += _sums(lab, feats, len(keys))
+        start += len(x)
+    k = len(keys)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    if min_cluster_size is None:
+        min_cluster_size = max(5, n // 1000)
+    # pass 3: cells of rare codes join the nearest frequent code (by centroid), as in absorb_small
+    big = np.flatnonzero(counts >= min_cluster_size)
+    if big.size == 0:
+        big = np.array([int(np.argmax(counts))])
+    is_small = counts < min_cluster_size
+    new_total = total.copy()
+    if is_small[labels].any():
+        tree = cKDTree(total[big] / counts[big][:, None])
+        start = 0
+        for x in source.chunks(chunk_size):
+            lab = labels[start : start + len(x)]
+            rows = np.flatnonzero(is_small[lab])
+            if rows.size:
+                out = net(x[torch.as_tensor(rows, device=x.device)])
+                feats = out.reconstruction.float().cpu().numpy()
+                _, nearest = tree.query(feats)
+                target = big[nearest]
+                labels[start + rows] = target
+                new_total += _sums(target, feats, k)
+            start += len(x)
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    labels = relabel_by_size(labels)
+    # merge: same tree on the same centroids as scae.cluster.merge_clusters
+    keep = np.flatnonzero(counts > 0)
+    order = keep[np.argsort(-counts[keep], kind="stable")]
+    centroids = new_total[order] / counts[order][:, None]
+    if len(order) <= 1:
+        return embedding, labels
+    tree = linkage(centroids, method="weighted", metric="chebyshev")
+    if n_clusters is not None:
+        if n_clusters < 1:
+            msg = f"`n_clusters` must be >= 1, got {n_clusters}"
+            raise ValueError(msg)
+        merged = fcluster(tree, t=min(n_clusters, len(order)), criterion="maxclust")
+    elif merge_threshold is not None and merge_threshold > 0:
+        merged = fcluster(tree, t=merge_threshold, criterion="distance")
+    else:
+        return embedding, labels
+    return embedding, relabel_by_size(merged[labels] - 1)
