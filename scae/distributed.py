@@ -43,13 +43,17 @@ from .train import LossWeights, train_net
 
 
 class _DDP(DistributedDataParallel):
-    """DDP that also exposes the (parameter-free) unit conversions of :class:`SAUCIENet`."""
+    """DDP that also exposes the helpers of :class:`SAUCIENet` used by the loss (``encoder_input``, ``heads``,
+    ``standardized_prediction``, ...); the forward pass itself goes through DDP so gradients are synchronized.
+    """
 
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.module.standardize(x)
-
-    def to_input_units(self, z: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return self.module.to_input_units(z)
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
 
 
 def _setup(backend: str) -> tuple[int, int, torch.device]:
