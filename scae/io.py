@@ -100,8 +100,8 @@ def read_fcs(
     --------
     >>> import numpy as np, fcswrite, scae
     >>> x = np.abs(np.random.default_rng(0).normal(100, 30, (50, 2)))
-    >>> fcswrite.write_fcs("/tmp/scae_doc.fcs", ["Nd142Di", "Time"], x, text_kw_pr={"$P1S": "CD19"})
-    >>> adata = scae.pp.read_fcs("/tmp/scae_doc.fcs")
+    >>> fcswrite.write_fcs("example.fcs", ["Nd142Di", "Time"], x, text_kw_pr={"$P1S": "CD19"})
+    >>> adata = scae.pp.read_fcs("example.fcs")
     >>> list(adata.var_names), list(adata.var["is_marker"])
     (['CD19', 'Time'], [True, False])
     """
