@@ -64,6 +64,10 @@ class SAUCIE:
     batch_size
         Minibatch size; with ``batch_key`` each minibatch holds equal numbers of cells of every batch.
         Default 256 on CPU and 4096 on CUDA (see :mod:`scae._fast`).
+    pairwise_cells
+        The pairwise loss terms (MMD, within-cluster distance, ``batch_reconstruction="distance"``) cost
+        O(minibatch²); they are computed on an evenly spaced subset of at most this many cells of each
+        minibatch (every batch equally represented), so large minibatches stay cheap. ``None``: all cells.
     random_state
         Seed of weight init and minibatch sampling: same seed and device type → same results.
     device
@@ -140,6 +144,7 @@ class SAUCIE:
         lambda_d: float = 0.2,
         learning_rate: float = 1e-3,
         batch_size: int | None = None,
+        pairwise_cells: int | None = 256,
         random_state: int = 0,
         device: str | torch.device = "auto",
         batch_reconstruction: str = "zscore",
@@ -178,6 +183,9 @@ class SAUCIE:
         self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
         self.compile = bool(compile)
         self.block_rows = block_rows
+        if pairwise_cells is not None and pairwise_cells < 2:
+            msg = f"`pairwise_cells` must be at least 2 (or None: all cells of a minibatch), got {pairwise_cells}"
+            raise ValueError(msg)
         if batch_size < 2:
             msg = f"`batch_size` must be at least 2, got {batch_size}"
             raise ValueError(msg)
@@ -208,6 +216,7 @@ class SAUCIE:
             lambda_c=lambda_c,
             lambda_d=lambda_d,
             nonref_loss=batch_reconstruction,
+            pairwise_cells=None if pairwise_cells is None else int(pairwise_cells),
         )
         self.hparams = {
             "hidden": list(hidden),
@@ -217,6 +226,7 @@ class SAUCIE:
             "lambda_d": float(lambda_d),
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
+            "pairwise_cells": self.weights.pairwise_cells,
             "random_state": self.random_state,
             "batch_reconstruction": batch_reconstruction,
             "likelihood": likelihood if isinstance(likelihood, str) else dict(likelihood),

@@ -53,6 +53,7 @@ def fit(
     layer: str | None = None,
     batch_key: str | None = None,
     reference_batch: str | None = None,
+    batch_reconstruction: str = "zscore",
     max_epochs: int | None = None,
     hidden: Sequence[int] = (512, 256, 128),
     lambda_b: float = 0.1,
@@ -60,6 +61,7 @@ def fit(
     lambda_d: float = 0.2,
     learning_rate: float = 1e-3,
     batch_size: int | None = None,
+    pairwise_cells: int | None = 256,
     merge_threshold: float | None = 2.0,
     n_clusters: int | None = None,
     min_cluster_size: int | None = None,
@@ -101,6 +103,9 @@ def fit(
         Column of ``adata.obs`` whose batches are corrected by MMD in the embedding.
     reference_batch
         Batch the others are moved onto; default the largest.
+    batch_reconstruction
+        How non-reference batches are reconstructed when correcting batches: ``"zscore"`` (per-batch
+        standardized values) or ``"distance"`` (within-batch pairwise distances); see :class:`scae.SAUCIE`.
     max_epochs
         Passes over the data; default gives about 3000 optimizer steps.
     hidden
@@ -110,7 +115,9 @@ def fit(
     learning_rate
         Adam learning rate.
     batch_size
-        Minibatch size.
+        Minibatch size (default 256 on CPU, 4096 on CUDA).
+    pairwise_cells
+        Cells of each minibatch used by the O(minibatch²) pairwise loss terms (see :class:`scae.SAUCIE`).
     merge_threshold, n_clusters, min_cluster_size
         Granularity of the clusters (see :func:`scae.tl.cluster`, which re-cuts them without retraining).
     impute
@@ -218,12 +225,14 @@ def fit(
         layer=layer,
         batch_key=batch_key,
         reference_batch=reference_batch,
+        batch_reconstruction=batch_reconstruction,
         hidden=hidden,
         lambda_b=lambda_b,
         lambda_c=lambda_c,
         lambda_d=lambda_d,
         learning_rate=learning_rate,
         batch_size=batch_size,
+        pairwise_cells=pairwise_cells,
         random_state=random_state,
         device=device,
         gene_sets=gene_sets,

@@ -26,6 +26,17 @@ class LossWeights:
     #: how non-reference batches are reconstructed: "zscore" (per-batch standardized MSE) or "distance"
     #: (within-batch pairwise distances kept)
     nonref_loss: str = "zscore"
+    #: the pairwise terms (MMD, within-cluster distance, "distance" reconstruction) cost O(batch²) and are
+    #: computed on an evenly strided subset of at most this many cells of each minibatch (stratified when
+    #: the minibatch is: the sampler lays batches out in equal contiguous runs); ``None`` uses all cells
+    pairwise_cells: int | None = 256
+
+
+def pairwise_subset(n_rows: int, pairwise_cells: int | None) -> slice:
+    """Rows of a minibatch used by the pairwise terms: every ``ceil(n_rows / pairwise_cells)``-th row."""
+    if pairwise_cells is None or n_rows <= pairwise_cells:
+        return slice(None)
+    return slice(None, None, math.ceil(n_rows / pairwise_cells))
 
 
 class Sampler:
@@ -92,6 +103,7 @@ def compute_losses(
     """
     z = net.encoder_input(x)
     out, z_in = objectives.forward_train(net, x, z, variants, generator)
+    sub = pairwise_subset(x.shape[0], weights.pairwise_cells)
     terms: dict[str, torch.Tensor] = {}
     if batch is None or weights.lambda_b == 0:
         terms["reconstruction"], block_terms = objectives.reconstruction_loss(net, x, z, out)
@@ -102,15 +114,15 @@ def compute_losses(
         ref_term = (row_err * is_ref).sum() / is_ref.sum().clamp_min(1.0)
         pred = net.standardized_prediction(x, out)
         if weights.nonref_loss == "distance":
-            z_nonref = losses.within_batch_distance_mse(z, pred, batch, reference=reference)
+            z_nonref = losses.within_batch_distance_mse(z[sub], pred[sub], batch[sub], reference=reference)
         else:
             z_nonref = losses.batch_standardized_mse(z, pred, batch, n_batches=n_batches)
         terms["reconstruction"] = ref_term + weights.nonref_weight * z_nonref
-        terms["mmd"] = losses.mmd(out.embedding, batch, reference=reference, n_batches=n_batches)
+        terms["mmd"] = losses.mmd(out.embedding[sub], batch[sub], reference=reference, n_batches=n_batches)
     if weights.lambda_c > 0:
         terms["id_regularization"] = losses.id_regularization(out.codes)
     if weights.lambda_d > 0:
-        terms["within_cluster"] = losses.within_cluster_distance(z, out.codes)
+        terms["within_cluster"] = losses.within_cluster_distance(z[sub], out.codes[sub])
     extra = objectives.variant_terms(net, out, z_in, variants)
     total = terms["reconstruction"]
     for name, lam in (

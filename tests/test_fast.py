@@ -37,3 +37,30 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     f = _fast.step_function(lambda x: {"total": x * 2}, device=torch.device("cpu"), compile=True)
     assert float(f(torch.tensor(2.0))["total"]) == 4.0
     assert float(f(torch.tensor(3.0))["total"]) == 6.0
+
+
+def test_pairwise_subset_keeps_batches_balanced():
+    # a stratified minibatch lays batches out in equal contiguous runs; the strided subset takes the
+    # same share of every run, so each batch stays equally represented in the MMD estimate
+    from scae.train import Sampler, pairwise_subset
+
+    codes = torch.tensor([0] * 5000 + [1] * 300 + [2] * 40)
+    gen, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
+    sampler = Sampler(codes.numel(), 4096, batch_codes=codes, n_batches=3, generator=gen, device=cpu)
+    idx = next(sampler.epoch())
+    sub = codes[idx][pairwise_subset(idx.numel(), 256)]
+    counts = torch.bincount(sub, minlength=3)
+    assert 200 <= sub.numel() <= 256
+    assert counts.max() - counts.min() <= 1, counts
+    assert pairwise_subset(200, 256) == slice(None) and pairwise_subset(5000, None) == slice(None)
+
+
+def test_pairwise_cells_at_or_above_batch_size_changes_nothing(small):
+    a = scae.SAUCIE(small, hidden=(64, 32, 16), batch_size=128, pairwise_cells=128).train(3, progress=False)
+    b = scae.SAUCIE(small, hidden=(64, 32, 16), batch_size=128, pairwise_cells=None).train(3, progress=False)
+    c = scae.SAUCIE(small, hidden=(64, 32, 16), batch_size=128, pairwise_cells=32).train(3, progress=False)
+    np.testing.assert_array_equal(a.get_embedding(), b.get_embedding())
+    assert not np.array_equal(a.get_embedding(), c.get_embedding())
+    assert c.history["within_cluster"][-1] < c.history["within_cluster"][0]
+    with pytest.raises(ValueError, match="pairwise_cells"):
+        scae.SAUCIE(small, pairwise_cells=1)
