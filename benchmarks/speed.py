@@ -6,6 +6,9 @@ such. Every configuration runs in a fresh subprocess, so peak RSS is its own. Ro
 
 * ``scae memory``: the matrix on the device, ``scae.SAUCIE(...).train`` for ``--epochs`` epochs, then
   embedding + clusters (``get_embedding``, ``get_clusters``).
+* ``scae memory`` with other ``widths``: the same with the encoder widths and minibatch size of ``--lean``
+  (default ``256,128,64:4096``: a narrower network and a large minibatch, the CPU throughput setting;
+  the O(minibatch²) loss terms use ``pairwise_cells=256`` cells of each minibatch as always).
 * ``scae backed``: ``scae.tl.fit`` on ``anndata.read_h5ad(path, backed="r")`` (streamed blocks; outputs
   streamed, codes/imputed not kept).
 * ``scVI``: ``scvi.model.SCVI`` (``gene_likelihood="normal"``, continuous data) trained for
@@ -13,6 +16,7 @@ such. Every configuration runs in a fresh subprocess, so peak RSS is its own. Ro
   cells/s divided by scVI's at that size.
 
     python benchmarks/speed.py [--sizes 100000 1000000] [--scvi-size 100000] [--device auto] [--epochs 1]
+                              [--lean 256,128,64:4096 128,64,32:4096]
 """
 
 from __future__ import annotations
@@ -55,11 +59,14 @@ def _peaks(device) -> dict:
     return {"peak_rss_mb": rss, "peak_gpu_mb": gpu}
 
 
-def _scae_memory(n_cells, device, epochs, batch_size, precision, compile_):
+def _scae_memory(n_cells, device, epochs, batch_size, precision, compile_, hidden=None):
     import scae
 
     adata = _resampled(n_cells)
-    model = scae.SAUCIE(adata, batch_key="batch", batch_size=batch_size, device=device, precision=precision, compile=compile_)
+    kw = {} if hidden is None else {"hidden": hidden}
+    model = scae.SAUCIE(
+        adata, batch_key="batch", batch_size=batch_size, device=device, precision=precision, compile=compile_, **kw
+    )
     model.train(max_epochs=epochs, progress=False)
     t = time.perf_counter()
     model.get_embedding()
@@ -111,7 +118,8 @@ def _scvi(n_cells, epochs, batch_size):
 def _worker(args) -> dict:
     kind, n = args.worker, args.cells
     if kind == "memory":
-        return _scae_memory(n, args.device, args.epochs, args.batch_size, args.precision, args.compile)
+        hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
+        return _scae_memory(n, args.device, args.epochs, args.batch_size, args.precision, args.compile, hidden)
     if kind == "backed":
         return _scae_backed(args.path, args.device, args.epochs, args.batch_size, args.precision, args.compile)
     return _scvi(n, args.epochs, args.batch_size or 256)
@@ -127,6 +135,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: 256 on CPU, 4096 on GPU (scVI: 256)")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--lean", nargs="*", default=["256,128,64:4096"], metavar="WIDTHS:BATCH",
+                   help="extra in-memory scae rows with other encoder widths and minibatch size, e.g. 128,64,32:4096")
+    p.add_argument("--hidden", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cells", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--path", default=None, help=argparse.SUPPRESS)
@@ -135,10 +146,14 @@ def main() -> None:
         print(json.dumps(_worker(args)))
         return
 
-    def spawn(kind, n, path=None):
+    def spawn(kind, n, path=None, lean=None):
         cmd = [sys.executable, __file__, "--worker", kind, "--cells", str(n), "--device", args.device]
         cmd += ["--epochs", str(args.epochs), "--precision", args.precision]
-        cmd += ["--batch-size", str(args.batch_size or (256 if kind == "scvi" else 0))] if (args.batch_size or kind == "scvi") else []
+        if lean is not None:
+            hidden, batch = lean.split(":")
+            cmd += ["--hidden", hidden, "--batch-size", batch]
+        elif args.batch_size or kind == "scvi":
+            cmd += ["--batch-size", str(args.batch_size or 256)]
         cmd += ["--compile"] if args.compile else []
         cmd += ["--path", path] if path else []
         t = time.perf_counter()
@@ -148,7 +163,7 @@ def main() -> None:
             raise SystemExit(f"worker {kind} {n} failed")
         out = json.loads(res.stdout.strip().splitlines()[-1])
         out.update(method="scVI" if kind == "scvi" else "scae", mode="memory" if kind == "scvi" else kind, cells=n,
-                   total_s=time.perf_counter() - t)
+                   total_s=time.perf_counter() - t, widths=lean.split(":")[0] if lean else "default")
         return out
 
     rows = []
@@ -160,6 +175,7 @@ def main() -> None:
                 rows.append(spawn("scvi", n))
             if "memory" in args.modes:
                 rows.append(spawn("memory", n))
+                rows += [spawn("memory", n, lean=spec) for spec in args.lean]
             if "backed" in args.modes:
                 from scae import datasets
                 from scae._outofcore import write_resampled_h5ad
@@ -173,14 +189,14 @@ def main() -> None:
     scvi_speed = {r["cells"]: r["train_cells_per_s"] for r in rows if r["method"] == "scVI"}
     print(f"Speed, CytoNorm CyTOF (37 markers, 3 batches, MMD on), {args.epochs} epoch(s); sizes other than 6,000: "
           f"real cells resampled with N(0, 0.05) noise; load average at start {load:.1f} on {os.cpu_count()} CPUs")
-    hdr = (f"{'method':>6} {'mode':>7} {'cells':>10} {'device':>7} {'batch':>6} {'train cells/s':>14} {'vs scVI':>8} "
+    hdr = (f"{'method':>6} {'widths':>12} {'mode':>7} {'cells':>10} {'device':>7} {'batch':>6} {'train cells/s':>14} {'vs scVI':>8} "
            f"{'embed+cluster s':>16} {'run s':>8} {'peak RSS MB':>12} {'peak GPU MB':>12}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         ratio = r["train_cells_per_s"] / scvi_speed[r["cells"]] if r["method"] == "scae" and r["cells"] in scvi_speed else float("nan")
         dev = "cpu" if r["method"] == "scVI" else ("cuda" if r["peak_gpu_mb"] == r["peak_gpu_mb"] else "cpu")
-        print(f"{r['method']:>6} {r['mode']:>7} {r['cells']:>10,} {dev:>7} {r['batch']:>6} {r['train_cells_per_s']:>14,.0f} "
+        print(f"{r['method']:>6} {r['widths']:>12} {r['mode']:>7} {r['cells']:>10,} {dev:>7} {r['batch']:>6} {r['train_cells_per_s']:>14,.0f} "
               f"{ratio:>8.2f} {r['embed_cluster_s']:>16.2f} {r['total_s']:>8.1f} {r['peak_rss_mb']:>12.0f} {r['peak_gpu_mb']:>12.0f}")
 
 
