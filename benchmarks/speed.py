@@ -16,7 +16,7 @@ such. Every configuration runs in a fresh subprocess, so peak RSS is its own. Ro
   cells/s divided by scVI's at that size.
 
     python benchmarks/speed.py [--sizes 100000 1000000] [--scvi-size 100000] [--device auto] [--epochs 1]
-                              [--lean 256,128,64:4096 128,64,32:4096]
+                              [--lean 256,128,64:4096 128,64,32:4096] [--modes memory lean backed]
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--scvi-size", type=int, default=100_000, help="size of the scae-vs-scVI comparison (0: skip scVI)")
-    p.add_argument("--modes", nargs="+", default=["memory", "backed"], choices=["memory", "backed"])
+    p.add_argument("--modes", nargs="+", default=["memory", "lean", "backed"], choices=["memory", "lean", "backed"],
+                   help="memory: default scae in memory; lean: the --lean rows (in memory); backed: default scae backed")
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None, help="default: 256 on CPU, 4096 on GPU (scVI: 256)")
@@ -175,6 +176,7 @@ def main() -> None:
                 rows.append(spawn("scvi", n))
             if "memory" in args.modes:
                 rows.append(spawn("memory", n))
+            if "lean" in args.modes:
                 rows += [spawn("memory", n, lean=spec) for spec in args.lean]
             if "backed" in args.modes:
                 from scae import datasets
