@@ -11,7 +11,7 @@ import scanpy as sc
 from anndata import AnnData
 from matplotlib.axes import Axes
 
-from ._tl_genesets import activity_adata
+from ._tl_genesets import grouped_activities
 
 
 def _top_sets(adata: AnnData, act: AnnData, groupby: str, n_sets: int, key: str, rank_key: str | None) -> list[str]:
@@ -85,9 +85,7 @@ def gene_sets(
     if kind not in ("heatmap", "dotplot"):
         msg = f"`kind` must be 'heatmap' or 'dotplot', got {kind!r}"
         raise ValueError(msg)
-    act = activity_adata(adata, key=key, obs_keys=[groupby])
-    act = act[act.obs[groupby].notna().to_numpy()].copy()
-    act.obs[groupby] = act.obs[groupby].astype(str).astype("category")
+    act = grouped_activities(adata, groupby, key=key)
     X = act.X
     act.X = ((X - X.mean(0)) / np.where(X.std(0) > 0, X.std(0), 1.0)).astype(np.float32)
     if gene_sets is None:

@@ -51,6 +51,14 @@ def activity_adata(adata: AnnData, *, key: str = "scae", obs_keys: Sequence[str]
     return AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=pd.Index(names, name="gene_set")))
 
 
+
+def grouped_activities(adata: AnnData, groupby: str, *, key: str = "scae") -> AnnData:
+    """:func:`activity_adata` with ``obs[groupby]`` as string categories, cells without a group dropped."""
+    act = activity_adata(adata, key=key, obs_keys=[groupby])
+    act = act[act.obs[groupby].notna().to_numpy()].copy()
+    act.obs[groupby] = act.obs[groupby].astype(str).astype("category")
+    return act
+
 def rank_gene_sets(
     adata: AnnData,
     *,
@@ -98,11 +106,7 @@ def rank_gene_sets(
     >>> scae.tl.rank_gene_sets(adata, groupby="cms_label")  # doctest: +SKIP
     >>> scae.tl.rank_gene_sets_df(adata, group="CMS1").head()  # doctest: +SKIP
     """
-    act = activity_adata(adata, key=key, obs_keys=[groupby])
-    labels = act.obs[groupby]
-    if labels.isna().any():
-        act = act[labels.notna().to_numpy()].copy()
-    act.obs[groupby] = act.obs[groupby].astype(str).astype("category")
+    act = grouped_activities(adata, groupby, key=key)
     cats = list(act.obs[groupby].cat.categories)
     if len(cats) < 2:
         msg = f"adata.obs[{groupby!r}] needs at least two groups to rank gene sets, found {cats}"
