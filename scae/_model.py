@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from . import _blocks, _fast, cluster, data, genesets
+from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.network import SAUCIENet
 from .objectives import Variants
 from .train import LossWeights, infer, infer_gene_sets, train_net
@@ -377,7 +378,7 @@ class SAUCIE:
         *,
         threshold: float = 0.1,
         min_cluster_size: int | None = None,
-        merge_threshold: float | None = 2.0,
+        merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
         n_clusters: int | None = None,
     ) -> np.ndarray:
         """Cluster label per cell (0 = largest cluster) from binarized codes after merging.
@@ -389,20 +390,25 @@ class SAUCIE:
         min_cluster_size
             Codes with fewer cells join the nearest cluster; default ``max(5, n_cells // 1000)``.
         merge_threshold
-            Clusters whose denoised centres differ by less than about this many standard deviations in
-            every feature are merged; larger → fewer clusters; ``None``/0 disables merging.
+            Clusters whose centres (mean input values) differ by less than about this many units in every
+            feature are merged, the unit being the root mean square of the features' standard deviations;
+            larger → fewer clusters; ``None``/0 disables merging.
         n_clusters
-            Group the code clusters into exactly this many (size-weighted k-means of their denoised centres)
-            instead of using ``merge_threshold``.
+            Cut a Ward tree of the code-cluster centres into exactly this many clusters instead of using
+            ``merge_threshold`` (groups with < 1% of the cells do not count; see :func:`scae.cluster.merge_clusters`).
         """
         out = self._infer()
         if "standardized" in out:  # count / binary blocks: compare in the encoder's standardized units
-            features = out["standardized"]
+            features = merge_features = out["standardized"]
+            scale = 1.0
         else:
             features = (out["reconstruction"] - self.net.feature_mean.cpu().numpy()) / self.net.feature_std.cpu().numpy()
+            merge_features, scale = self._X, cluster.common_scale(self.net.feature_std.cpu().numpy())
         return cluster.codes_to_clusters(
             out["codes"],
             features,
+            merge_features=merge_features,
+            merge_scale=scale,
             threshold=threshold,
             min_cluster_size=min_cluster_size,
             merge_threshold=merge_threshold,

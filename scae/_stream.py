@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial import cKDTree
 
-from .cluster import relabel_by_size
+from .cluster import DEFAULT_MERGE_THRESHOLD, common_scale, group_centroids, relabel_by_size
 
 
 def _packed(binary: np.ndarray) -> np.ndarray:
@@ -41,7 +40,7 @@ def stream_outputs(
     chunk_size: int,
     threshold: float = 0.1,
     min_cluster_size: int | None = None,
-    merge_threshold: float | None = 2.0,
+    merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
     n_clusters: int | None = None,
     sink: Callable[[str, int, np.ndarray], None] | None = None,
     write_reconstruction: bool = False,
@@ -53,6 +52,10 @@ def stream_outputs(
     """
     net.eval()
     n = len(source)
+    # merge on the cluster means of the input values, as SAUCIE.get_clusters (the standardized
+    # reconstruction where count/binary blocks make input units incomparable)
+    plain = all(b.likelihood == "mse" for b in net.heads.blocks)
+    scale = common_scale(net.feature_std.cpu().numpy()) if plain else 1.0
     embedding = None
     unit_max = None
     # pass 1: embedding, codes to the sink, per-unit maximum of the codes
@@ -72,10 +75,12 @@ def stream_outputs(
                 sink("reconstruction", start, net.to_input_units(out.reconstruction).float().cpu().numpy())
         start += len(x)
     cut = threshold * np.where(unit_max > 0, unit_max, np.inf)
-    # pass 2: code id per cell and per-code sums of the standardized reconstruction
+    # pass 2: code id per cell, per-code sums of the standardized reconstruction (absorbing rare codes)
+    # and of the merge features
     keys: dict[tuple, int] = {}
     labels = np.empty(n, dtype=np.int64)
     total = np.zeros((0, 0))
+    merge_total = np.zeros((0, 0))
     start = 0
     for x in source.chunks(chunk_size):
         out = net(x)
@@ -89,6 +94,10 @@ def stream_outputs(
         if total.shape[0] < len(keys):
             total = np.pad(total, ((0, len(keys) - total.shape[0]), (0, feats.shape[1] - total.shape[1])))
         total += _sums(lab, feats, len(keys))
+        mfeats = x.float().cpu().numpy() if plain else feats
+        if merge_total.shape[0] < len(keys):
+            merge_total = np.pad(merge_total, ((0, len(keys) - merge_total.shape[0]), (0, mfeats.shape[1] - merge_total.shape[1])))
+        merge_total += _sums(lab, mfeats, len(keys))
         start += len(x)
     k = len(keys)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
@@ -99,37 +108,28 @@ def stream_outputs(
     if big.size == 0:
         big = np.array([int(np.argmax(counts))])
     is_small = counts < min_cluster_size
-    new_total = total.copy()
     if is_small[labels].any():
         tree = cKDTree(total[big] / counts[big][:, None])
         start = 0
         for x in source.chunks(chunk_size):
-            lab = labels[start : start + len(x)]
+            lab = labels[start : start + len(x)].copy()
             rows = np.flatnonzero(is_small[lab])
             if rows.size:
-                out = net(x[torch.as_tensor(rows, device=x.device)])
-                feats = out.reconstruction.float().cpu().numpy()
+                xs = x[torch.as_tensor(rows, device=x.device)]
+                feats = net(xs).reconstruction.float().cpu().numpy()
                 _, nearest = tree.query(feats)
                 target = big[nearest]
                 labels[start + rows] = target
-                new_total += _sums(target, feats, k)
+                mfeats = xs.float().cpu().numpy() if plain else feats
+                merge_total += _sums(target, mfeats, k) - _sums(lab[rows], mfeats, k)
             start += len(x)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     labels = relabel_by_size(labels)
-    # merge: same tree on the same centroids as scae.cluster.merge_clusters
+    # merge: the same rule on the same centroids as scae.cluster.merge_clusters
     keep = np.flatnonzero(counts > 0)
     order = keep[np.argsort(-counts[keep], kind="stable")]
-    centroids = new_total[order] / counts[order][:, None]
     if len(order) <= 1:
         return embedding, labels
-    tree = linkage(centroids, method="weighted", metric="chebyshev")
-    if n_clusters is not None:
-        if n_clusters < 1:
-            msg = f"`n_clusters` must be >= 1, got {n_clusters}"
-            raise ValueError(msg)
-        merged = fcluster(tree, t=min(n_clusters, len(order)), criterion="maxclust")
-    elif merge_threshold is not None and merge_threshold > 0:
-        merged = fcluster(tree, t=merge_threshold, criterion="distance")
-    else:
-        return embedding, labels
-    return embedding, relabel_by_size(merged[labels] - 1)
+    centroids = merge_total[order] / counts[order][:, None] / scale
+    groups = group_centroids(centroids, counts[order], merge_threshold=merge_threshold, n_clusters=n_clusters)
+    return embedding, relabel_by_size(groups[labels])

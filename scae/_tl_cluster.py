@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from . import cluster as _cluster
 from ._stats import group_stats
+from .cluster import DEFAULT_MERGE_THRESHOLD
 from .data import feature_moments, get_matrix
 
 
@@ -15,7 +18,7 @@ def cluster(
     adata: AnnData,
     *,
     n_clusters: int | None = None,
-    merge_threshold: float | None = 2.0,
+    merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
     min_cluster_size: int | None = None,
     threshold: float = 0.1,
     key_added: str = "scae",
@@ -25,16 +28,18 @@ def cluster(
 
     Steps (see :mod:`scae.cluster`): binarize the clustering-layer activations (a unit fires above
     ``threshold`` × its maximum), hash each binary code to an integer (O(n)), give codes with fewer than
-    ``min_cluster_size`` cells to the nearest larger code cluster, then merge code clusters whose centres in
-    the standardized denoised expression are close (WPGMA tree of Chebyshev distances).
+    ``min_cluster_size`` cells to the nearest larger code cluster (by denoised profile), then merge code
+    clusters whose mean input values are close (:func:`scae.cluster.merge_clusters`).
 
     How to steer granularity:
 
-    - ``merge_threshold`` (default 2.0): clusters whose denoised marker profiles differ by less than about
-      this many standard deviations on every marker are merged. Larger → fewer, coarser clusters; the
-      count it gives is data-driven and varies a little between seeds.
-    - ``n_clusters``: group the code clusters into exactly this many (size-weighted k-means of their
-      denoised centres; e.g. the number of manual gates), which makes the count identical across seeds.
+    - ``merge_threshold`` (default 2.25): clusters whose mean marker values differ by less than about this
+      many units on every marker are merged (the unit: root mean square of the markers' standard
+      deviations, about 1 for arcsinh CyTOF). Larger → fewer, coarser clusters; the count it gives is
+      data-driven and varies a little between seeds.
+    - ``n_clusters``: cut a Ward tree of the code-cluster centres into exactly this many clusters (e.g. the
+      number of manual gates, as FlowSOM's metaclustering does with its SOM nodes); groups holding less
+      than 1% of the cells do not count as one of them. The count is then identical across seeds.
     - ``lambda_c`` in :func:`scae.tl.fit` (needs retraining): stronger ID regularization → fewer units fire
       → fewer distinct codes before merging.
 
@@ -45,7 +50,7 @@ def cluster(
     n_clusters
         Exact number of clusters; overrides ``merge_threshold``.
     merge_threshold
-        Merge distance in standard deviations; ``None`` or 0 keeps every code cluster.
+        Merge distance (see above); ``None`` or 0 keeps every code cluster.
     min_cluster_size
         Codes with fewer cells join the nearest cluster; default ``max(5, n_cells // 1000)``.
     threshold
@@ -77,12 +82,18 @@ def cluster(
     if imputed_key not in adata.layers:
         msg = f"adata.layers[{imputed_key!r}] not found: run `scae.tl.fit(adata, impute=True)` first"
         raise KeyError(msg)
-    layer = adata.uns[key_added].get("params", {}).get("layer")
-    mean, std = feature_moments(get_matrix(adata, layer))
+    params = adata.uns[key_added].get("params", {})
+    layer = params.get("layer")
+    X = get_matrix(adata, layer)
+    mean, std = feature_moments(X)
     features = (np.asarray(adata.layers[imputed_key], dtype=np.float32) - mean) / std
+    likelihood = params.get("likelihood", "mse")
+    plain = all(v == "mse" for v in (likelihood.values() if isinstance(likelihood, Mapping) else [likelihood]))
     labels = _cluster.codes_to_clusters(
         np.asarray(adata.obsm[codes_key]),
         features,
+        merge_features=X if plain else features,
+        merge_scale=_cluster.common_scale(std) if plain else 1.0,
         threshold=threshold,
         min_cluster_size=min_cluster_size,
         merge_threshold=merge_threshold,

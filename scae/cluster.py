@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial import cKDTree
-from sklearn.cluster import KMeans
 
 
 def binarize(codes: np.ndarray, *, threshold: float = 0.1) -> np.ndarray:
@@ -40,11 +40,72 @@ def hash_codes(binary: np.ndarray) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def _centroids(labels: np.ndarray, features: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+#: Default cut height of the merge tree (units of :func:`common_scale`): clusters whose mean input values
+#: differ by less than about this much on every feature are merged.
+DEFAULT_MERGE_THRESHOLD = 2.25
+
+#: With ``n_clusters``, a group of code clusters holding less than this share of the cells is not counted as
+#: one of the ``n_clusters``: its cells join the nearest counted group (outlying debris cannot take a slot).
+MIN_GROUP_SHARE = 0.01
+
+
+def label_sums(labels: np.ndarray, X, n: int, *, chunk_rows: int = 65536) -> np.ndarray:
+    """Per-label sums of the rows of ``X`` (dense, sparse or backed), ``(n, n_features)`` float64, row block by block."""
+    out = np.zeros((n, X.shape[1]))
+    for start in range(0, X.shape[0], chunk_rows):
+        lab = labels[start : start + chunk_rows]
+        block = X[start : start + chunk_rows]
+        onehot = sp.csr_matrix((np.ones(lab.size), (lab, np.arange(lab.size))), shape=(n, lab.size))
+        summed = onehot @ (block.astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64))
+        out += summed.toarray() if sp.issparse(summed) else summed
+    return out
+
+
+def _centroids(labels: np.ndarray, features, n: int) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(labels, minlength=n).astype(np.float64)
-    sums = np.zeros((n, features.shape[1]))
-    np.add.at(sums, labels, features)
-    return sums / np.maximum(counts, 1)[:, None], counts
+    return label_sums(labels, features, n) / np.maximum(counts, 1)[:, None], counts
+
+
+def common_scale(std) -> float:
+    """Root mean square of per-feature standard deviations: the one unit that merge distances are measured in."""
+    return float(np.sqrt(np.mean(np.square(np.asarray(std, dtype=np.float64)))))
+
+
+def group_centroids(
+    centroids: np.ndarray,
+    counts: np.ndarray,
+    *,
+    merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
+    n_clusters: int | None = None,
+    min_share: float = MIN_GROUP_SHARE,
+) -> np.ndarray:
+    """Group of every code-cluster centre ``0..g-1`` (see :func:`merge_clusters`); ``counts`` are cells per centre."""
+    if n_clusters is not None and n_clusters < 1:
+        msg = f"`n_clusters` must be >= 1, got {n_clusters}"
+        raise ValueError(msg)
+    n = centroids.shape[0]
+    if n <= 1 or (n_clusters is not None and n_clusters >= n):
+        return np.arange(n)
+    if n_clusters is None:
+        if merge_threshold is None or merge_threshold <= 0:
+            return np.arange(n)
+        tree = linkage(centroids, method="weighted", metric="chebyshev")
+        return fcluster(tree, t=merge_threshold, criterion="distance") - 1
+    tree = linkage(centroids, method="ward")
+    bar = min_share * counts.sum()
+    for m in range(n_clusters, n + 1):  # each step splits one group, so the counted groups grow by at most one
+        groups = fcluster(tree, t=m, criterion="maxclust") - 1
+        sizes = np.bincount(groups, weights=counts)
+        counted = np.flatnonzero(sizes >= bar)
+        if counted.size >= n_clusters:
+            break
+    else:
+        return fcluster(tree, t=n_clusters, criterion="maxclust") - 1
+    if counted.size == groups.max() + 1:
+        return groups
+    means = np.stack([np.average(centroids[groups == g], axis=0, weights=counts[groups == g]) for g in counted])
+    _, nearest = cKDTree(means).query(centroids)
+    return np.where(np.isin(groups, counted), np.searchsorted(counted, groups).clip(0, counted.size - 1), nearest)
 
 
 def absorb_small(labels: np.ndarray, features: np.ndarray, *, min_cells: int) -> np.ndarray:
@@ -73,24 +134,45 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
 
 def merge_clusters(
     labels: np.ndarray,
-    features: np.ndarray,
+    features,
     *,
-    merge_threshold: float | None = 2.0,
+    merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
     n_clusters: int | None = None,
+    scale: float = 1.0,
+    min_share: float = MIN_GROUP_SHARE,
 ) -> np.ndarray:
-    """Merge clusters whose centres are close, by hierarchical clustering of the cluster centres.
+    """Merge code clusters whose centres are close, by hierarchical clustering of the cluster centres.
 
-    The distance between two centres is the largest absolute difference over features (Chebyshev), in
-    the units of ``features`` (scae passes standardized denoised expression, so 1 = one standard deviation
-    of that feature). Centres are joined by weighted average linkage (WPGMA) and the tree is cut at
-    ``merge_threshold``: clusters whose centres differ by less than about ``merge_threshold`` standard
-    deviations in every feature end up together. The distance does not grow with the number of features, so
-    the same threshold serves 10-marker flow panels and 40-marker CyTOF panels.
+    The centre of a code cluster is the mean of ``features`` over its cells, divided by ``scale``. scae
+    passes the input values (arcsinh markers, log-normalized expression) and the root mean square of the
+    per-feature standard deviations (:func:`common_scale`): one unit for all features, so a marker that
+    barely varies cannot split a population, and the thresholds do not depend on the units of the data.
 
-    With ``n_clusters`` the code clusters are instead grouped into exactly that many by k-means of their
-    centres weighted by their cell counts (the within-cluster sum of squares of the cells, with every code
-    kept whole; 10 restarts, fixed seed). Unlike cutting the tree, this cannot spend clusters on a few
-    outlying codes of a handful of cells.
+    Without ``n_clusters``, centres are joined by weighted average linkage (WPGMA) of Chebyshev distances
+    (the largest difference over features) and the tree is cut at ``merge_threshold``: clusters whose
+    centres differ by less than about ``merge_threshold`` units in every feature end up together. The
+    distance does not grow with the number of features, so one threshold serves 8-marker flow panels and
+    40-marker CyTOF panels. The count this gives is data-driven.
+
+    With ``n_clusters`` the centres are joined by Ward linkage (each code cluster one point, as FlowSOM's
+    metaclustering treats its SOM nodes) and the tree is cut into exactly that many groups, where a group
+    holding less than ``min_share`` of the cells does not count: its cells join the nearest counted group,
+    so outlying codes of a few cells (debris, doublets) cannot take one of the ``n_clusters``.
+
+    Parameters
+    ----------
+    labels
+        Code cluster of every cell, ``0..n-1``.
+    features
+        ``(n_cells, n_features)`` values, dense, sparse or backed (read in row blocks).
+    merge_threshold
+        Cut height of the WPGMA tree in units of ``scale``; ``None`` or 0: no merging.
+    n_clusters
+        Exact number of clusters (overrides ``merge_threshold``).
+    scale
+        Unit of the distances.
+    min_share
+        See above.
     """
     if n_clusters is not None and n_clusters < 1:
         msg = f"`n_clusters` must be >= 1, got {n_clusters}"
@@ -99,27 +181,21 @@ def merge_clusters(
     if n <= 1:
         return labels
     centroids, counts = _centroids(labels, features, n)
-    if n_clusters is not None:
-        if n_clusters >= n:
-            return relabel_by_size(labels)
-        # size-weighted k-means of the code-cluster centres = k-means of the cells with each code kept whole
-        km = KMeans(n_clusters=n_clusters, n_init=10, random_state=0).fit(centroids, sample_weight=counts)
-        return relabel_by_size(km.labels_[labels])
-    tree = linkage(centroids, method="weighted", metric="chebyshev")
-    if merge_threshold is not None and merge_threshold > 0:
-        merged = fcluster(tree, t=merge_threshold, criterion="distance")
-    else:
-        return labels
-    return relabel_by_size(merged[labels] - 1)
+    groups = group_centroids(
+        centroids / scale, counts, merge_threshold=merge_threshold, n_clusters=n_clusters, min_share=min_share
+    )
+    return relabel_by_size(groups[labels])
 
 
 def codes_to_clusters(
     codes: np.ndarray,
     features: np.ndarray,
     *,
+    merge_features=None,
+    merge_scale: float = 1.0,
     threshold: float = 0.1,
     min_cluster_size: int | None = None,
-    merge_threshold: float | None = 2.0,
+    merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
     n_clusters: int | None = None,
 ) -> np.ndarray:
     """Full pipeline from activations to cluster labels ``0..k-1`` (largest first).
@@ -129,8 +205,12 @@ def codes_to_clusters(
     codes
         Clustering-layer activations ``(n_cells, n_units)``.
     features
-        Per-cell coordinates used to absorb rare codes and merge clusters (scae uses the standardized
-        reconstruction, i.e. the denoised expression profile).
+        Per-cell coordinates used to absorb rare codes (scae uses the standardized reconstruction, i.e.
+        the denoised expression profile, which new cells mapped onto the model also have).
+    merge_features, merge_scale
+        Per-cell values whose cluster means are compared when merging, and their unit (see
+        :func:`merge_clusters`); default ``features`` in their own units. scae passes the input data and
+        :func:`common_scale` of its standard deviations.
     threshold
         Relative firing threshold of :func:`binarize`.
     min_cluster_size
@@ -143,4 +223,10 @@ def codes_to_clusters(
         min_cluster_size = max(5, n_cells // 1000)
     labels = hash_codes(binarize(codes, threshold=threshold))
     labels = absorb_small(labels, features, min_cells=min_cluster_size)
-    return merge_clusters(labels, features, merge_threshold=merge_threshold, n_clusters=n_clusters)
+    return merge_clusters(
+        labels,
+        features if merge_features is None else merge_features,
+        merge_threshold=merge_threshold,
+        n_clusters=n_clusters,
+        scale=merge_scale,
+    )

@@ -183,7 +183,13 @@ def run(args: argparse.Namespace) -> dict:
         if rank != 0:
             return {}
         out = {k: np.concatenate([g[k] for g in gathered]) for k in shard}
-        labels = cluster.codes_to_clusters(out["codes"], out["reconstruction"], merge_threshold=args.merge_threshold)
+        labels = cluster.codes_to_clusters(
+            out["codes"],
+            out["reconstruction"],
+            merge_features=X,
+            merge_scale=cluster.common_scale(std),
+            merge_threshold=args.merge_threshold,
+        )
         summary = _write(adata, args, out, labels, mean, std, history, world, device, t_train, t0)
         return summary
     finally:
@@ -236,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-b", type=float, default=0.1)
     p.add_argument("--lambda-c", type=float, default=0.1)
     p.add_argument("--lambda-d", type=float, default=0.2)
-    p.add_argument("--merge-threshold", type=float, default=2.0)
+    p.add_argument("--merge-threshold", type=float, default=cluster.DEFAULT_MERGE_THRESHOLD)
     p.add_argument("--block-rows", type=int, default=None, help="rows per block read from disk")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto", help="auto: nccl on GPU, gloo on CPU")

@@ -21,6 +21,7 @@ from ._query import query
 from ._transform import build_mapping_state, transform
 
 from ._tl_cluster import cluster, cluster_stats
+from .cluster import DEFAULT_MERGE_THRESHOLD
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
 
 __all__ = [
@@ -62,7 +63,7 @@ def fit(
     learning_rate: float = 1e-3,
     batch_size: int | None = None,
     pairwise_cells: int | None = 256,
-    merge_threshold: float | None = 2.0,
+    merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
     n_clusters: int | None = None,
     min_cluster_size: int | None = None,
     impute: bool = True,

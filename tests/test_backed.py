@@ -59,7 +59,9 @@ def test_streamed_clusters_equal_in_memory(levine):
     model = scae.SAUCIE(levine, hidden=(64, 32, 16), random_state=0)
     model.train(max_epochs=8, progress=False)
     source = data.RowSource(levine.X, torch.device("cpu"))
-    for kw in ({"merge_threshold": None, "min_cluster_size": 10}, {"merge_threshold": 0.5, "min_cluster_size": 30}):
+    settings = ({"merge_threshold": None, "min_cluster_size": 10}, {"merge_threshold": 1.0, "min_cluster_size": 30},
+                {"n_clusters": 4, "min_cluster_size": 10}, {})
+    for kw in settings:
         expected = model.get_clusters(**kw)
         assert expected.max() >= 2
         emb, labels = stream_outputs(model.net, source, chunk_size=700, **kw)

@@ -48,3 +48,33 @@ def test_n_clusters_is_not_spent_on_outlying_small_codes():
     with np.testing.assert_raises(ValueError):
         cluster.merge_clusters(labels, feats, n_clusters=0)
     assert cluster.merge_clusters(labels, feats, n_clusters=50).max() + 1 == 13  # more than codes: keep codes
+
+
+def test_merge_distance_is_in_units_of_scale_and_sums_read_sparse_rows():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    feats = np.vstack([rng.normal(0, 0.1, (200, 3)), rng.normal([1.5, 0, 0], 0.1, (200, 3))])
+    labels = np.repeat([0, 1], 200)
+    assert cluster.merge_clusters(labels, feats, merge_threshold=1.0).max() + 1 == 2
+    assert cluster.merge_clusters(labels, feats, merge_threshold=1.0, scale=2.0).max() + 1 == 1  # 0.75 units apart
+    assert cluster.common_scale([1.0, 2.0, 2.0]) == 3.0 ** 0.5
+    np.testing.assert_allclose(
+        cluster.label_sums(labels, sp.csr_matrix(feats), 2, chunk_rows=64), cluster.label_sums(labels, feats, 2)
+    )
+
+
+def test_n_clusters_counts_only_groups_with_one_percent_of_cells():
+    rng = np.random.default_rng(2)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0], [9.0, 9.0]])
+    sizes = [500, 500, 500, 8]  # the last population holds 0.5% of the cells
+    feats = np.vstack([rng.normal(c, 0.3, (s, 2)) for c, s in zip(centres, sizes, strict=True)])
+    truth = np.repeat(np.arange(4), sizes)
+    labels = truth * 3 + rng.integers(0, 3, truth.size)  # three codes per population
+    merged = cluster.merge_clusters(labels, feats, n_clusters=4)
+    assert merged.max() + 1 == 4
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth[:1500], merged[:1500]) < 0.99  # a big population was split to make the 4th
+    merged = cluster.merge_clusters(labels, feats, n_clusters=4, min_share=0.001)
+    assert adjusted_rand_score(truth, merged) > 0.99  # with a lower bar the rare population is one of the 4
