@@ -402,8 +402,9 @@ class SAUCIE:
             features = merge_features = out["standardized"]
             scale = 1.0
         else:
-            features = (out["reconstruction"] - self.net.feature_mean.cpu().numpy()) / self.net.feature_std.cpu().numpy()
-            merge_features, scale = self._X, cluster.common_scale(self.net.feature_std.cpu().numpy())
+            mean, std = self.net.feature_mean.cpu().numpy(), self.net.feature_std.cpu().numpy()
+            features = (out["reconstruction"] - mean) / std
+            merge_features, scale = self._X, cluster.common_scale(std)
         return cluster.codes_to_clusters(
             out["codes"],
             features,

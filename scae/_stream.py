@@ -96,7 +96,8 @@ def stream_outputs(
         total += _sums(lab, feats, len(keys))
         mfeats = x.float().cpu().numpy() if plain else feats
         if merge_total.shape[0] < len(keys):
-            merge_total = np.pad(merge_total, ((0, len(keys) - merge_total.shape[0]), (0, mfeats.shape[1] - merge_total.shape[1])))
+            grow = ((0, len(keys) - merge_total.shape[0]), (0, mfeats.shape[1] - merge_total.shape[1]))
+            merge_total = np.pad(merge_total, grow)
         merge_total += _sums(lab, mfeats, len(keys))
         start += len(x)
     k = len(keys)

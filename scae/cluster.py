@@ -50,7 +50,7 @@ MIN_GROUP_SHARE = 0.01
 
 
 def label_sums(labels: np.ndarray, X, n: int, *, chunk_rows: int = 65536) -> np.ndarray:
-    """Per-label sums of the rows of ``X`` (dense, sparse or backed), ``(n, n_features)`` float64, row block by block."""
+    """Per-label sums of the rows of ``X`` (dense, sparse or backed): ``(n, n_features)`` float64, by row blocks."""
     out = np.zeros((n, X.shape[1]))
     for start in range(0, X.shape[0], chunk_rows):
         lab = labels[start : start + chunk_rows]
