@@ -12,11 +12,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 
-from .cluster import DEFAULT_MERGE_THRESHOLD, common_scale, group_centroids, relabel_by_size
+from .cluster import DEFAULT_MERGE_THRESHOLD, common_scale, group_centroids, label_sums, relabel_by_size
 
 
 def _packed(binary: np.ndarray) -> np.ndarray:
@@ -25,11 +24,6 @@ def _packed(binary: np.ndarray) -> np.ndarray:
     if pad:
         packed = np.pad(packed, ((0, 0), (0, pad)))
     return np.ascontiguousarray(packed).view(np.uint64)
-
-
-def _sums(labels: np.ndarray, features: np.ndarray, n: int) -> np.ndarray:
-    onehot = sp.csr_matrix((np.ones(labels.size), (labels, np.arange(labels.size))), shape=(n, labels.size))
-    return np.asarray(onehot @ features.astype(np.float64))
 
 
 @torch.no_grad()
@@ -93,12 +87,12 @@ def stream_outputs(
         feats = out.reconstruction.float().cpu().numpy()
         if total.shape[0] < len(keys):
             total = np.pad(total, ((0, len(keys) - total.shape[0]), (0, feats.shape[1] - total.shape[1])))
-        total += _sums(lab, feats, len(keys))
+        total += label_sums(lab, feats, len(keys))
         mfeats = x.float().cpu().numpy() if plain else feats
         if merge_total.shape[0] < len(keys):
             grow = ((0, len(keys) - merge_total.shape[0]), (0, mfeats.shape[1] - merge_total.shape[1]))
             merge_total = np.pad(merge_total, grow)
-        merge_total += _sums(lab, mfeats, len(keys))
+        merge_total += label_sums(lab, mfeats, len(keys))
         start += len(x)
     k = len(keys)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
@@ -122,7 +116,7 @@ def stream_outputs(
                 target = big[nearest]
                 labels[start + rows] = target
                 mfeats = xs.float().cpu().numpy() if plain else feats
-                merge_total += _sums(target, mfeats, k) - _sums(lab[rows], mfeats, k)
+                merge_total += label_sums(target, mfeats, k) - label_sums(lab[rows], mfeats, k)
             start += len(x)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     labels = relabel_by_size(labels)
