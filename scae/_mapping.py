@@ -15,19 +15,11 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import cluster
+from .cluster import pack_bits
 
 #: Reference-batch cells kept for fine-tuning are capped at this many bytes of float32 values.
 REFERENCE_SAMPLE_BYTES = 32 * 1024**2
 REFERENCE_SAMPLE_CELLS = 2000
-
-
-def pack_bits(binary: np.ndarray) -> np.ndarray:
-    """Pack a boolean ``(n, n_bits)`` matrix into ``(n, ceil(n_bits / 64))`` uint64 words."""
-    packed = np.packbits(np.asarray(binary, dtype=bool), axis=1)
-    pad = (-packed.shape[1]) % 8
-    if pad:
-        packed = np.pad(packed, ((0, 0), (0, pad)))
-    return np.ascontiguousarray(packed).view(np.uint64)
 
 
 def binarize_with(codes: np.ndarray, unit_max: np.ndarray, threshold: float) -> np.ndarray:
@@ -61,20 +53,18 @@ class ClusterReference:
         if min_cluster_size is None:
             min_cluster_size = max(5, n_cells // 1000)
         unit_max = codes.max(0).astype(np.float32)
-        binary = binarize_with(codes, unit_max, threshold)
-        ids = cluster.hash_codes(binary)
+        words = cluster.code_words(codes, threshold=threshold, unit_max=unit_max)
+        ids = cluster.word_ids(words)
         counts = np.bincount(ids)
         big = np.flatnonzero(counts >= min_cluster_size)
         if big.size == 0:
             big = np.array([int(np.argmax(counts))])
         _, first = np.unique(ids, return_index=True)  # first cell of every code id 0..n_ids-1
-        sums = np.zeros((counts.size, features.shape[1]))
-        np.add.at(sums, ids, features)
-        centroids = sums[big] / counts[big, None]
+        centroids = cluster.label_sums(ids, features, counts.size)[big] / counts[big, None]
         return cls(
             unit_max=unit_max,
             threshold=float(threshold),
-            keys=pack_bits(binary[first[big]]),
+            keys=words[first[big]],
             centroids=centroids,
             labels=np.asarray(labels, dtype=np.int64)[first[big]],
             n_clusters=int(np.max(labels)) + 1,

@@ -18,7 +18,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
-from ._mapping import binarize_with, pack_bits
+from ._mapping import binarize_with
+from .cluster import pack_bits
 
 logger = logging.getLogger("scae")
 

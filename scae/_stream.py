@@ -15,15 +15,7 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 
-from .cluster import DEFAULT_MERGE_THRESHOLD, common_scale, group_centroids, label_sums, relabel_by_size
-
-
-def _packed(binary: np.ndarray) -> np.ndarray:
-    packed = np.packbits(binary, axis=1)
-    pad = (-packed.shape[1]) % 8
-    if pad:
-        packed = np.pad(packed, ((0, 0), (0, pad)))
-    return np.ascontiguousarray(packed).view(np.uint64)
+from .cluster import DEFAULT_MERGE_THRESHOLD, common_scale, group_centroids, label_sums, pack_bits, relabel_by_size
 
 
 @torch.no_grad()
@@ -78,7 +70,7 @@ def stream_outputs(
     start = 0
     for x in source.chunks(chunk_size):
         out = net(x)
-        words = _packed(out.codes.float().cpu().numpy() > cut)
+        words = pack_bits(out.codes.float().cpu().numpy() > cut)
         local, uniq = pd.MultiIndex.from_arrays(list(words.T)).factorize() if words.shape[1] > 1 else pd.factorize(words[:, 0])
         uniq = [tuple(u) if isinstance(u, tuple) else (u,) for u in uniq]
         ids = np.array([keys.setdefault(u, len(keys)) for u in uniq], dtype=np.int64)

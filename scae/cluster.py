@@ -23,21 +23,47 @@ def binarize(codes: np.ndarray, *, threshold: float = 0.1) -> np.ndarray:
     return codes > threshold * np.where(unit_max > 0, unit_max, np.inf)
 
 
-def hash_codes(binary: np.ndarray) -> np.ndarray:
-    """Integer id per distinct binary code in O(n).
-
-    Rows are packed into 64-bit words and the word tuples hashed by pandas (no sorting).
-    """
-    packed = np.packbits(binary.astype(bool), axis=1)
+def pack_bits(binary: np.ndarray) -> np.ndarray:
+    """Pack a boolean ``(n, n_bits)`` matrix into ``(n, ceil(n_bits / 64))`` uint64 words."""
+    packed = np.packbits(np.asarray(binary, dtype=bool), axis=1)
     pad = (-packed.shape[1]) % 8
     if pad:
         packed = np.pad(packed, ((0, 0), (0, pad)))
-    words = np.ascontiguousarray(packed).view(np.uint64)
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def code_words(
+    codes: np.ndarray, *, threshold: float = 0.1, unit_max: np.ndarray | None = None, chunk_rows: int = 65536
+) -> np.ndarray:
+    """Binary codes of :func:`binarize` packed into uint64 words, ``(n_cells, ceil(n_units / 64))``.
+
+    Binarized and packed in row blocks, so no ``n_cells × n_units`` boolean matrix is ever held (8 bytes
+    per 64 units and cell instead of 64). ``unit_max`` defaults to the per-unit maximum of ``codes``.
+    """
+    if unit_max is None:
+        unit_max = codes.max(0)
+    cut = threshold * np.where(unit_max > 0, unit_max, np.inf)
+    words = np.empty((codes.shape[0], -(-codes.shape[1] // 64)), dtype=np.uint64)
+    for start in range(0, codes.shape[0], chunk_rows):
+        words[start : start + chunk_rows] = pack_bits(codes[start : start + chunk_rows] > cut)
+    return words
+
+
+def word_ids(words: np.ndarray) -> np.ndarray:
+    """Integer id ``0..k-1`` per distinct row of packed codes, in order of first appearance, O(n) (hashing)."""
     if words.shape[1] == 1:
         ids, _ = pd.factorize(words[:, 0])
     else:
         ids, _ = pd.MultiIndex.from_arrays(list(words.T)).factorize()
     return np.asarray(ids, dtype=np.int64)
+
+
+def hash_codes(binary: np.ndarray) -> np.ndarray:
+    """Integer id per distinct binary code in O(n).
+
+    Rows are packed into 64-bit words and the word tuples hashed by pandas (no sorting).
+    """
+    return word_ids(pack_bits(binary))
 
 
 #: Default cut height of the merge tree (units of :func:`common_scale`): clusters whose mean input values
@@ -221,7 +247,7 @@ def codes_to_clusters(
     n_cells = codes.shape[0]
     if min_cluster_size is None:
         min_cluster_size = max(5, n_cells // 1000)
-    labels = hash_codes(binarize(codes, threshold=threshold))
+    labels = word_ids(code_words(codes, threshold=threshold))
     labels = absorb_small(labels, features, min_cells=min_cluster_size)
     return merge_clusters(
         labels,
