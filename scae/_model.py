@@ -361,17 +361,19 @@ class SAUCIE:
         if counts not in self._outputs:
             t0 = time.perf_counter()
             out = infer(self.net, self._row_source(), counts=counts)
-            self._outputs[counts] = {k: v.numpy() for k, v in out.items()}
+            if counts != "counts":  # other count units: only the reconstruction differs, keep just that
+                out = {"reconstruction": out["reconstruction"]}
+            self._outputs[counts] = out
             self.runtime["infer_s"] = time.perf_counter() - t0
         return self._outputs[counts]
 
     def get_embedding(self) -> np.ndarray:
         """2-D embedding (``n_cells × n_latent``, float32); batch-corrected when ``batch_key`` was given."""
-        return self._infer()["embedding"].astype(np.float32)
+        return self._infer()["embedding"].copy()
 
     def get_codes(self) -> np.ndarray:
         """Clustering-layer activations before binarization (``n_cells × n_units``, float32)."""
-        return self._infer()["codes"].astype(np.float32)
+        return self._infer()["codes"].copy()
 
     def get_clusters(
         self,
@@ -434,7 +436,12 @@ class SAUCIE:
             size; for ZINB the mean without dropouts), ``"normalized"`` (expected counts per 10,000) or
             ``"log1p"`` (``log1p`` of the normalized value).
         """
-        rec = self._infer(counts)["reconstruction"].astype(np.float32)
+        rec = self._reconstruction(corrected=corrected, counts=counts)
+        return rec.copy() if rec is self._infer(counts)["reconstruction"] else rec
+
+    def _reconstruction(self, *, corrected: bool, counts: str) -> np.ndarray:
+        """:meth:`get_reconstruction`, possibly the cached array itself (no copy: for :func:`scae.tl.fit`)."""
+        rec = self._infer(counts)["reconstruction"]
         if corrected and self.batches is None:
             msg = "`corrected=True` needs a model trained with `batch_key`"
             raise ValueError(msg)

@@ -231,7 +231,7 @@ def transform(
             seed=random_state, progress=progress,
         )  # fmt: skip
     t1 = time.perf_counter()
-    out = {k: v.numpy() for k, v in infer(net, data.RowSource(X, model.device)).items()}
+    out = infer(net, data.RowSource(X, model.device))
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
     features = (out["reconstruction"] - mean) / std
     labels, by_code = state.clusters.assign(out["codes"], features)

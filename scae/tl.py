@@ -253,16 +253,22 @@ def fit(
         compile=compile,
         block_rows=block_rows,
     )
+    if not backed:
+        _check_output_memory(model, impute=impute)
     model.train(max_epochs, progress=progress)
     if backed:
         return _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size)
-    embedding = model.get_embedding()
-    codes = model.get_codes()
+    # the model's own output arrays go into adata without copies (the model is dropped at the end), so
+    # peak memory is one set of outputs: codes alone are n_cells × hidden[0] float32
+    outputs = model._infer()
+    embedding, codes = outputs["embedding"], outputs["codes"]
     t_cluster = time.perf_counter()
     labels = model.get_clusters(merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size)
     t_cluster = time.perf_counter() - t_cluster
-    imputed = model.get_reconstruction(counts=imputed_units) if impute else None
-    corrected = model.get_reconstruction(corrected=True) if batch_key is not None else None
+    imputed = model._reconstruction(corrected=False, counts=imputed_units) if impute else None
+    corrected = model._reconstruction(corrected=True, counts="counts") if batch_key is not None else None
+    if corrected is not None and corrected is imputed:  # two layers must not share one array
+        corrected = corrected.copy()
     if save_model is not None:
         model.mapping_state = build_mapping_state(
             model, labels, merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size
@@ -316,6 +322,42 @@ def fit(
         runtime["total_s"],
     )
     return adata if copy else None
+
+
+def _available_memory() -> int | None:
+    """Bytes the kernel can still give this process (``MemAvailable`` + free swap), ``None`` off Linux."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f if ln.split(":")[0] in ("MemAvailable", "SwapFree")}
+    except OSError:
+        return None
+    return info["MemAvailable"] + info.get("SwapFree", 0) if "MemAvailable" in info else None
+
+
+def _check_output_memory(model: SAUCIE, *, impute: bool) -> None:
+    """Raise ``MemoryError`` before training when the in-memory outputs cannot fit in the memory left.
+
+    Outputs are float32: codes ``n × code units`` (``hidden[0]``), the reconstruction ``n × n_features``
+    (once more while clustering, for a count model's standardized copy and for a batch-restored imputed
+    layer), the embedding and gene-set activities. A fit killed by the kernel after hours of training
+    loses everything; this fails at once and says what to do instead.
+    """
+    available = _available_memory()
+    if available is None:
+        return
+    n, d = model.n_cells, model.net.n_features
+    n_code = model.net.code_layer.out_features
+    plain = all(b.likelihood == "mse" for b in model.blocks)
+    copies = 2 + int(not plain) + int(impute and plain and model.batches is not None)
+    need = 4 * n * (n_code + model.net.n_latent + d * copies + len(model.gene_set_names))
+    if need > available:
+        msg = (
+            f"the outputs of scae.tl.fit for {n:,} cells need about {need / 2**30:.1f} GiB of memory (the codes "
+            f"alone are {n:,} × {n_code} float32 = {4 * n * n_code / 2**30:.1f} GiB) but {available / 2**30:.1f} GiB "
+            "is available. Open the data backed (`anndata.read_h5ad(path, backed='r')`) and pass `out_path=` to "
+            "stream codes and imputed values to a file, or use a narrower first layer (`hidden=(128, 64, 32)`)."
+        )
+        raise MemoryError(msg)
 
 
 def _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size):

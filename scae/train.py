@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -205,25 +206,30 @@ def train_net(
 
 
 @torch.no_grad()
-def infer(net: SAUCIENet, source, *, chunk_size: int = 65536, counts: str = "counts") -> dict[str, torch.Tensor]:
-    """Embedding, codes and reconstruction of every row, gathered on the CPU chunk by chunk.
+def infer(net: SAUCIENet, source, *, chunk_size: int = 65536, counts: str = "counts") -> dict[str, np.ndarray]:
+    """Embedding, codes and reconstruction of every row, as float32 numpy arrays filled chunk by chunk.
 
-    ``reconstruction`` is in input units (count blocks as ``counts``: see :meth:`SAUCIENet.predict`); for
-    networks with non-``mse`` blocks, ``standardized`` holds the prediction in standardized encoder units.
+    Each output is allocated once at its full size and filled in place (no list of chunks to concatenate,
+    which would hold every output twice at the end). ``reconstruction`` is in input units (count blocks as
+    ``counts``: see :meth:`SAUCIENet.predict`); for networks with non-``mse`` blocks, ``standardized``
+    holds the prediction in standardized encoder units.
     """
     net.eval()
     plain = all(b.likelihood == "mse" for b in net.heads.blocks)
-    parts: dict[str, list[torch.Tensor]] = {"embedding": [], "codes": [], "reconstruction": []}
-    if not plain:
-        parts["standardized"] = []
+    n = len(source)
+    parts: dict[str, np.ndarray] = {}
+    start = 0
     for x in source.chunks(chunk_size):
         out = net(x)
-        parts["embedding"].append(out.embedding.cpu())
-        parts["codes"].append(out.codes.cpu())
-        parts["reconstruction"].append(net.predict(x, out, counts=counts).cpu())
+        blocks = {"embedding": out.embedding, "codes": out.codes, "reconstruction": net.predict(x, out, counts=counts)}
         if not plain:
-            parts["standardized"].append(net.standardized_prediction(x, out).cpu())
-    return {k: torch.cat(v) for k, v in parts.items()}
+            blocks["standardized"] = net.standardized_prediction(x, out)
+        for k, v in blocks.items():
+            if k not in parts:
+                parts[k] = np.empty((n, v.shape[1]), dtype=np.float32)
+            parts[k][start : start + v.shape[0]] = v.float().cpu().numpy()
+        start += x.shape[0]
+    return parts
 
 
 @torch.no_grad()
