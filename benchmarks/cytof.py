@@ -177,7 +177,7 @@ def _scae_scaling(sizes: list[int], n_train: int, steps: int | None = None) -> l
     import numpy as np
 
     import scae
-    from scae.cluster import codes_to_clusters
+    from scae.cluster import codes_to_clusters, common_scale
     from scae.data import RowSource
     from scae.train import infer
 
@@ -192,8 +192,8 @@ def _scae_scaling(sizes: list[int], n_train: int, steps: int | None = None) -> l
     for n in sorted(sizes):
         t1 = time.perf_counter()
         out = infer(model.net, RowSource(full.X[:n], model.device))  # what SAUCIE.get_embedding/get_clusters run
-        features = (out["reconstruction"].numpy() - mean) / std
-        labels = codes_to_clusters(out["codes"].numpy(), features)
+        features = (out["reconstruction"] - mean) / std
+        labels = codes_to_clusters(out["codes"], features, merge_features=full.X[:n], merge_scale=common_scale(std))
         embed_cluster_s = time.perf_counter() - t1
         rows.append(
             {
