@@ -328,7 +328,8 @@ def _available_memory() -> int | None:
     """Bytes the kernel can still give this process (``MemAvailable`` + free swap), ``None`` off Linux."""
     try:
         with open("/proc/meminfo") as f:
-            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f if ln.split(":")[0] in ("MemAvailable", "SwapFree")}
+            fields = (ln.split() for ln in f)
+            info = {k.rstrip(":"): int(v) * 1024 for k, v, *_ in fields if k in ("MemAvailable:", "SwapFree:")}
     except OSError:
         return None
     return info["MemAvailable"] + info.get("SwapFree", 0) if "MemAvailable" in info else None
