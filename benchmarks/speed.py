@@ -12,13 +12,13 @@ trainer, thread pools). Rows:
   (default ``256,128,64:4096``: a narrower network and a large minibatch, the CPU throughput setting;
   the O(minibatch²) loss terms use ``pairwise_cells=256`` cells of each minibatch as always).
 * ``scae backed``: ``scae.tl.fit`` on ``anndata.read_h5ad(path, backed="r")`` (streamed blocks; outputs
-  streamed, codes/imputed not kept).
+  streamed, codes/imputed not kept); ``lean-backed`` mode: the same with the ``--lean`` widths and batch.
 * ``scVI``: ``scvi.model.SCVI`` (``gene_likelihood="normal"``, continuous data) trained for
   ``--epochs`` epochs at the same batch size on the same cells, CPU; ``vs scVI`` is scae's training
   cells/s divided by scVI's at that size.
 
     python benchmarks/speed.py [--sizes 100000 1000000] [--scvi-size 100000 1000000] [--device auto] [--epochs 1]
-                              [--lean 256,128,64:4096 128,64,32:4096] [--modes memory lean backed]
+                              [--lean 256,128,64:4096 128,64,32:4096] [--modes memory lean backed lean-backed]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _scae_memory(n_cells, device, epochs, batch_size, precision, compile_, hidde
     return out | _peaks(model.device)
 
 
-def _scae_backed(path, device, epochs, batch_size, precision, compile_):
+def _scae_backed(path, device, epochs, batch_size, precision, compile_, hidden=None):
     import anndata as ad
     import torch
 
@@ -106,8 +106,9 @@ def _scae_backed(path, device, epochs, batch_size, precision, compile_):
 
     _warm_up("scae", device)
     adata = ad.read_h5ad(path, backed="r")
+    kw = {} if hidden is None else {"hidden": hidden}
     scae.tl.fit(adata, batch_key="batch", max_epochs=epochs, batch_size=batch_size, device=device,
-                precision=precision, compile=compile_, progress=False)
+                precision=precision, compile=compile_, progress=False, **kw)
     rt = adata.uns["scae"]["runtime"]
     dev = torch.device(adata.uns["scae"]["device"])
     out = {"train_cells_per_s": rt["train_cells_per_s"], "embed_cluster_s": rt["infer_cluster_s"],
@@ -141,11 +142,11 @@ def _scvi(n_cells, epochs, batch_size):
 
 def _worker(args) -> dict:
     kind, n = args.worker, args.cells
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     if kind == "memory":
-        hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
         return _scae_memory(n, args.device, args.epochs, args.batch_size, args.precision, args.compile, hidden)
     if kind == "backed":
-        return _scae_backed(args.path, args.device, args.epochs, args.batch_size, args.precision, args.compile)
+        return _scae_backed(args.path, args.device, args.epochs, args.batch_size, args.precision, args.compile, hidden)
     return _scvi(n, args.epochs, args.batch_size or 256)
 
 
@@ -154,8 +155,10 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--scvi-size", type=int, nargs="*", default=[100_000],
                    help="sizes at which scVI runs for the scae-vs-scVI ratio (none: skip scVI)")
-    p.add_argument("--modes", nargs="+", default=["memory", "lean", "backed"], choices=["memory", "lean", "backed"],
-                   help="memory: default scae in memory; lean: the --lean rows (in memory); backed: default scae backed")
+    p.add_argument("--modes", nargs="+", default=["memory", "lean", "backed"],
+                   choices=["memory", "lean", "backed", "lean-backed"],
+                   help="memory: default scae in memory; lean: the --lean rows (in memory); backed: default scae "
+                        "backed; lean-backed: the --lean rows backed")
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None, help="default: 256 on CPU, 4096 on GPU (scVI: 256)")
@@ -204,7 +207,7 @@ def main() -> None:
                 rows.append(spawn("memory", n))
             if "lean" in args.modes:
                 rows += [spawn("memory", n, lean=spec) for spec in args.lean]
-            if "backed" in args.modes:
+            if "backed" in args.modes or "lean-backed" in args.modes:
                 from scae import datasets
                 from scae._outofcore import write_resampled_h5ad
 
@@ -212,7 +215,10 @@ def main() -> None:
                 base = datasets.cytonorm()
                 base.obs = base.obs[["batch"]]
                 write_resampled_h5ad(base, path, n, chunk_rows=65536)
-                rows.append(spawn("backed", n, path))
+                if "backed" in args.modes:
+                    rows.append(spawn("backed", n, path))
+                if "lean-backed" in args.modes:
+                    rows += [spawn("backed", n, path, lean=spec) for spec in args.lean]
                 os.remove(path)
     scvi_speed = {r["cells"]: r["train_cells_per_s"] for r in rows if r["method"] == "scVI"}
     print(f"Speed, CytoNorm CyTOF (37 markers, 3 batches, MMD on), {args.epochs} epoch(s); sizes other than 6,000: "
