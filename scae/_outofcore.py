@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ._stream import stream_outputs
+from .train import INFER_CHUNK_ROWS
 
 logger = logging.getLogger("scae")
 
@@ -68,7 +69,7 @@ def finish(
         if impute:
             datasets["reconstruction"] = (f"layers/{rec_key}", model.net.feature_mean.numel())
         sink = _H5Sink(Path(out_path), adata, datasets=datasets)
-    chunk = model._row_source().block_rows
+    chunk = min(model._row_source().block_rows, INFER_CHUNK_ROWS)  # a 64 MB input block is ~450k cytometry rows
     try:
         embedding, labels = stream_outputs(
             model.net,

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import _backed, cluster
 from .nn.network import SAUCIENet
-from .train import LossWeights, train_net
+from .train import INFER_CHUNK_ROWS, LossWeights, train_net
 
 
 class _DDP(DistributedDataParallel):
@@ -108,7 +108,7 @@ def global_moments(X, start: int, stop: int, world: int, device: torch.device, w
 @torch.no_grad()
 def _infer_shard(net: SAUCIENet, source) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {"embedding": [], "codes": [], "reconstruction": []}
-    for x in source.chunks(source.block_rows):
+    for x in source.chunks(min(source.block_rows, INFER_CHUNK_ROWS)):
         out = net(x)
         parts["embedding"].append(out.embedding.float().cpu().numpy())
         parts["codes"].append(out.codes.float().cpu().numpy())

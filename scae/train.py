@@ -15,6 +15,10 @@ from .objectives import Variants
 
 NO_VARIANTS = Variants()
 
+#: Rows per forward pass at inference: bounds the activations held at once (65,536 cells × 512 units of the
+#: default network = 128 MB per layer), whatever the size of the blocks read from disk.
+INFER_CHUNK_ROWS = 65536
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -206,7 +210,7 @@ def train_net(
 
 
 @torch.no_grad()
-def infer(net: SAUCIENet, source, *, chunk_size: int = 65536, counts: str = "counts") -> dict[str, np.ndarray]:
+def infer(net: SAUCIENet, source, *, chunk_size: int = INFER_CHUNK_ROWS, counts: str = "counts") -> dict[str, np.ndarray]:
     """Embedding, codes and reconstruction of every row, as float32 numpy arrays filled chunk by chunk.
 
     Each output is allocated once at its full size and filled in place (no list of chunks to concatenate,
@@ -233,7 +237,7 @@ def infer(net: SAUCIENet, source, *, chunk_size: int = 65536, counts: str = "cou
 
 
 @torch.no_grad()
-def infer_gene_sets(net: SAUCIENet, source, *, chunk_size: int = 65536) -> torch.Tensor:
+def infer_gene_sets(net: SAUCIENet, source, *, chunk_size: int = INFER_CHUNK_ROWS) -> torch.Tensor:
     """Oriented gene-set node activities ``(n_cells, n_sets)`` of every row, gathered on the CPU."""
     net.eval()
     return torch.cat([net.gene_set_activities(x).cpu() for x in source.chunks(chunk_size)])
