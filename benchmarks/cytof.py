@@ -51,13 +51,24 @@ def _epochs(n_cells: int, steps: int | None) -> int | None:
     return None if steps is None else default_max_epochs(n_cells, 256, steps)
 
 
+def flowsom_input(adata):
+    """Copy for FlowSOM 0.2, which writes into arrays of ``adata.var``: pandas 3 (copy-on-write) hands those out
+    read-only, categorical columns come back as fresh writable arrays."""
+    import pandas as pd
+
+    out = adata.copy()
+    out.var["channel"] = pd.Categorical(out.var_names)
+    out.var["marker"] = pd.Categorical(out.var_names)
+    return out
+
+
 def _warm_up(method: str, adata, seed: int) -> None:
     """Run a method once on 500 cells, untimed, so numba compilation is not counted in its run time."""
     small = adata[:500].copy()
     if method == "flowsom":
         import flowsom as fs
 
-        fs.FlowSOM(small, n_clusters=3, xdim=4, ydim=4, seed=seed)
+        fs.FlowSOM(flowsom_input(small), n_clusters=3, xdim=4, ydim=4, seed=seed)
     elif method == "leiden":
         import scanpy as sc
 
@@ -138,7 +149,7 @@ def _quality_worker(method: str, dataset: str, seeds: list[int], steps: int | No
             import flowsom as fs
 
             t0 = time.perf_counter()
-            fsom = fs.FlowSOM(adata.copy(), n_clusters=k, xdim=10, ydim=10, seed=seed)
+            fsom = fs.FlowSOM(flowsom_input(adata), n_clusters=k, xdim=10, ydim=10, seed=seed)
             labels = fsom.get_cell_data().obs["metaclustering"].to_numpy()
             rows.append({"method": f"FlowSOM (k={k})", "seed": seed, "time_s": time.perf_counter() - t0, **_score(adata, labels, dataset)})
         elif method == "leiden":

@@ -209,7 +209,8 @@ def query(
     adata.obsm[f"{key_added}_indices"] = idx
     adata.obsm[f"{key_added}_hamming"] = dist
     for col in columns:
-        codes, cats = pd.factorize(adata_ref.obs[col].astype(str).to_numpy())
+        # object → str keeps missing labels as "nan" (pandas 3 would keep them missing under astype(str))
+        codes, cats = pd.factorize(adata_ref.obs[col].to_numpy(dtype=object).astype(str))
         counts = np.zeros((idx.shape[0], len(cats)), dtype=np.int32)
         np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), codes[idx].ravel()), 1)
         adata.obs[f"{col}_{key_added}"] = pd.Categorical(np.asarray(cats)[counts.argmax(1)], categories=sorted(cats))

@@ -10,6 +10,7 @@ from anndata import AnnData
 
 from . import cluster as _cluster
 from ._stats import group_stats
+from ._uns import writable
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .data import feature_moments, get_matrix
 
@@ -33,11 +34,12 @@ def cluster(
 
     How to steer granularity:
 
-    - ``merge_threshold`` (default 2.25): clusters whose mean marker values differ by less than about this
-      many units on every marker are merged (the unit: root mean square of the markers' standard
-      deviations, about 1 for arcsinh CyTOF). Larger → fewer, coarser clusters; the count it gives is
-      data-driven and varies a little between seeds.
-    - ``n_clusters``: cut a Ward tree of the code-cluster centres into exactly this many clusters (e.g. the
+    - ``merge_threshold`` (default 2.8): code clusters whose mean marker values lie closer than about this
+      (Euclidean distance over all markers, on average between the groups of an average-linkage tree) are
+      merged; the unit is the root mean square of the markers' standard deviations, about 1 for arcsinh
+      CyTOF. Larger → fewer, coarser clusters; the count it gives is data-driven and varies a little between
+      seeds.
+    - ``n_clusters``: cut the same tree of the code-cluster centres into exactly this many clusters (e.g. the
       number of manual gates, as FlowSOM's metaclustering does with its SOM nodes); groups holding less
       than 1% of the cells do not count as one of them. The count is then identical across seeds.
     - ``lambda_c`` in :func:`scae.tl.fit` (needs retraining): stronger ID regularization → fewer units fire
@@ -52,7 +54,8 @@ def cluster(
     merge_threshold
         Merge distance (see above); ``None`` or 0 keeps every code cluster.
     min_cluster_size
-        Codes with fewer cells join the nearest cluster; default ``max(5, n_cells // 1000)``.
+        Codes with fewer cells join the nearest cluster; default
+        :func:`scae.cluster.default_min_cluster_size` (20 cells between 2,000 and 20,000 cells).
     threshold
         Relative firing threshold of a unit.
     key_added
@@ -167,8 +170,8 @@ def cluster_stats(
     stats = group_stats(X, adata.obs[groupby].to_numpy(), adata.var_names)
     adata = adata.copy() if copy else adata
     out = adata.uns.setdefault(key_added, {})
-    out["cluster_means"] = stats["means"]
-    out["cluster_medians"] = stats["medians"]
+    out["cluster_means"] = writable(stats["means"])
+    out["cluster_medians"] = writable(stats["medians"])
     out["cluster_sizes"] = np.asarray(stats["sizes"].to_numpy(), dtype=np.int64)
     out["cluster_stats_params"] = {"groupby": groupby, "layer": "X" if layer is None else layer}
     return adata if copy else None

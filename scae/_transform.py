@@ -15,6 +15,7 @@ from anndata import AnnData
 
 from . import data
 from ._mapping import ClusterReference, MappingState, reference_sample
+from ._uns import writable
 from .train import infer, train_net
 
 logger = logging.getLogger("scae")
@@ -256,14 +257,14 @@ def transform(
     if batch_trained or fine_tune_epochs > 0:
         adata.layers[f"{key_added}_corrected"] = _in_adata_order(rec, cols, adata.n_vars)
     adata.uns[key_added] = {
-        "params": {k: v for k, v in params.items() if v is not None},
+        "params": writable({k: v for k, v in params.items() if v is not None}),
         "mapped": True,
         "versions": _versions(),
         "device": str(model.device),
         "runtime": {"fine_tune_s": t1 - t0, "infer_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0},
         "n_clusters": n_clusters,
         "n_by_code": int(by_code.sum()),
-        "history": {k: np.asarray(v, dtype=np.float64) for k, v in history.items()},
+        "history": writable({k: np.asarray(v, dtype=np.float64) for k, v in history.items()}),
     }
     if state.batch_categories is not None:
         adata.uns[key_added]["batch_categories"] = list(state.batch_categories)

@@ -26,8 +26,9 @@ def get_matrix(adata: AnnData, layer: str | None):
     if layer is None:
         X = adata.X
     else:
-        if layer not in adata.layers:
-            msg = f"layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())})"
+        names = [k for k in adata.layers.keys() if k is not None]  # anndata >= 0.13 lists X as layers[None]
+        if not isinstance(layer, str) or layer not in names:
+            msg = f"layer {layer!r} not found in adata.layers (available: {names})"
             raise ValueError(msg)
         X = adata.layers[layer]
     if X is None:

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import _backed, cluster
+from ._uns import writable
 from .nn.network import SAUCIENet
 from .train import INFER_CHUNK_ROWS, LossWeights, train_net
 
@@ -218,7 +219,7 @@ def _write(adata, args, out, labels, mean, std, history, world, device, t_train,
     runtime = {"train_s": t_train, "total_s": time.perf_counter() - t0, "train_cells_per_s": steps * args.batch_size / t_train}
     res.uns["scae"] = {
         "params": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(args).items() if v is not None},
-        "history": {k: np.asarray(v) for k, v in history.items()},
+        "history": writable({k: np.asarray(v) for k, v in history.items()}),
         "world_size": world,
         "device": str(device),
         "runtime": runtime,

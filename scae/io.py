@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._uns import writable
+
 #: Channels that are never biological markers: scatter, time, event counters, CyTOF housekeeping.
 _NON_MARKER = re.compile(r"^(fsc|ssc|time|event|cell_?length|residual|center|offset|width|amplitude|bead)", re.I)
 
@@ -64,7 +66,8 @@ def _read_one(path: Path) -> AnnData:
         ),
     )
     out.var_names_make_unique()
-    out.uns["fcs"] = {"path": str(path), "meta": {str(k): str(v) for k, v in adata.uns.get("meta", {}).items()}}
+    meta = {str(k): str(v) for k, v in adata.uns.get("meta", {}).items()}
+    out.uns["fcs"] = {"path": str(path), "meta": writable(meta)}
     return out
 
 

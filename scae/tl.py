@@ -18,11 +18,11 @@ from anndata import AnnData
 from . import genesets
 from ._model import SAUCIE
 from ._query import query
-from ._transform import build_mapping_state, transform
-
 from ._tl_cluster import cluster, cluster_stats
-from .cluster import DEFAULT_MERGE_THRESHOLD
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
+from ._transform import build_mapping_state, transform
+from ._uns import writable
+from .cluster import DEFAULT_MERGE_THRESHOLD
 
 __all__ = [
     "activity_adata",
@@ -294,8 +294,8 @@ def fit(
     runtime["cluster_s"] = t_cluster
     runtime["total_s"] = time.perf_counter() - t0
     adata.uns[key_added] = {
-        "params": params,
-        "history": {k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()},
+        "params": writable(params),
+        "history": writable({k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()}),
         "versions": _versions(),
         "seed": int(random_state),
         "device": str(model.device),
@@ -304,7 +304,7 @@ def fit(
         "input_sparse": bool(sp.issparse(model._X)),
     }
     if block_key is not None:
-        adata.uns[key_added]["blocks"] = dict(model.hparams["blocks"])
+        adata.uns[key_added]["blocks"] = writable(model.hparams["blocks"])
     if model.batches is not None:
         adata.uns[key_added]["batch_categories"] = list(model.batches.categories)
         adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]
@@ -377,8 +377,8 @@ def _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_
     )
     runtime = dict(model.runtime, infer_cluster_s=info["infer_cluster_s"], total_s=time.perf_counter() - t0)
     adata.uns[key_added] = {
-        "params": params,
-        "history": {k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()},
+        "params": writable(params),
+        "history": writable({k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()}),
         "versions": _versions(),
         "seed": int(params["random_state"]),
         "device": str(model.device),

@@ -88,3 +88,22 @@ def test_pl_clusters_and_embedding(small_fitted):
     axes = scae.pl.embedding(small_fitted, color=["scae_cluster", "phenograph_cluster"], show=False)
     assert len(axes) == 2
     matplotlib.pyplot.close("all")
+
+
+def test_names_with_slashes_survive_write_h5ad(small, tmp_path):
+    """anndata 0.13 refuses '/' in uns keys: marker and block names with '/' must not make the result unwritable."""
+    a = small.copy()
+    a.var_names = [f"{name}/{i}" for i, name in enumerate(a.var_names)]
+    a.var["block"] = np.where(np.arange(a.n_vars) < a.n_vars // 2, "panel/a", "panel/b")
+    a.obs["donor"] = np.repeat(["d/1", "d/2"], [a.n_obs // 2, a.n_obs - a.n_obs // 2])
+    scae.tl.fit(a, block_key="block", batch_key="donor", max_epochs=2, hidden=(32, 16, 8), progress=False)
+    info = a.uns["scae"]
+    assert list(info["cluster_means"].columns) == [n.replace("/", "\u2215") for n in a.var_names]
+    assert info["blocks"] == {"panel\u2215a": "mse", "panel\u2215b": "mse"}
+    assert {"reconstruction_panel\u2215a", "reconstruction_panel\u2215b"} <= set(info["history"])
+    a.write_h5ad(tmp_path / "slashes.h5ad")
+    b = ad.read_h5ad(tmp_path / "slashes.h5ad")
+    assert list(b.var_names) == list(a.var_names)  # var names keep their '/'
+    assert list(b.uns["scae"]["batch_categories"]) == ["d/1", "d/2"]  # values keep theirs too
+    np.testing.assert_allclose(b.uns["scae"]["cluster_means"].to_numpy(), info["cluster_means"].to_numpy())
+    scae.pl.clusters(b, show=False)
