@@ -51,7 +51,7 @@ class ClusterReference:
         """From training activations, the features used for clustering, and the final labels."""
         n_cells = codes.shape[0]
         if min_cluster_size is None:
-            min_cluster_size = max(5, n_cells // 1000)
+            min_cluster_size = cluster.default_min_cluster_size(n_cells)
         unit_max = codes.max(0).astype(np.float32)
         words = cluster.code_words(codes, threshold=threshold, unit_max=unit_max)
         ids = cluster.word_ids(words)

@@ -179,7 +179,8 @@ class SAUCIE:
                 msg = f"`{name}` must be a finite number >= 0, got {value!r}"
                 raise ValueError(msg)
         self.device = data.resolve_device(device)
-        if batch_size is None:
+        default_batch = batch_size is None
+        if default_batch:
             batch_size = _fast.default_batch_size(self.device)
         self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
         self.compile = bool(compile)
@@ -200,7 +201,14 @@ class SAUCIE:
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         data.validate_matrix(X, where=where)
         blocks = _blocks.resolve_blocks(adata, likelihood=likelihood, block_key=block_key, block_weights=block_weights)
-        batches = data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size)
+        if default_batch and batch_key is not None:
+            # the default minibatch of a GPU (4096) must not refuse batches that the CPU default (256) accepts:
+            # check with the CPU default, then shrink the GPU minibatch to what the smallest batch can fill
+            cpu_default = _fast.default_batch_size(torch.device("cpu"))
+            batches = data.get_batches(adata, batch_key, reference_batch, batch_size=min(batch_size, cpu_default))
+            batch_size = _fast.batch_size_for_batches(batch_size, cpu_default, np.bincount(batches.codes))
+        else:
+            batches = data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size)
         mean, std = _blocks.validate_and_moments(X, blocks, where=where)
         set_mask = _gene_set_mask(adata, gene_sets, min_genes, n_free_nodes, gene_set_layer)
 
@@ -343,6 +351,7 @@ class SAUCIE:
             "train_s": t_train,
             "epochs": int(max_epochs),
             "steps": int(steps),
+            "batch_size": int(min(self.batch_size, n_cells)),
             "train_cells_per_s": steps * min(self.batch_size, n_cells) / max(t_train, 1e-9),
         }
         self.is_trained = True
@@ -390,13 +399,14 @@ class SAUCIE:
         threshold
             A unit fires when its activation exceeds this fraction of its maximum.
         min_cluster_size
-            Codes with fewer cells join the nearest cluster; default ``max(5, n_cells // 1000)``.
+            Codes with fewer cells join the nearest cluster; default
+            :func:`scae.cluster.default_min_cluster_size` (20 cells between 2,000 and 20,000 cells).
         merge_threshold
-            Clusters whose centres (mean input values) differ by less than about this many units in every
-            feature are merged, the unit being the root mean square of the features' standard deviations;
-            larger → fewer clusters; ``None``/0 disables merging.
+            Code clusters whose centres (mean input values) lie closer than about this (Euclidean, in units of
+            the root mean square of the features' standard deviations; average linkage) are merged; larger →
+            fewer clusters; ``None``/0 disables merging.
         n_clusters
-            Cut a Ward tree of the code-cluster centres into exactly this many clusters instead of using
+            Cut the same tree of the code-cluster centres into exactly this many clusters instead of using
             ``merge_threshold`` (groups with < 1% of the cells do not count; see :func:`scae.cluster.merge_clusters`).
         """
         out = self._infer()

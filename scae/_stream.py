@@ -15,7 +15,15 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 
-from .cluster import DEFAULT_MERGE_THRESHOLD, common_scale, group_centroids, label_sums, pack_bits, relabel_by_size
+from .cluster import (
+    DEFAULT_MERGE_THRESHOLD,
+    common_scale,
+    default_min_cluster_size,
+    group_centroids,
+    label_sums,
+    pack_bits,
+    relabel_by_size,
+)
 
 
 @torch.no_grad()
@@ -89,7 +97,7 @@ def stream_outputs(
     k = len(keys)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     if min_cluster_size is None:
-        min_cluster_size = max(5, n // 1000)
+        min_cluster_size = default_min_cluster_size(n)
     # pass 3: cells of rare codes join the nearest frequent code (by centroid), as in absorb_small
     big = np.flatnonzero(counts >= min_cluster_size)
     if big.size == 0:

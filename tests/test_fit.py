@@ -9,12 +9,12 @@ import scipy.sparse as sp
 import scae
 from scae.metrics import cluster_scores, knn_accuracy
 
-# Floors sit below the worst of three seeds measured on flowsom_bal_flow with the default fit (CPU, 2 torch
-# threads; benchmarks/cytof.py, 2026-11-25): automatic count, seeds 0/1/2: F1 0.794/0.790/0.796 (6 clusters:
-# B cells whole, NK and NKT cells together), ARI 0.984 on average; n_clusters=7: F1 0.947/0.974/0.950 (FlowSOM
-# k=7 0.857/0.955/0.952). Earlier kNN accuracy 0.996/0.996/0.995.
-F1_FLOOR = 0.75
-ARI_FLOOR = 0.90
+# Floors sit below the worst of nine default fits on flowsom_bal_flow (CPU; seeds 0-2 under 1 and 2 torch threads
+# and with float32 feature moments, 2026-11-26; see test_cluster_stability.py): automatic count 6-8 clusters,
+# F1 0.819-0.957, ARI 0.971-0.991; n_clusters=7: F1 0.931-0.968, ARI >= 0.971. Earlier kNN accuracy
+# 0.996/0.996/0.995.
+F1_FLOOR = 0.78
+ARI_FLOOR = 0.95
 K7_F1_FLOOR = 0.90
 KNN_FLOOR = 0.98
 
@@ -80,8 +80,8 @@ def test_each_loss_term_decreases(flow_fitted):
 
 def test_same_seed_gives_identical_outputs(small):
     a, b, c = small.copy(), small.copy(), small.copy()
-    for x, seed in ((a, 3), (b, 3), (c, 4)):
-        scae.tl.fit(x, max_epochs=4, random_state=seed, progress=False)
+    for x, seed in ((a, 3), (b, 3), (c, 4)):  # bit-identical reruns are a CPU promise (CUDA: test_cuda.py)
+        scae.tl.fit(x, max_epochs=4, random_state=seed, progress=False, device="cpu")
     np.testing.assert_array_equal(a.obsm["X_scae"], b.obsm["X_scae"])
     np.testing.assert_array_equal(a.obs["scae_cluster"], b.obs["scae_cluster"])
     assert not np.array_equal(a.obsm["X_scae"], c.obsm["X_scae"])
@@ -90,11 +90,11 @@ def test_same_seed_gives_identical_outputs(small):
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
 def test_dense_and_sparse_input_agree(small, fmt):
     ref = small.copy()
-    scae.tl.fit(ref, max_epochs=2, random_state=0, progress=False)
+    scae.tl.fit(ref, max_epochs=2, random_state=0, progress=False, device="cpu")
     x = small.copy()
     if fmt == "csr":
         x.X = sp.csr_matrix(x.X)
-    out = scae.tl.fit(x, max_epochs=2, random_state=0, progress=False, copy=True, key_added="run")
+    out = scae.tl.fit(x, max_epochs=2, random_state=0, progress=False, copy=True, key_added="run", device="cpu")
     assert "X_run" not in x.obsm  # copy=True leaves the input alone
     np.testing.assert_allclose(out.obsm["X_run"], ref.obsm["X_scae"], rtol=1e-4, atol=1e-4)
     assert out.uns["run"]["input_sparse"] == (fmt == "csr")
