@@ -26,6 +26,14 @@ def default_batch_size(device: torch.device) -> int:
     return DEFAULT_BATCH_SIZE.get(device.type, 256)
 
 
+def batch_size_for_batches(batch_size: int, floor: int, batch_counts) -> int:
+    """Default minibatch with batches: at most ``batch_size``, at least ``floor``, and no more than every batch can
+    fill with distinct cells (each minibatch draws ``batch_size // n_batches`` cells from every batch)."""
+    counts = [int(c) for c in batch_counts]
+    fill = len(counts) * min(counts)
+    return int(max(floor, min(batch_size, fill)))
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """``None`` for ``"32"``; ``torch.bfloat16`` for ``"bf16"`` where the device supports it (else a warning)."""
     if precision not in PRECISIONS:

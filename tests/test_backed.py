@@ -11,7 +11,6 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 
 import scae
 from scae import data
@@ -25,7 +24,9 @@ def test_backed_fit_contract(tmp_path, levine, sparse):
     before = ad.read_h5ad(path).X
     backed = ad.read_h5ad(path, backed="r")
     out = tmp_path / "out.h5ad"
-    scae.tl.fit(backed, max_epochs=3, hidden=(64, 32, 16), block_rows=2048, out_path=str(out), progress=False)
+    # batch_size given: the same number of steps (and loss decrease) on every device
+    scae.tl.fit(backed, max_epochs=3, hidden=(64, 32, 16), batch_size=256, block_rows=2048, out_path=str(out),
+                progress=False)
     emb = backed.obsm["X_scae"]
     assert emb.shape == (4000, 2) and np.isfinite(emb).all()
     assert backed.obs["scae_cluster"].notna().all()
@@ -58,7 +59,7 @@ def test_backed_batch_stratified(tmp_path):
 def test_streamed_clusters_equal_in_memory(levine):
     model = scae.SAUCIE(levine, hidden=(64, 32, 16), random_state=0)
     model.train(max_epochs=8, progress=False)
-    source = data.RowSource(levine.X, torch.device("cpu"))
+    source = data.RowSource(levine.X, model.device)
     settings = ({"merge_threshold": None, "min_cluster_size": 10}, {"merge_threshold": 1.0, "min_cluster_size": 30},
                 {"n_clusters": 4, "min_cluster_size": 10}, {})
     for kw in settings:
@@ -83,10 +84,12 @@ _WORKER = textwrap.dedent(
     adata = ad.read_h5ad(sys.argv[1], backed="r")
     # warm-up: a 300-cell in-memory fit loads every lazily imported module (torch._dynamo via Adam, scipy...)
     warm = ad.AnnData(adata.X[:300] if not hasattr(adata.X[:300], "toarray") else adata.X[:300].toarray())
-    scae.tl.fit(warm, max_epochs=1, hidden=(64, 32, 16), progress=False)
+    # host memory of a CPU fit (a CUDA context alone would add hundreds of MB of RSS)
+    scae.tl.fit(warm, max_epochs=1, hidden=(64, 32, 16), progress=False, device="cpu")
     del warm
     base = hwm_mb()
-    scae.tl.fit(adata, max_epochs=1, hidden=(64, 32, 16), block_rows=256, out_path=sys.argv[2], progress=False)
+    scae.tl.fit(adata, max_epochs=1, hidden=(64, 32, 16), block_rows=256, out_path=sys.argv[2], progress=False,
+                device="cpu")
     print(json.dumps({"base_mb": base, "peak_mb": hwm_mb(), "n_clusters": int(adata.uns["scae"]["n_clusters"]),
                       "loss": float(adata.uns["scae"]["history"]["total"][-1])}))
     """

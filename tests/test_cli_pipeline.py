@@ -13,8 +13,9 @@ import pytest
 import scae
 from scae import cli
 
-PARAMS_TOML = 'hidden = [64, 32, 16]\nmax_epochs = 4\nbatch_key = "batch"\nrandom_state = 5\n'
-FIT = {"hidden": (64, 32, 16), "max_epochs": 4, "batch_key": "batch"}
+# the CPU: the CLI and the in-process API must agree bit for bit, a promise made for one device type and CPU only
+PARAMS_TOML = 'hidden = [64, 32, 16]\nmax_epochs = 4\nbatch_key = "batch"\nrandom_state = 5\ndevice = "cpu"\n'
+FIT = {"hidden": (64, 32, 16), "max_epochs": 4, "batch_key": "batch", "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_round_trip_equals_in_process_api(split, tmp_path):
         "--quiet",
     ]
     assert cli.main(list(map(str, argv))) == 0
-    assert cli.main(["transform", str(model_dir), str(d / "held.h5ad"), str(out2)]) == 0
+    assert cli.main(["transform", str(model_dir), str(d / "held.h5ad"), str(out2), "--device", "cpu"]) == 0
     fitted, mapped = ad.read_h5ad(out), ad.read_h5ad(out2)
     # in-process: the same fit (flag --seed 1 overrides the config's random_state = 5)
     ref = fit_cells.copy()
@@ -67,7 +68,7 @@ def test_round_trip_equals_in_process_api(split, tmp_path):
     # in-process transform with the in-memory model and with the saved one
     model = scae.SAUCIE(fit_cells.copy(), random_state=1, **{k: v for k, v in FIT.items() if k != "max_epochs"})
     model.train(4, progress=False)
-    for m in (model, scae.SAUCIE.load(model_dir)):
+    for m in (model, scae.SAUCIE.load(model_dir, device="cpu")):
         new = held.copy()
         scae.tl.transform(m, new)
         np.testing.assert_array_equal(mapped.obsm["X_scae"], new.obsm["X_scae"])

@@ -56,9 +56,10 @@ def test_pairwise_subset_keeps_batches_balanced():
 
 
 def test_pairwise_cells_at_or_above_batch_size_changes_nothing(small):
-    a = scae.SAUCIE(small, hidden=(64, 32, 16), batch_size=128, pairwise_cells=128).train(3, progress=False)
-    b = scae.SAUCIE(small, hidden=(64, 32, 16), batch_size=128, pairwise_cells=None).train(3, progress=False)
-    c = scae.SAUCIE(small, hidden=(64, 32, 16), batch_size=128, pairwise_cells=32).train(3, progress=False)
+    kw = {"hidden": (64, 32, 16), "batch_size": 128, "device": "cpu"}  # bit-identical: a CPU promise
+    a = scae.SAUCIE(small, pairwise_cells=128, **kw).train(3, progress=False)
+    b = scae.SAUCIE(small, pairwise_cells=None, **kw).train(3, progress=False)
+    c = scae.SAUCIE(small, pairwise_cells=32, **kw).train(3, progress=False)
     np.testing.assert_array_equal(a.get_embedding(), b.get_embedding())
     assert not np.array_equal(a.get_embedding(), c.get_embedding())
     assert c.history["within_cluster"][-1] < c.history["within_cluster"][0]

@@ -32,7 +32,10 @@ def _cohen_d(x, in_group):
 @pytest.fixture(scope="module")
 def pbmc():
     """Scanpy's pbmc68k_reduced ``.raw``: 700 real cells × 765 genes, log-normalized, gene symbols."""
-    adata = sc.datasets.pbmc68k_reduced().raw.to_adata()
+    with warnings.catch_warnings():  # scanpy 1.11 ships this file in an old anndata layout (anndata 0.13 warns)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        adata = sc.datasets.pbmc68k_reduced().raw.to_adata()
     X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     adata.X = X.astype(np.float32)
     return adata

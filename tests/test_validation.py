@@ -15,6 +15,13 @@ def _with(adata, fn):
     return a
 
 
+def _set_donor(values):
+    def fn(a):
+        a.obs["donor"] = values(a)
+
+    return fn
+
+
 def _set_x(value):
     def fn(a):
         X = np.array(a.X, copy=True)
@@ -30,18 +37,18 @@ CASES = {
     "unknown_layer": (lambda a: None, {"layer": "counts"}, "layer 'counts' not found"),
     "unknown_batch_key": (lambda a: None, {"batch_key": "donor"}, "batch_key 'donor' not found"),
     "nan_in_batch": (
-        lambda a: a.obs.__setitem__("donor", pd.Series(["a", None] * (a.n_obs // 2), index=a.obs_names)),
+        _set_donor(lambda a: pd.Series(["a", None] * (a.n_obs // 2), index=a.obs_names)),
         {"batch_key": "donor"},
         "1 missing values|300 missing values",
     ),
     "unknown_reference": (
-        lambda a: a.obs.__setitem__("donor", np.repeat(["a", "b"], a.n_obs // 2)),
+        _set_donor(lambda a: np.repeat(["a", "b"], a.n_obs // 2)),
         {"batch_key": "donor", "reference_batch": "c"},
         "reference_batch 'c' is not a batch",
     ),
     "tiny_batch": (
-        lambda a: a.obs.__setitem__("donor", ["solo"] + ["a"] * (a.n_obs - 1)),
-        {"batch_key": "donor"},
+        _set_donor(lambda a: ["solo"] + ["a"] * (a.n_obs - 1)),
+        {"batch_key": "donor", "device": "cpu"},  # the message names the CPU default minibatch (256 / 2 batches)
         "fewer cells than the 128 that every minibatch draws from each batch .*'solo' \\(1 cells\\)",
     ),
     "negative_lambda": (lambda a: None, {"lambda_c": -1.0}, "`lambda_c` must be a finite number >= 0"),

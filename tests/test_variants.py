@@ -36,8 +36,9 @@ def test_variant_trains_and_records_its_term(small, option, term):
 
 def _penalties(model, x):
     net = model.net.eval()
-    z = net.encoder_input(torch.as_tensor(x)).requires_grad_(True)
-    out = net(torch.as_tensor(x), z=z)
+    x = torch.as_tensor(x, device=model.device)
+    z = net.encoder_input(x).requires_grad_(True)
+    out = net(x, z=z)
     return float(losses.contractive(out.embedding_mean, z).detach()), float(losses.l1_activity(out.hidden).detach())
 
 

@@ -1,0 +1,99 @@
+"""What a user gets from scae on one GPU: default fit time and cluster quality, training throughput, memory.
+
+One line per measurement, printed as soon as it is measured (sized for a few minutes on one H100/H200):
+
+* ``flow``: default ``scae.tl.fit`` on flowsom_bal_flow (19,225 cells × 8 markers, 7 manual gates) on the
+  default device, seeds 0-2, after one untimed warm-up fit: wall time of the whole call (training,
+  embedding, clusters into the AnnData), automatic and ``n_clusters=7`` F1/ARI (Unlabeled cells not scored).
+* ``speed``: ``SAUCIE(...).train(max_epochs=1)`` on CytoNorm CyTOF resampled to ``--cells`` cells with
+  N(0, 0.05) noise (37 markers, 3 batches, MMD on), after an untimed epoch of the same configuration;
+  training cells/s, then ``get_embedding()`` + ``get_clusters()`` time and peak GPU memory, for the default
+  network at minibatch 4096 and 65536, float32 and bf16.
+
+    python benchmarks/gpu.py [--cells 1000000] [--skip-flow] [--skip-speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import scae
+from scae.metrics import cluster_scores
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import _resampled  # noqa: E402
+
+
+def _flow(seeds) -> None:
+    flow = scae.datasets.flowsom_bal(scae.datasets.shared_data_dir())
+    truth = flow.obs["cell_type"].astype(str).to_numpy()
+    keep = truth != "Unlabeled"
+    scae.tl.fit(flow.copy(), random_state=99, progress=False)  # warm-up: CUDA context, kernels, lazy imports
+    for seed in seeds:
+        a = flow.copy()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        scae.tl.fit(a, random_state=seed, progress=False)
+        wall = time.perf_counter() - t0
+        auto = cluster_scores(truth[keep], a.obs["scae_cluster"].to_numpy()[keep])
+        k7 = scae.tl.cluster(a, n_clusters=7, copy=True)
+        s7 = cluster_scores(truth[keep], k7.obs["scae_cluster"].to_numpy()[keep])
+        rt = a.uns["scae"]["runtime"]
+        print(
+            f"flow seed={seed} device={a.uns['scae']['device']} batch={rt['batch_size']} steps={rt['steps']} "
+            f"fit_s={wall:.2f} train_s={rt['train_s']:.2f} auto_f1={auto['f1']:.3f} auto_ari={auto['ari']:.3f} "
+            f"auto_k={auto['n_clusters']} k7_f1={s7['f1']:.3f} k7_ari={s7['ari']:.3f}",
+            flush=True,
+        )
+
+
+def _speed(n_cells: int) -> None:
+    adata = _resampled(n_cells)
+    for batch_size in (4096, 65536):
+        for precision in ("32", "bf16"):
+            model = scae.SAUCIE(adata, batch_key="batch", batch_size=batch_size, precision=precision, random_state=0)
+            model.train(max_epochs=1, progress=False)  # warm-up epoch, untimed
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            model.train(max_epochs=1, progress=False)
+            rate = model.runtime["train_cells_per_s"]
+            t0 = time.perf_counter()
+            model.get_embedding()
+            labels = model.get_clusters()
+            t_out = time.perf_counter() - t0
+            peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+            print(
+                f"speed cells={n_cells} net=default batch={batch_size} precision={precision} device={model.device} "
+                f"train_cells_per_s={rate:,.0f} embed_cluster_s={t_out:.2f} clusters={int(labels.max()) + 1} "
+                f"peak_gpu_mb={peak:,.0f}",
+                flush=True,
+            )
+            del model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cells", type=int, default=1_000_000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--skip-flow", action="store_true")
+    p.add_argument("--skip-speed", action="store_true")
+    args = p.parse_args()
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device (CPU)"
+    print(f"device: {dev}; torch {torch.__version__}", flush=True)
+    if not args.skip_flow:
+        _flow(args.seeds)
+    if not args.skip_speed:
+        _speed(args.cells)
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
