@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
-import sys
 import types
 import typing
 from pathlib import Path
@@ -39,10 +38,7 @@ def read_config(path) -> dict:
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
-            if sys.version_info >= (3, 11):
-                import tomllib
-            else:  # pragma: no cover
-                import tomli as tomllib
+            import tomllib
             cfg = tomllib.loads(path.read_text())
         elif suffix in (".yaml", ".yml"):
             import yaml
