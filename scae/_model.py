@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from . import _blocks, _fast, cluster, data, genesets
+from ._stopping import StopRule, step_budget
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.network import SAUCIENet
 from .objectives import Variants
@@ -20,7 +21,8 @@ from .train import LossWeights, infer, infer_gene_sets, train_net
 
 logger = logging.getLogger("scae")
 
-#: Default number of optimizer steps when ``max_epochs`` is not given.
+#: Optimizer steps of a fit with ``early_stopping=False`` and no ``max_epochs`` (the fixed budget before the
+#: convergence rule of :mod:`scae._stopping`).
 DEFAULT_STEPS = 3000
 MAX_AUTO_EPOCHS = 1000
 
@@ -296,26 +298,40 @@ class SAUCIE:
             self._source = data.make_row_source(self._X, self.device, block_rows=self.block_rows)
         return self._source
 
-    def train(self, max_epochs: int | None = None, *, progress: bool = True) -> SAUCIE:
+    def train(
+        self, max_epochs: int | None = None, *, progress: bool = True, early_stopping: bool | None = None
+    ) -> SAUCIE:
         """Train the network.
 
         Parameters
         ----------
         max_epochs
-            Passes over the data; default gives about 3000 optimizer steps.
+            Passes over the data. Default: train until the loss has converged (:mod:`scae._stopping`), at most
+            :func:`scae._stopping.step_budget` optimizer steps. Given, exactly this many passes (unless
+            ``early_stopping=True``, which makes it an upper bound).
         progress
             Show a tqdm progress bar.
+        early_stopping
+            Stop when the loss has converged. Default: on when ``max_epochs`` is not given. ``False`` without
+            ``max_epochs`` trains about 3000 steps (the fixed budget of earlier versions).
 
         Returns
         -------
-        The model itself (``history`` holds the per-epoch mean of every loss term).
+        The model itself (``history`` holds the per-epoch mean of every loss term; ``runtime`` the steps,
+        epochs and ``stop_reason``: ``"converged"``, ``"max_steps"`` or ``"max_epochs"``).
         """
         n_cells = self._X.shape[0]
-        if max_epochs is None:
-            max_epochs = default_max_epochs(n_cells, self.batch_size)
-        if max_epochs < 1:
-            msg = f"`max_epochs` must be >= 1, got {max_epochs}"
+        bad = isinstance(max_epochs, bool) or not isinstance(max_epochs, int | np.integer) or max_epochs < 1
+        if max_epochs is not None and bad:
+            msg = f"`max_epochs` must be a positive int (or None: train until converged), got {max_epochs!r}"
             raise ValueError(msg)
+        if early_stopping is None:
+            early_stopping = max_epochs is None
+        stop = None
+        if early_stopping:
+            stop = StopRule(max_steps=step_budget(n_cells, self.batch_size))
+        elif max_epochs is None:
+            max_epochs = default_max_epochs(n_cells, self.batch_size)
         t0 = time.perf_counter()
         source = self._row_source()
         t_load = time.perf_counter() - t0
@@ -326,7 +342,7 @@ class SAUCIE:
         else:
             batch_codes, n_batches, reference = None, 1, 0
         t1 = time.perf_counter()
-        history = train_net(
+        result = train_net(
             self.net,
             source,
             batch_codes=batch_codes,
@@ -341,22 +357,28 @@ class SAUCIE:
             variants=self.variants,
             autocast_dtype=self.autocast_dtype,
             compile=self.compile,
+            stop=stop,
         )
         t_train = time.perf_counter() - t1
-        for k, v in history.items():
+        for k, v in result.history.items():
             self.history.setdefault(k, []).extend(v)
-        steps = max_epochs * math.ceil(n_cells / min(self.batch_size, n_cells))
+        batch = int(min(self.batch_size, n_cells))
         self.runtime = {
             "load_s": t_load,
             "train_s": t_train,
-            "epochs": int(max_epochs),
-            "steps": int(steps),
-            "batch_size": int(min(self.batch_size, n_cells)),
-            "train_cells_per_s": steps * min(self.batch_size, n_cells) / max(t_train, 1e-9),
+            "epochs": int(result.epochs),
+            "steps": int(result.steps),
+            "stop_reason": result.stop_reason,
+            "max_steps": int(stop.max_steps) if stop is not None else int(result.steps),
+            "batch_size": batch,
+            "train_cells_per_s": result.steps * batch / max(t_train, 1e-9),
         }
         self.is_trained = True
         self._outputs = {}
-        logger.info("trained %d epochs in %.1fs (%.0f cells/s)", max_epochs, t_train, self.runtime["train_cells_per_s"])
+        logger.info(
+            "trained %d steps (%d epochs, %s) in %.1fs (%.0f cells/s)",
+            result.steps, result.epochs, result.stop_reason, t_train, self.runtime["train_cells_per_s"],
+        )
         return self
 
     # ------------------------------------------------------------------ outputs

@@ -126,7 +126,7 @@ def _fine_tuned_net(model, X, batch_codes: np.ndarray, n_new: int, *, epochs: in
         learning_rate=model.learning_rate if learning_rate is None else learning_rate,
         generator=gen,
         progress=progress,
-    )
+    ).history
     for p in net.parameters():
         p.requires_grad_(True)
     return net, history

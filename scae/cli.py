@@ -72,7 +72,10 @@ def _demo(args: argparse.Namespace) -> int:
     fig.savefig(png, dpi=120)
     plt.close(fig)
     print(f"device: {info['device']}")
-    print(f"training: {rt['epochs']} epochs, {rt['train_s']:.1f} s, {rt['train_cells_per_s']:,.0f} cells/s")
+    print(
+        f"training: {rt['steps']} steps ({rt['epochs']} epochs, stopped: {rt['stop_reason']}), {rt['train_s']:.1f} s, "
+        f"{rt['train_cells_per_s']:,.0f} cells/s"
+    )
     print(f"clusters: {info['n_clusters']}")
     print(f"loss: {info['history']['total'][0]:.4f} (first epoch) -> {info['history']['total'][-1]:.4f} (last epoch)")
     print(f"wrote {h5ad} and {png}")
@@ -209,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="fit the bundled CytoNorm CyTOF data; write scae_demo.h5ad and scae_demo.png")
     demo.add_argument("--out-dir", default=".", help="folder for the outputs (default: current folder)")
-    demo.add_argument("--max-epochs", type=int, default=None, help="default: about 3000 optimizer steps")
+    demo.add_argument("--max-epochs", type=int, default=None, help="default: until the loss has converged")
     common(demo)
     demo.set_defaults(func=_demo)
 
@@ -225,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-key", default=None)
     fit.add_argument("--gene-sets", default=None, help="GMT file passed as scae.tl.fit(gene_sets=...)")
     fit.add_argument("--save-model", default=None, metavar="DIR", help="save the trained model to DIR")
-    fit.add_argument("--max-epochs", type=int, default=None, help="default: about 3000 optimizer steps")
+    fit.add_argument("--max-epochs", type=int, default=None, help="default: until the loss has converged")
     fit.add_argument("--likelihood", default=None, help="mse (default), nb, zinb or bernoulli (one for every block)")
     fit.add_argument("--block-key", default=None, help="adata.var column naming feature blocks")
     common(fit)

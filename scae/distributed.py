@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import _backed, cluster
+from ._stopping import StopRule, step_budget
 from ._uns import writable
 from .nn.network import SAUCIENet
 from .train import INFER_CHUNK_ROWS, LossWeights, train_net
@@ -159,8 +160,9 @@ def run(args: argparse.Namespace) -> dict:
             t = _allreduce(torch.tensor([means[k] for k in keys], dtype=torch.float64, device=device), world)
             return {k: float(v) / world for k, v in zip(keys, t.cpu(), strict=True)}
 
+        stop = None if args.max_epochs is not None else StopRule(max_steps=step_budget(n, args.batch_size))
         t1 = time.perf_counter()
-        history = train_net(
+        result = train_net(
             model,
             source,
             batch_codes=codes,
@@ -173,6 +175,7 @@ def run(args: argparse.Namespace) -> dict:
             generator=torch.Generator(device=device).manual_seed(args.seed + 1000 * rank),
             progress=False,
             reduce_history=reduce_history,
+            stop=stop,
         )
         t_train = time.perf_counter() - t1
         shard = _infer_shard(net, source)
@@ -191,20 +194,19 @@ def run(args: argparse.Namespace) -> dict:
             merge_scale=cluster.common_scale(std),
             merge_threshold=args.merge_threshold,
         )
-        summary = _write(adata, args, out, labels, mean, std, history, world, device, t_train, t0)
+        summary = _write(adata, args, out, labels, mean, std, result, world, device, t_train, t0)
         return summary
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _write(adata, args, out, labels, mean, std, history, world, device, t_train, t0) -> dict:
+def _write(adata, args, out, labels, mean, std, result, world, device, t_train, t0) -> dict:
     import anndata as ad
     import pandas as pd
 
     from .cli import _write_atomic
 
-    n = adata.n_obs
     k = int(labels.max()) + 1
     res = ad.AnnData(
         X=adata.to_memory().X if args.copy_x else None,
@@ -215,8 +217,15 @@ def _write(adata, args, out, labels, mean, std, history, world, device, t_train,
     res.obsm["X_scae_codes"] = out["codes"]
     res.obs["scae_cluster"] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(k)])
     res.layers["scae_imputed"] = (out["reconstruction"] * std + mean).astype(np.float32)
-    steps = len(history["total"]) * math.ceil(math.ceil(n / world) / max(2, args.batch_size // world))
-    runtime = {"train_s": t_train, "total_s": time.perf_counter() - t0, "train_cells_per_s": steps * args.batch_size / t_train}
+    history = result.history
+    runtime = {
+        "train_s": t_train,
+        "total_s": time.perf_counter() - t0,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "stop_reason": result.stop_reason,
+        "train_cells_per_s": result.steps * args.batch_size / t_train,
+    }
     res.uns["scae"] = {
         "params": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(args).items() if v is not None},
         "history": writable({k: np.asarray(v) for k, v in history.items()}),
@@ -236,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .h5ad written by rank 0 (atomically)")
     p.add_argument("--layer", default=None)
     p.add_argument("--batch-key", default=None)
-    p.add_argument("--max-epochs", type=int, default=10)
+    p.add_argument(
+        "--max-epochs", type=int, default=None, help="passes over the data (default: until the loss converges)"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="global minibatch size (split over ranks)")
     p.add_argument("--hidden", type=int, nargs="+", default=[512, 256, 128])
     p.add_argument("--learning-rate", type=float, default=1e-3)

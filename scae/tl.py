@@ -56,6 +56,7 @@ def fit(
     reference_batch: str | None = None,
     batch_reconstruction: str = "zscore",
     max_epochs: int | None = None,
+    early_stopping: bool | None = None,
     hidden: Sequence[int] = (512, 256, 128),
     lambda_b: float = 0.1,
     lambda_c: float = 0.1,
@@ -108,7 +109,13 @@ def fit(
         How non-reference batches are reconstructed when correcting batches: ``"zscore"`` (per-batch
         standardized values) or ``"distance"`` (within-batch pairwise distances); see :class:`scae.SAUCIE`.
     max_epochs
-        Passes over the data; default gives about 3000 optimizer steps.
+        Passes over the data. Default: train until the loss has converged (relative improvement of the mean
+        total loss over 100 steps below 1%, checked every 25 steps; :mod:`scae._stopping`), within a step
+        budget that grows with the number of cells. ``uns[key_added]["runtime"]`` records ``steps``,
+        ``epochs`` and ``stop_reason`` (``"converged"``, ``"max_steps"`` or ``"max_epochs"``).
+    early_stopping
+        Stop when the loss has converged; default on when ``max_epochs`` is not given. With ``max_epochs``,
+        ``True`` makes it an upper bound; ``False`` without ``max_epochs`` trains about 3000 steps.
     hidden
         Encoder widths (decoder mirrors them; its last hidden layer is the clustering layer).
     lambda_b, lambda_c, lambda_d
@@ -255,7 +262,7 @@ def fit(
     )
     if not backed:
         _check_output_memory(model, impute=impute)
-    model.train(max_epochs, progress=progress)
+    model.train(max_epochs, progress=progress, early_stopping=early_stopping)
     if backed:
         return _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size)
     # the model's own output arrays go into adata without copies (the model is dropped at the end), so

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import losses, objectives
+from ._stopping import Convergence, StopRule
 from .nn.network import SAUCIENet
 from .objectives import Variants
 
@@ -145,6 +146,16 @@ def compute_losses(
     return terms
 
 
+@dataclass
+class TrainResult:
+    """What :func:`train_net` did: per-epoch loss means, steps and epochs taken, and why it stopped."""
+
+    history: dict[str, list[float]]
+    steps: int
+    epochs: int
+    stop_reason: str  # one of scae._stopping.STOP_REASONS
+
+
 def train_net(
     net: SAUCIENet,
     source,
@@ -153,7 +164,7 @@ def train_net(
     n_batches: int,
     reference: int,
     weights: LossWeights,
-    max_epochs: int,
+    max_epochs: int | None,
     batch_size: int,
     learning_rate: float,
     generator: torch.Generator,
@@ -162,17 +173,24 @@ def train_net(
     autocast_dtype: torch.dtype | None = None,
     compile: bool = False,
     reduce_history=None,
-) -> dict[str, list[float]]:
-    """Train ``net`` on rows of ``source`` and return the per-epoch mean of every loss term.
+    stop: StopRule | None = None,
+) -> TrainResult:
+    """Train ``net`` on rows of ``source``; the result holds the per-epoch mean of every loss term.
 
-    Loss values stay on the device during an epoch and are read once at its end, so the training step
-    never waits for the host. A ``source`` with a ``make_sampler`` method (backed data, shards) supplies its
-    own sampler. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the step under autocast; ``compile``
-    uses ``torch.compile`` on the loss (see :mod:`scae._fast`). ``reduce_history(dict) -> dict`` combines
-    the epoch means across processes (distributed training).
+    Loss values stay on the device and are read once per epoch (and once per ``stop.window`` steps when a
+    convergence rule is given), so the training step rarely waits for the host. Training ends after
+    ``max_epochs`` passes, or with ``stop`` (:class:`scae._stopping.StopRule`) when the loss has converged
+    or after ``stop.max_steps`` steps, whichever comes first (a last partial epoch counts as an epoch in
+    the history). A ``source`` with a ``make_sampler`` method (backed data, shards) supplies its own
+    sampler. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the step under autocast; ``compile`` uses
+    ``torch.compile`` on the loss (see :mod:`scae._fast`). ``reduce_history(dict) -> dict`` averages loss
+    values across processes (distributed training), so every process takes the same decisions.
     """
     from ._fast import step_function
 
+    if max_epochs is None and stop is None:
+        msg = "train_net needs `max_epochs`, a stop rule, or both"
+        raise ValueError(msg)
     device = next(net.parameters()).device
     optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
     make_sampler = getattr(source, "make_sampler", Sampler)
@@ -180,33 +198,56 @@ def train_net(
         len(source), batch_size, batch_codes=batch_codes, n_batches=n_batches, generator=generator, device=device
     )
     loss_fn = step_function(compute_losses, device=device, autocast_dtype=autocast_dtype, compile=compile)
+    kwargs = {"weights": weights, "reference": reference, "n_batches": n_batches, "variants": variants}
+    kwargs["generator"] = generator
+    monitor = Convergence(stop) if stop is not None else None
+    reduce = reduce_history or (lambda means: means)
     history: dict[str, list[float]] = {}
+    steps, epochs, reason = 0, 0, "max_epochs"
+    window_sum = None
     net.train()
-    bar = tqdm(range(max_epochs), desc="scae", unit="epoch", disable=not progress, leave=False)
-    for _ in bar:
+    total_epochs = max_epochs if max_epochs is not None else math.ceil(stop.max_steps / sampler.steps_per_epoch)
+    bar = tqdm(total=total_epochs, desc="scae", unit="epoch", disable=not progress, leave=False)
+    while max_epochs is None or epochs < max_epochs:
         sums: dict[str, torch.Tensor] = {}
+        n_epoch_steps = 0
         for idx in sampler.epoch():
             x = source.rows(idx)
             b = None if batch_codes is None else batch_codes.index_select(0, idx)
-            terms = loss_fn(
-                net, x, b, weights=weights, reference=reference, n_batches=n_batches, variants=variants, generator=generator
-            )
+            terms = loss_fn(net, x, b, **kwargs)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
-        means = {k: float(v) / sampler.steps_per_epoch for k, v in sums.items()}
-        if reduce_history is not None:
-            means = reduce_history(means)
+            steps += 1
+            n_epoch_steps += 1
+            if monitor is None:
+                continue
+            window_sum = terms["total"].detach() + (0.0 if window_sum is None else window_sum)
+            if steps % stop.window == 0:
+                mean = reduce({"total": float(window_sum) / stop.window})["total"]
+                window_sum = None
+                if monitor.update(mean, steps):
+                    reason = "converged"
+                    break
+            if steps >= stop.max_steps:
+                reason = "max_steps"
+                break
+        epochs += 1
+        means = reduce({k: float(v) / n_epoch_steps for k, v in sums.items()})
         for k, v in means.items():
             history.setdefault(k, []).append(v)
         if not all(math.isfinite(v) for v in means.values()):
             msg = f"training diverged (non-finite loss {means}); lower `learning_rate` or check the input transform"
             raise FloatingPointError(msg)
-        bar.set_postfix(loss=f"{means['total']:.4f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{means['total']:.4f}", steps=steps)
+        if reason != "max_epochs":
+            break
+    bar.close()
     net.eval()
-    return history
+    return TrainResult(history=history, steps=steps, epochs=epochs, stop_reason=reason)
 
 
 @torch.no_grad()
