@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _blocks, _fast, cluster, data, genesets
+from . import _blocks, _fast, _settings, cluster, data, genesets
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.network import SAUCIENet
 from .objectives import Variants
@@ -166,18 +166,7 @@ class SAUCIE:
         compile: bool = False,
         block_rows: int | None = None,
     ) -> None:
-        if not isinstance(adata, AnnData):
-            msg = f"expected an AnnData, got {type(adata).__name__}"
-            raise TypeError(msg)
-        checks = (("lambda_b", lambda_b), ("lambda_c", lambda_c), ("lambda_d", lambda_d), ("input_noise", input_noise))
-        checks += (("l1_activity", l1_activity), ("contractive", contractive), ("lambda_kl", lambda_kl))
-        if not 0 <= input_dropout < 1:
-            msg = f"`input_dropout` must be in [0, 1), got {input_dropout!r}"
-            raise ValueError(msg)
-        for name, value in checks:
-            if not (value >= 0 and math.isfinite(value)):
-                msg = f"`{name}` must be a finite number >= 0, got {value!r}"
-                raise ValueError(msg)
+        _settings.check_model(locals())
         self.device = data.resolve_device(device)
         default_batch = batch_size is None
         if default_batch:
@@ -185,18 +174,6 @@ class SAUCIE:
         self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
         self.compile = bool(compile)
         self.block_rows = block_rows
-        if pairwise_cells is not None and pairwise_cells < 2:
-            msg = f"`pairwise_cells` must be at least 2 (or None: all cells of a minibatch), got {pairwise_cells}"
-            raise ValueError(msg)
-        if batch_size < 2:
-            msg = f"`batch_size` must be at least 2, got {batch_size}"
-            raise ValueError(msg)
-        if batch_reconstruction not in ("zscore", "distance"):
-            msg = f"`batch_reconstruction` must be 'zscore' or 'distance', got {batch_reconstruction!r}"
-            raise ValueError(msg)
-        if learning_rate <= 0:
-            msg = f"`learning_rate` must be > 0, got {learning_rate}"
-            raise ValueError(msg)
         X = data.get_matrix(adata, layer)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         data.validate_matrix(X, where=where)
@@ -310,12 +287,10 @@ class SAUCIE:
         -------
         The model itself (``history`` holds the per-epoch mean of every loss term).
         """
+        _settings.check_train(max_epochs)
         n_cells = self._X.shape[0]
         if max_epochs is None:
             max_epochs = default_max_epochs(n_cells, self.batch_size)
-        if max_epochs < 1:
-            msg = f"`max_epochs` must be >= 1, got {max_epochs}"
-            raise ValueError(msg)
         t0 = time.perf_counter()
         source = self._row_source()
         t_load = time.perf_counter() - t0
@@ -536,16 +511,7 @@ def _restore_batch_moments(rec: np.ndarray, X, codes: np.ndarray) -> np.ndarray:
 
 
 def _gene_set_mask(adata: AnnData, gene_sets, min_genes: int, n_free_nodes: int, gene_set_layer: str):
-    """Validate the gene-set options and build the genes × sets mask (``None`` without ``gene_sets``)."""
-    if gene_set_layer not in ("encoder", "decoder"):
-        msg = f"`gene_set_layer` must be 'encoder' (GSAE) or 'decoder' (expiMap style), got {gene_set_layer!r}"
-        raise ValueError(msg)
-    if int(n_free_nodes) != n_free_nodes or n_free_nodes < 0:
-        msg = f"`n_free_nodes` must be an integer >= 0, got {n_free_nodes!r}"
-        raise ValueError(msg)
+    """The genes × sets mask (``None`` without ``gene_sets``); the options were checked by :mod:`scae._settings`."""
     if gene_sets is None:
-        if n_free_nodes:
-            msg = "`n_free_nodes` only applies together with `gene_sets`"
-            raise ValueError(msg)
         return None
     return genesets.gene_set_mask(gene_sets, adata.var_names, min_genes=min_genes)

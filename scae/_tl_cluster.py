@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from . import _settings
 from . import cluster as _cluster
 from ._stats import group_stats
 from ._uns import writable
@@ -78,6 +79,7 @@ def cluster(
     >>> adata.obs["scae_cluster"].cat.categories.size
     4
     """
+    _settings.check_cluster(adata, locals())
     codes_key, imputed_key = f"X_{key_added}_codes", f"{key_added}_imputed"
     if codes_key not in adata.obsm or key_added not in adata.uns:
         msg = f"adata.obsm[{codes_key!r}] not found: run `scae.tl.fit(adata)` first"

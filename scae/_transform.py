@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from . import data
+from . import _settings, data
 from ._mapping import ClusterReference, MappingState, reference_sample
 from ._uns import writable
 from .train import infer, train_net
@@ -200,14 +200,9 @@ def transform(
     True
     """
     params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
+    _settings.check_transform(model, adata, params)
     from .tl import _versions
 
-    if not getattr(model, "is_trained", False):
-        msg = "the model is not trained: train it (`model.train()`) or load a trained one (`scae.SAUCIE.load`)"
-        raise ValueError(msg)
-    if fine_tune_epochs < 0:
-        msg = f"`fine_tune_epochs` must be >= 0, got {fine_tune_epochs}"
-        raise ValueError(msg)
     t0 = time.perf_counter()
     view = align_var_names(adata, model.var_names)
     X = data.get_matrix(view, model.layer)

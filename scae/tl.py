@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from . import genesets
+from . import _settings, genesets
 from ._model import SAUCIE
 from ._query import query
 from ._tl_cluster import cluster, cluster_stats
@@ -203,6 +203,7 @@ def fit(
     >>> adata.obs["scae_cluster"].cat.categories.size > 1
     True
     """
+    _settings.check_fit(locals())
     params = dict(locals())
     params.pop("adata")
     params["hidden"] = list(hidden)
@@ -214,12 +215,6 @@ def fit(
     if block_weights is not None:
         params["block_weights"] = dict(block_weights)
     backed = bool(getattr(adata, "isbacked", False))
-    if backed and copy:
-        msg = "`copy=True` is not supported for a backed AnnData; results are written into it (and `out_path`)"
-        raise ValueError(msg)
-    if out_path is not None and not backed:
-        msg = "`out_path` is only used with a backed AnnData (`anndata.read_h5ad(path, backed='r')`)"
-        raise ValueError(msg)
     t0 = time.perf_counter()
     model = SAUCIE(
         adata,
