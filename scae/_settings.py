@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -187,8 +188,12 @@ def device(name: str, value) -> None:
 
 def gene_sets(name: str, value) -> None:
     """``None``, a GMT path, a dict ``{set: [genes]}`` or a genes × sets DataFrame."""
+    allowed = "None, a GMT path, a non-empty dict {set: [genes]} or a genes × sets DataFrame"
     if value is not None and not isinstance(value, str | os.PathLike | Mapping | pd.DataFrame):
-        _fail(TypeError, name, value, "None, a GMT path, a dict {set: [genes]} or a genes × sets DataFrame")
+        _fail(TypeError, name, value, allowed)
+    size = value.shape[1] if isinstance(value, pd.DataFrame) else len(value) if isinstance(value, Mapping) else 1
+    if size == 0:
+        _fail(ValueError, name, value, allowed)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -289,7 +294,7 @@ def check_anndata(name: str, value) -> None:
     from anndata import AnnData
 
     if not isinstance(value, AnnData):
-        msg = f"expected an AnnData for `{name}`, got {type(value).__name__}"
+        msg = f"expected an AnnData for `{name}`, got {type(value).__name__} {reprlib.repr(value)}"
         raise TypeError(msg)
 
 
@@ -335,7 +340,10 @@ def check_fit(values: Mapping[str, object]) -> None:
     if out_path is None:
         return
     if not backed:
-        msg = "`out_path` is only used with a backed AnnData (`anndata.read_h5ad(path, backed='r')`)"
+        msg = (
+            "`out_path` is only used with a backed AnnData (`anndata.read_h5ad(path, backed='r')`), "
+            f"got {out_path!r} with an in-memory one"
+        )
         raise ValueError(msg)
     out = Path(out_path)
     if adata.filename is not None and out.resolve() == Path(adata.filename).resolve():
@@ -354,7 +362,7 @@ def check_transform(model, adata, values: Mapping[str, object]) -> None:
     from ._model import SAUCIE
 
     if not isinstance(model, SAUCIE):
-        msg = f"expected a scae.SAUCIE for `model`, got {type(model).__name__}"
+        msg = f"expected a scae.SAUCIE for `model`, got {type(model).__name__} {reprlib.repr(model)}"
         raise TypeError(msg)
     if not model.is_trained:
         msg = "the model is not trained: train it (`model.train()`) or load a trained one (`scae.SAUCIE.load`)"
