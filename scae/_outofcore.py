@@ -57,6 +57,7 @@ def finish(
     merge_threshold,
     n_clusters,
     min_cluster_size,
+    imputed_units: str = "counts",
 ) -> dict:
     """Stream embedding, clusters (into ``adata``) and codes/reconstruction (into ``out_path``); return runtime."""
     t0 = time.perf_counter()
@@ -80,6 +81,7 @@ def finish(
             n_clusters=n_clusters,
             sink=sink,
             write_reconstruction=impute and sink is not None,
+            counts=imputed_units,
         )
     finally:
         if sink is not None:

@@ -369,6 +369,7 @@ def _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_
         merge_threshold=merge_threshold,
         n_clusters=n_clusters,
         min_cluster_size=min_cluster_size,
+        imputed_units=params["imputed_units"],
     )
     runtime = dict(model.runtime, infer_cluster_s=info["infer_cluster_s"], total_s=time.perf_counter() - t0)
     adata.uns[key_added] = {
