@@ -78,11 +78,14 @@ def resolve_blocks(
     ]
 
 
-def validate_and_moments(X, blocks: list[Block], *, where: str) -> tuple[np.ndarray, np.ndarray]:
+def validate_and_moments(
+    X, blocks: list[Block], *, where: str, validate: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Check each block's values against its likelihood; per-feature moments of the encoder inputs.
 
     Count blocks must hold non-negative integers (their moments are of ``log1p`` normalized counts, the
     encoder's input), Bernoulli blocks 0/1; ``mse`` blocks get the untransformed-input warning.
+    ``validate=False`` only recomputes the moments (of data that was checked before, e.g. by the fit).
     """
     if _backed.is_backed(X) and (len(blocks) > 1 or blocks[0].likelihood != "mse"):
         return _backed_moments(X, blocks, where=where)
@@ -94,8 +97,11 @@ def validate_and_moments(X, blocks: list[Block], *, where: str) -> tuple[np.ndar
         Xb = X if b.index is None else data.block_matrix(X, index)
         label = where if b.index is None else f"block {b.name!r} of {where}"
         if b.likelihood in COUNT_LIKELIHOODS:
-            data.validate_counts(Xb, where=label)
+            if validate:
+                data.validate_counts(Xb, where=label)
             Xb = data.log_normalize(Xb, TARGET_SUM)
+        elif not validate:
+            pass
         elif b.likelihood == "bernoulli":
             data.validate_binary(Xb, where=label)
         else:

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _blocks, _fast, _settings, cluster, data, genesets
+from . import _blocks, _fast, _features, _settings, data, genesets
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.network import SAUCIENet
 from .objectives import Variants
@@ -385,18 +385,13 @@ class SAUCIE:
             ``merge_threshold`` (groups with < 1% of the cells do not count; see :func:`scae.cluster.merge_clusters`).
         """
         out = self._infer()
-        if "standardized" in out:  # count / binary blocks: compare in the encoder's standardized units
-            features = merge_features = out["standardized"]
-            scale = 1.0
-        else:
-            mean, std = self.net.feature_mean.cpu().numpy(), self.net.feature_std.cpu().numpy()
-            features = (out["reconstruction"] - mean) / std
-            merge_features, scale = self._X, cluster.common_scale(std)
-        return cluster.codes_to_clusters(
+        return _features.cut(
             out["codes"],
-            features,
-            merge_features=merge_features,
-            merge_scale=scale,
+            out["reconstruction"],
+            self._X,
+            blocks=self.blocks,
+            mean=self.net.feature_mean.cpu().numpy(),
+            std=self.net.feature_std.cpu().numpy(),
             threshold=threshold,
             min_cluster_size=min_cluster_size,
             merge_threshold=merge_threshold,

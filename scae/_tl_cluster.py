@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import _settings
-from . import cluster as _cluster
+from . import _blocks, _features, _settings
 from ._stats import group_stats
 from ._uns import writable
 from .cluster import DEFAULT_MERGE_THRESHOLD
-from .data import feature_moments, get_matrix
+from .data import get_matrix
 
 
 def cluster(
@@ -90,15 +87,24 @@ def cluster(
     params = adata.uns[key_added].get("params", {})
     layer = params.get("layer")
     X = get_matrix(adata, layer)
-    mean, std = feature_moments(X)
-    features = (np.asarray(adata.layers[imputed_key], dtype=np.float32) - mean) / std
-    likelihood = params.get("likelihood", "mse")
-    plain = all(v == "mse" for v in (likelihood.values() if isinstance(likelihood, Mapping) else [likelihood]))
-    labels = _cluster.codes_to_clusters(
+    blocks = _blocks.resolve_blocks(
+        adata, likelihood=params.get("likelihood", "mse"), block_key=params.get("block_key"), block_weights=None
+    )
+    mean, std = _blocks.validate_and_moments(X, blocks, where="input", validate=False)
+    corrected_key = f"{key_added}_corrected"
+    values, units = recut_values(
+        adata.layers[corrected_key] if corrected_key in adata.layers else None,
+        adata.layers[imputed_key],
+        params.get("imputed_units", "counts"),
+    )
+    labels = _features.cut(
         np.asarray(adata.obsm[codes_key]),
-        features,
-        merge_features=X if plain else features,
-        merge_scale=_cluster.common_scale(std) if plain else 1.0,
+        np.asarray(values, dtype=np.float32),
+        X,
+        blocks=blocks,
+        mean=mean,
+        std=std,
+        units=units,
         threshold=threshold,
         min_cluster_size=min_cluster_size,
         merge_threshold=merge_threshold,
@@ -116,6 +122,20 @@ def cluster(
     }
     cluster_stats(adata, layer=layer, key_added=key_added)
     return adata if copy else None
+
+
+def recut_values(corrected, imputed, imputed_units: str, fallback=None):
+    """The reconstruction that clusters are cut on, and the units of its count blocks.
+
+    The batch-corrected layer when there is one (every batch in the reference's units, the network's own
+    output, in expected counts), else the imputed layer (in ``imputed_units``); ``fallback`` (expected counts)
+    when a fit keeps neither.
+    """
+    if corrected is not None:
+        return corrected, "counts"
+    if imputed is not None:
+        return imputed, imputed_units
+    return fallback, "counts"
 
 
 def cluster_stats(

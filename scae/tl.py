@@ -15,10 +15,10 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from . import _settings, genesets
+from . import _features, _settings, genesets
 from ._model import SAUCIE
 from ._query import query
-from ._tl_cluster import cluster, cluster_stats
+from ._tl_cluster import cluster, cluster_stats, recut_values
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
 from ._transform import build_mapping_state, transform
 from ._uns import writable
@@ -257,13 +257,19 @@ def fit(
     # peak memory is one set of outputs: codes alone are n_cells × hidden[0] float32
     outputs = model._infer()
     embedding, codes = outputs["embedding"], outputs["codes"]
-    t_cluster = time.perf_counter()
-    labels = model.get_clusters(merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size)
-    t_cluster = time.perf_counter() - t_cluster
     imputed = model._reconstruction(corrected=False, counts=imputed_units) if impute else None
     corrected = model._reconstruction(corrected=True, counts="counts") if batch_key is not None else None
     if corrected is not None and corrected is imputed:  # two layers must not share one array
         corrected = corrected.copy()
+    t_cluster = time.perf_counter()
+    # cut on the layer that scae.tl.cluster re-cuts later, so that it reproduces these labels exactly
+    values, units = recut_values(corrected, imputed, imputed_units, fallback=outputs["reconstruction"])
+    labels = _features.cut(
+        codes, values, model._X, blocks=model.blocks, mean=model.net.feature_mean.cpu().numpy(),
+        std=model.net.feature_std.cpu().numpy(), units=units, merge_threshold=merge_threshold, n_clusters=n_clusters,
+        min_cluster_size=min_cluster_size,
+    )  # fmt: skip
+    t_cluster = time.perf_counter() - t_cluster
     if save_model is not None:
         model.mapping_state = build_mapping_state(
             model, labels, merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size

@@ -176,7 +176,8 @@ def test_backed_count_likelihood_streams_chunks(count_file, tmp_path, monkeypatc
     backed_model = scae.SAUCIE(backed, block_rows=1024, **kw)
     memory_model = scae.SAUCIE(counts, **kw)
     for name in ("feature_mean", "feature_std"):
-        np.testing.assert_allclose(getattr(backed_model.net, name), getattr(memory_model.net, name), rtol=1e-3, atol=1e-4)
+        got, want = getattr(backed_model.net, name), getattr(memory_model.net, name)
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
     backed.file.close()
 
 

@@ -54,7 +54,8 @@ _MODEL_ROWS = [
     ("block_key", 5, TypeError, S), ("block_key", "", ValueError, S),
     ("block_weights", [1.0], TypeError, S), ("block_weights", {"a": "1"}, TypeError, S),
     ("block_weights", {"a": -1.0}, ValueError, S),
-    ("input_dropout", "0.1", TypeError, S), ("input_dropout", 1.0, ValueError, S), ("input_dropout", -0.1, ValueError, S),
+    ("input_dropout", "0.1", TypeError, S), ("input_dropout", 1.0, ValueError, S),
+    ("input_dropout", -0.1, ValueError, S),
     ("input_noise", "x", TypeError, S), ("input_noise", -1, ValueError, S),
     ("l1_activity", [0.1], TypeError, S), ("l1_activity", NAN, ValueError, S),
     ("contractive", "1", TypeError, S), ("contractive", -1, ValueError, S),
@@ -181,7 +182,8 @@ def _call(target, param, value, *, tiny, trained, fitted, monkeypatch):
     if target == "transform":
         a = tiny.copy()
         if param == "model":
-            value = scae.SAUCIE(tiny.copy(), hidden=(16, 8)) if isinstance(value, str) and value == "untrained" else value
+            if isinstance(value, str) and value == "untrained":
+                value = scae.SAUCIE(tiny.copy(), hidden=(16, 8))
             return a, lambda: scae.tl.transform(value, a)
         if param == "adata":
             return None, lambda: scae.tl.transform(trained, value)
