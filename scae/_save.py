@@ -128,7 +128,7 @@ def save_model(model, path, *, overwrite: bool = True) -> Path:
 
     from . import __version__
     from ._transform import get_mapping_state
-    from .tl import _versions
+    from ._contract import versions as _versions
 
     if not model.is_trained:
         msg = "the model is not trained: call `model.train()` before `model.save()`"

@@ -7,8 +7,7 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _blocks, _features, _settings
-from ._stats import group_stats
-from ._uns import writable
+from ._contract import stats_entries
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .data import get_matrix
 
@@ -173,7 +172,9 @@ def cluster_stats(
     ``cluster_sizes``
         Cells per cluster (int array, same order as the frames' rows).
     ``cluster_stats_params``
-        ``{"groupby": ..., "layer": ...}``.
+        ``{"groupby": ..., "layer": ..., "median_sample": ...}`` (``median_sample``: 0 when the medians are of
+        all cells; for a backed AnnData the most cells per cluster they were taken from, see
+        :func:`scae._stats.group_stats`).
 
     Examples
     --------
@@ -189,11 +190,7 @@ def cluster_stats(
         msg = f"adata.obs[{groupby!r}] not found;{hint or ' pass an existing obs column as `groupby`'}"
         raise KeyError(msg)
     X = get_matrix(adata, layer)
-    stats = group_stats(X, adata.obs[groupby].to_numpy(), adata.var_names)
+    stats = stats_entries(X, adata.obs[groupby].values, adata.var_names, groupby=groupby, layer=layer)
     adata = adata.copy() if copy else adata
-    out = adata.uns.setdefault(key_added, {})
-    out["cluster_means"] = writable(stats["means"])
-    out["cluster_medians"] = writable(stats["medians"])
-    out["cluster_sizes"] = np.asarray(stats["sizes"].to_numpy(), dtype=np.int64)
-    out["cluster_stats_params"] = {"groupby": groupby, "layer": "X" if layer is None else layer}
+    adata.uns.setdefault(key_added, {}).update(stats)
     return adata if copy else None

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import _backed, cluster
-from ._uns import writable
+from ._contract import stats_entries, uns_record
 from .nn.network import SAUCIENet
 from .train import INFER_CHUNK_ROWS, LossWeights, train_net
 
@@ -191,14 +191,14 @@ def run(args: argparse.Namespace) -> dict:
             merge_scale=cluster.common_scale(std),
             merge_threshold=args.merge_threshold,
         )
-        summary = _write(adata, args, out, labels, mean, std, history, world, device, t_train, t0)
+        summary = _write(adata, X, batches, args, out, labels, mean, std, history, world, device, t_train, t0)
         return summary
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _write(adata, args, out, labels, mean, std, history, world, device, t_train, t0) -> dict:
+def _write(adata, X, batches, args, out, labels, mean, std, history, world, device, t_train, t0) -> dict:
     import anndata as ad
     import pandas as pd
 
@@ -216,17 +216,27 @@ def _write(adata, args, out, labels, mean, std, history, world, device, t_train,
     res.obs["scae_cluster"] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(k)])
     res.layers["scae_imputed"] = (out["reconstruction"] * std + mean).astype(np.float32)
     steps = len(history["total"]) * math.ceil(math.ceil(n / world) / max(2, args.batch_size // world))
-    runtime = {"train_s": t_train, "total_s": time.perf_counter() - t0, "train_cells_per_s": steps * args.batch_size / t_train}
-    res.uns["scae"] = {
-        "params": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(args).items() if v is not None},
-        "history": writable({k: np.asarray(v) for k, v in history.items()}),
-        "world_size": world,
-        "device": str(device),
-        "runtime": runtime,
-        "n_clusters": k,
-    }
+    runtime = {"train_s": t_train, "train_cells_per_s": steps * args.batch_size / t_train}
+    record = uns_record(
+        mode="distributed",
+        params={name: (list(v) if isinstance(v, tuple | list) else v) for name, v in vars(args).items()},
+        history=history,
+        seed=args.seed,
+        device=device,
+        runtime=runtime,
+        n_clusters=k,
+        input_sparse=getattr(X, "format", None) == "csr",
+        out_path=args.output,
+        world_size=world,
+        batch_categories=None if batches is None else batches.categories,
+        reference_batch=None if batches is None else batches.categories[batches.reference],
+    )
+    labels = res.obs["scae_cluster"].values
+    record.update(stats_entries(X, labels, adata.var_names, groupby="scae_cluster", layer=args.layer))
+    record["runtime"]["total_s"] = time.perf_counter() - t0
+    res.uns["scae"] = record
     _write_atomic(res, Path(args.output))
-    return {"world_size": world, "loss": history["total"][-1], "n_clusters": k, **runtime}
+    return {"world_size": world, "loss": history["total"][-1], "n_clusters": k, **record["runtime"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
