@@ -46,10 +46,10 @@ def test_uns_schema_is_the_same_on_every_path(cells, tmp_path):
     assert records["transform"]["n_by_code"] > 0 and records["memory"]["n_by_code"] == -1
     # backed cluster statistics (read by row chunks) are those of the same labels in memory
     labels = backed.obs["scae_cluster"]
-    means = a.to_df().groupby(labels.to_numpy(), observed=True).mean()
-    np.testing.assert_allclose(records["backed"]["cluster_means"].to_numpy(), means.loc[list(labels.cat.categories)])
-    medians = a.to_df().groupby(labels.to_numpy(), observed=True).median()
-    np.testing.assert_allclose(records["backed"]["cluster_medians"].to_numpy(), medians.loc[list(labels.cat.categories)])
+    by_cluster = a.to_df().groupby(labels.to_numpy(), observed=True)
+    order = list(labels.cat.categories)
+    np.testing.assert_allclose(records["backed"]["cluster_means"].to_numpy(), by_cluster.mean().loc[order])
+    np.testing.assert_allclose(records["backed"]["cluster_medians"].to_numpy(), by_cluster.median().loc[order])
     backed.file.close()
     for mode, written in (("memory", memory), ("transform", mapped)):  # every key survives writing
         written.write_h5ad(tmp_path / f"{mode}.h5ad")
