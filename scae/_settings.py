@@ -6,12 +6,12 @@
 parameter, the value given (``repr``) and what is allowed, e.g.
 "`hidden` must be a non-empty sequence of positive ints, got [64, 0, 16]".
 
-Checks that need the data itself (a ``batch_key`` missing from ``obs``, a batch too small for the minibatch,
-non-finite values) stay where the data is read; they also run before training.
+Checks that need the data (a ``batch_key`` missing from ``obs``, non-finite values) stay where it is read.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
@@ -19,6 +19,7 @@ import reprlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 
@@ -34,12 +35,12 @@ def _fail(kind: type[Exception], name: str, value, allowed: str, prefix: str = "
     raise kind(msg)
 
 
-def _is_int(v) -> bool:
+def _is_int(v) -> bool:  # bools are ints to Python, not to a user
     return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
 
 
 def _is_real(v) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+    return _is_int(v) or isinstance(v, float | np.floating)
 
 
 # ---------------------------------------------------------------------------------------------- elementary checks
@@ -234,12 +235,10 @@ MODEL = {
 }
 
 
-def _reference_batch(name: str, value) -> None:
-    if value is not None and not (isinstance(value, str) or _is_int(value)):
-        _fail(TypeError, name, value, "None, a str or an int naming a batch")
-
-
-MODEL["reference_batch"] = _reference_batch
+MODEL["reference_batch"] = lambda name, value: (
+    None if value is None or isinstance(value, str) or _is_int(value)
+    else _fail(TypeError, name, value, "None, a str or an int naming a batch")
+)  # fmt: skip
 MAX_EPOCHS = integer(1, optional=True)
 CLUSTERING = {
     "merge_threshold": real(0, optional=True),
@@ -279,7 +278,7 @@ QUERY = {
 }
 CLUSTER = {**CLUSTERING, "threshold": THRESHOLD, "key_added": key_name, "copy": flag}
 #: Parameters with nothing to check (any value works), per entry point.
-UNCHECKED = {"fit": ("progress",), "model": (), "train": ("progress",), "transform": ("progress",), "query": (),
+UNCHECKED = {"fit": ("progress",), "train": ("progress",), "transform": ("progress",), "model": (), "query": (),
              "cluster": ()}  # fmt: skip
 
 
@@ -289,16 +288,20 @@ def check_table(table: Mapping[str, Check], values: Mapping[str, object]) -> Non
         check(name, values[name])
 
 
+def check_given(table: Mapping[str, Check], func, values: Mapping[str, object]) -> None:
+    """``table``'s checks of the options ``values`` given to ``func`` by name (the CLI's), before any file is read."""
+    defaults = {n: p.default for n, p in inspect.signature(func).parameters.items()}
+    check_table(table, {**defaults, **values})
+
+
 def check_anndata(name: str, value) -> None:
     """``value`` must be an AnnData."""
-    from anndata import AnnData
-
-    if not isinstance(value, AnnData):
+    if not isinstance(value, ad.AnnData):
         msg = f"expected an AnnData for `{name}`, got {type(value).__name__} {reprlib.repr(value)}"
         raise TypeError(msg)
 
 
-def _check_n_clusters(n_clusters, n_cells: int) -> None:
+def _check_n_clusters(n_clusters, n_cells: int) -> None:  # n_clusters was checked to be None or an int
     if n_clusters is not None and n_clusters > n_cells:
         msg = f"`n_clusters` must be at most the number of cells ({n_cells}), got {n_clusters!r}"
         raise ValueError(msg)

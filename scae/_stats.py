@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from . import _backed
 
 #: Bytes of sampled rows held to take the medians of a backed matrix.
-MEDIAN_BUDGET_BYTES = 256 * 1024**2
+MEDIAN_BUDGET_BYTES = 32 * 1024**2
 
 
 def group_stats(X, labels, var_names) -> dict[str, pd.DataFrame | pd.Series]:
@@ -65,7 +65,7 @@ def _chunked_stats(X, codes: np.ndarray, present: np.ndarray, groups: list[str],
     slot[present] = np.arange(n_groups)
     row_slot = np.where(codes >= 0, slot[np.maximum(codes, 0)], -1)
     sizes = np.bincount(row_slot[row_slot >= 0], minlength=n_groups).astype(np.int64)
-    cap = int(max(100, MEDIAN_BUDGET_BYTES // (8 * n_features * max(n_groups, 1))))
+    cap = int(max(100, MEDIAN_BUDGET_BYTES // (4 * n_features * max(n_groups, 1))))
     rng = np.random.default_rng(0)
     picked = np.zeros(codes.size, dtype=bool)
     for g in range(n_groups):
@@ -80,8 +80,8 @@ def _chunked_stats(X, codes: np.ndarray, present: np.ndarray, groups: list[str],
         sums += onehot @ block.astype(np.float64)
         take = keep & picked[start : start + block.shape[0]]
         for g in np.unique(lab[take]):
-            sample[g].append(block[take & (lab == g)].astype(np.float64))
-    medians = np.stack([np.median(np.concatenate(parts), axis=0) for parts in sample])
+            sample[g].append(block[take & (lab == g)])
+    medians = np.stack([np.median(np.concatenate(parts).astype(np.float64), axis=0) for parts in sample])
     cols, idx = pd.Index([str(v) for v in var_names]), pd.Index(groups)
     return {
         "means": pd.DataFrame(sums / sizes[:, None], index=idx, columns=cols),
