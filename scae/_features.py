@@ -39,6 +39,13 @@ def standardized(values: np.ndarray, X, blocks, mean: np.ndarray, std: np.ndarra
     return out
 
 
+def absorb_features(values: np.ndarray, X, blocks, mean, std, *, units: str = "counts") -> np.ndarray:
+    """Per-cell features by which cells of rare codes join a cluster, in training and when placing new cells."""
+    if all(b.likelihood == "mse" for b in blocks):
+        return (values - np.asarray(mean, np.float32).ravel()) / np.asarray(std, np.float32).ravel()
+    return standardized(values, X, blocks, mean, std, units=units)
+
+
 def cut(
     codes: np.ndarray,
     values: np.ndarray,
@@ -57,13 +64,11 @@ def cut(
 
     ``X`` is the model's input matrix (merge features of ``mse`` models, library sizes of count blocks).
     """
+    features = absorb_features(values, X, blocks, mean, std, units=units)
     if all(b.likelihood == "mse" for b in blocks):
-        mean, std = np.asarray(mean, np.float32).ravel(), np.asarray(std, np.float32).ravel()
-        features = (values - mean) / std
-        merge_features, scale = X, cluster.common_scale(std)
+        merge_features, scale = X, cluster.common_scale(np.asarray(std, np.float32).ravel())
     else:
-        features = merge_features = standardized(values, X, blocks, mean, std, units=units)
-        scale = 1.0
+        merge_features, scale = features, 1.0
     return cluster.codes_to_clusters(
         codes,
         features,

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from . import _settings, data
+from . import _features, _settings, data
 from ._contract import stats_entries, uns_record
 from ._mapping import ClusterReference, MappingState, reference_sample
 from .train import infer, train_net
@@ -67,7 +67,7 @@ def build_mapping_state(model, labels: np.ndarray | None = None, **cluster_kwarg
         labels = model.get_clusters(**cluster_kwargs)
     out = model._infer()
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
-    features = (out["reconstruction"] - mean) / std
+    features = _features.absorb_features(out["reconstruction"], model._X, model.blocks, mean, std)
     clusters = ClusterReference.build(
         out["codes"],
         features,
@@ -227,7 +227,7 @@ def transform(
     t1 = time.perf_counter()
     out = infer(net, data.RowSource(X, model.device))
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
-    features = (out["reconstruction"] - mean) / std
+    features = _features.absorb_features(out["reconstruction"], X, model.blocks, mean, std)
     labels, by_code = state.clusters.assign(out["codes"], features)
     rec = out["reconstruction"].astype(np.float32)
     batch_trained = state.batch_categories is not None and model.weights.lambda_b > 0
