@@ -267,7 +267,10 @@ class SAUCIE:
     # ------------------------------------------------------------------ training
     def _row_source(self) -> data.RowSource:
         if self._X is None:
-            msg = "this model was loaded without data: use `scae.tl.transform(model, adata)` or `SAUCIE.load(path, adata)`"
+            msg = (
+                "this model was loaded without data: use `scae.tl.transform(model, adata)` or "
+                "`SAUCIE.load(path, adata)`"
+            )
             raise RuntimeError(msg)
         if self._source is None:
             self._source = data.make_row_source(self._X, self.device, block_rows=self.block_rows)
@@ -384,6 +387,7 @@ class SAUCIE:
             Cut the same tree of the code-cluster centres into exactly this many clusters instead of using
             ``merge_threshold`` (groups with < 1% of the cells do not count; see :func:`scae.cluster.merge_clusters`).
         """
+        _settings.check_table(_settings.CLUSTER_OPTIONS, locals())
         out = self._infer()
         return _features.cut(
             out["codes"],

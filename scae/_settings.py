@@ -43,7 +43,6 @@ def _is_real(v) -> bool:
     return _is_int(v) or isinstance(v, float | np.floating)
 
 
-# ---------------------------------------------------------------------------------------------- elementary checks
 def integer(lo: int, *, optional: bool = False, hi: int | None = None) -> Check:
     """An int ``>= lo`` (``<= hi``); bools and floats such as ``2.7`` or ``2.0`` are refused."""
     allowed = ("None or " if optional else "") + (f"an int >= {lo}" if hi is None else f"an int in [{lo}, {hi}]")
@@ -119,6 +118,12 @@ def key_name(name: str, value) -> None:
         _fail(TypeError, name, value, allowed)
     if not value or "/" in value:
         _fail(ValueError, name, value, allowed)
+
+
+def batch_name(name: str, value) -> None:
+    """``None``, a str or an int naming a batch."""
+    if value is not None and not (isinstance(value, str) or _is_int(value)):
+        _fail(TypeError, name, value, "None, a str or an int naming a batch")
 
 
 def path_or_none(name: str, value) -> None:
@@ -197,14 +202,12 @@ def gene_sets(name: str, value) -> None:
         _fail(ValueError, name, value, allowed)
 
 
-# ---------------------------------------------------------------------------------------------- tables
+#: The tables (parameter → check), one per entry point; first :class:`scae.SAUCIE` (``adata`` is checked apart).
 POSITIVE_WEIGHT = real(0)
-
-#: :class:`scae.SAUCIE` (``adata`` is checked apart).
 MODEL = {
     "layer": name_or_none,
     "batch_key": name_or_none,
-    "reference_batch": None,  # filled below
+    "reference_batch": batch_name,
     "hidden": hidden_widths,
     "n_latent": integer(1),
     "lambda_b": POSITIVE_WEIGHT,
@@ -233,12 +236,6 @@ MODEL = {
     "compile": flag,
     "block_rows": integer(1, optional=True),
 }
-
-
-MODEL["reference_batch"] = lambda name, value: (
-    None if value is None or isinstance(value, str) or _is_int(value)
-    else _fail(TypeError, name, value, "None, a str or an int naming a batch")
-)  # fmt: skip
 MAX_EPOCHS = integer(1, optional=True)
 CLUSTERING = {
     "merge_threshold": real(0, optional=True),
@@ -276,7 +273,8 @@ QUERY = {
     "key_added": key_name,
     "copy": flag,
 }
-CLUSTER = {**CLUSTERING, "threshold": THRESHOLD, "key_added": key_name, "copy": flag}
+CLUSTER_OPTIONS = {**CLUSTERING, "threshold": THRESHOLD}  # also of SAUCIE.get_clusters
+CLUSTER = {**CLUSTER_OPTIONS, "key_added": key_name, "copy": flag}
 #: Parameters with nothing to check (any value works), per entry point.
 UNCHECKED = {"fit": ("progress",), "train": ("progress",), "transform": ("progress",), "model": (), "query": (),
              "cluster": ()}  # fmt: skip

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from . import _backed, cluster
+from . import _backed, _settings, cluster
 from ._contract import stats_entries, uns_record
 from .nn.network import SAUCIENet
 from .train import INFER_CHUNK_ROWS, LossWeights, train_net
@@ -117,6 +117,14 @@ def _infer_shard(net: SAUCIENet, source) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """The settings of :mod:`scae._settings` that this entry point shares with ``scae.tl.fit``, before any work."""
+    table = {"hidden": _settings.hidden_widths, "max_epochs": _settings.integer(1), "batch_size": _settings.integer(2)}
+    table.update({k: _settings.FIT[k] for k in ("learning_rate", "lambda_b", "lambda_c", "lambda_d", "block_rows")})
+    table.update(merge_threshold=_settings.FIT["merge_threshold"], seed=_settings.FIT["random_state"])
+    _settings.check_table(table, vars(args))  # the messages name `batch_size` for --batch-size, etc.
+
+
 def run(args: argparse.Namespace) -> dict:
     """Train on this rank's shard; rank 0 writes the output. Returns rank 0's summary (``{}`` elsewhere)."""
     import anndata as ad
@@ -124,6 +132,7 @@ def run(args: argparse.Namespace) -> dict:
     from . import data
 
     t0 = time.perf_counter()
+    _check_args(args)
     rank, world, device = _setup(args.backend)
     try:
         adata = ad.read_h5ad(args.input, backed="r")

@@ -264,3 +264,10 @@ def test_model_json_missing_key_or_not_an_object(trained, tmp_path):
     (wrong / "model.json").write_text(json.dumps({**meta, "hparams": [1, 2]}))
     with pytest.raises(ValueError, match=r"wrong/model.json.*'hparams'"):
         scae.SAUCIE.load(wrong)
+
+
+def test_get_clusters_options_checked(trained):
+    with pytest.raises(TypeError, match=r"`n_clusters` must be None or an int >= 1, got '3'"):
+        trained.get_clusters(n_clusters="3")
+    with pytest.raises(ValueError, match=r"`threshold` must be a finite number in \[0, 1\), got 1.5"):
+        trained.get_clusters(threshold=1.5)
