@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from . import _backed
 
 #: Bytes of sampled rows held to take the medians of a backed matrix.
-MEDIAN_BUDGET_BYTES = 32 * 1024**2
+MEDIAN_BUDGET_BYTES = 16 * 1024**2
 
 
 def group_stats(X, labels, var_names) -> dict[str, pd.DataFrame | pd.Series]:
@@ -73,11 +73,11 @@ def _chunked_stats(X, codes: np.ndarray, present: np.ndarray, groups: list[str],
         picked[rows if rows.size <= cap else rng.choice(rows, cap, replace=False)] = True
     sums = np.zeros((n_groups, n_features))
     sample: list[list[np.ndarray]] = [[] for _ in range(n_groups)]
-    for start, block in _backed.iter_chunks(X, _backed.default_chunk_rows(n_features, budget=_backed.SCAN_BYTES)):
+    for start, block in _backed.iter_chunks(X, max(1, _backed.SCAN_BYTES // 4 // (4 * n_features))):
         lab = row_slot[start : start + block.shape[0]]
         keep = lab >= 0
-        onehot = sp.csr_matrix((np.ones(int(keep.sum())), (lab[keep], np.flatnonzero(keep))), (n_groups, lab.size))
-        sums += onehot @ block.astype(np.float64)
+        ones = np.ones(int(keep.sum()), dtype=block.dtype)  # float32 sums per chunk, float64 across chunks
+        sums += sp.csr_matrix((ones, (lab[keep], np.flatnonzero(keep))), (n_groups, lab.size)) @ block
         take = keep & picked[start : start + block.shape[0]]
         for g in np.unique(lab[take]):
             sample[g].append(block[take & (lab == g)])
