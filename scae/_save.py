@@ -127,8 +127,8 @@ def save_model(model, path, *, overwrite: bool = True) -> Path:
     from safetensors.torch import save_file as save_tensors
 
     from . import __version__
-    from ._transform import get_mapping_state
     from ._contract import versions as _versions
+    from ._transform import get_mapping_state
 
     if not model.is_trained:
         msg = "the model is not trained: call `model.train()` before `model.save()`"
