@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import data
+from . import _backed, data
 from .nn.heads import COUNT_LIKELIHOODS, LIKELIHOODS, TARGET_SUM, Block
 
 
@@ -78,12 +78,17 @@ def resolve_blocks(
     ]
 
 
-def validate_and_moments(X, blocks: list[Block], *, where: str) -> tuple[np.ndarray, np.ndarray]:
+def validate_and_moments(
+    X, blocks: list[Block], *, where: str, validate: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Check each block's values against its likelihood; per-feature moments of the encoder inputs.
 
     Count blocks must hold non-negative integers (their moments are of ``log1p`` normalized counts, the
     encoder's input), Bernoulli blocks 0/1; ``mse`` blocks get the untransformed-input warning.
+    ``validate=False`` only recomputes the moments (of data that was checked before, e.g. by the fit).
     """
+    if _backed.is_backed(X) and (len(blocks) > 1 or blocks[0].likelihood != "mse"):
+        return _backed_moments(X, blocks, where=where)
     n_features = X.shape[1]
     mean = np.zeros(n_features, dtype=np.float32)
     std = np.ones(n_features, dtype=np.float32)
@@ -92,11 +97,54 @@ def validate_and_moments(X, blocks: list[Block], *, where: str) -> tuple[np.ndar
         Xb = X if b.index is None else data.block_matrix(X, index)
         label = where if b.index is None else f"block {b.name!r} of {where}"
         if b.likelihood in COUNT_LIKELIHOODS:
-            data.validate_counts(Xb, where=label)
+            if validate:
+                data.validate_counts(Xb, where=label)
             Xb = data.log_normalize(Xb, TARGET_SUM)
+        elif not validate:
+            pass
         elif b.likelihood == "bernoulli":
             data.validate_binary(Xb, where=label)
         else:
             data.warn_if_untransformed(Xb, where=label)
         mean[index], std[index] = data.feature_moments(Xb)
     return mean, std
+
+
+def _backed_moments(X, blocks: list[Block], *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`validate_and_moments` of a backed matrix: one pass over row chunks, never the whole matrix.
+
+    Library sizes are per row, so normalizing a chunk of rows is exact; the checks count problems over the
+    whole file and report them as the in-memory checks do.
+    """
+    n, n_features = X.shape
+    s1, s2 = np.zeros(n_features), np.zeros(n_features)
+    parts = [
+        (b, np.arange(n_features) if b.index is None else np.asarray(b.index),
+         where if b.index is None else f"block {b.name!r} of {where}")
+        for b in blocks
+    ]  # fmt: skip
+    found = {label: np.zeros(2, dtype=np.int64) for _, _, label in parts}  # problems, or max |x| of mse blocks
+    vmax = dict.fromkeys(found, 0.0)
+    for _, chunk in _backed.iter_chunks(X, _backed.default_chunk_rows(n_features, budget=_backed.SCAN_BYTES)):
+        for b, index, label in parts:
+            xb = chunk if b.index is None else chunk[:, index]
+            if b.likelihood in COUNT_LIKELIHOODS:
+                found[label] += data.count_violations(xb)
+                xb = data.log_normalize(xb, TARGET_SUM)
+            elif b.likelihood == "bernoulli":
+                found[label][0] += data.binary_violations(xb)
+            elif xb.size:
+                vmax[label] = max(vmax[label], float(np.abs(xb).max()))
+            s1[index] += xb.sum(0, dtype=np.float64)
+            s2[index] += np.square(xb, dtype=np.float64).sum(0)
+    for b, _, label in parts:
+        if b.likelihood in COUNT_LIKELIHOODS:
+            data.check_counts(*found[label], where=label)
+        elif b.likelihood == "bernoulli":
+            data.check_binary(int(found[label][0]), where=label)
+        elif vmax[label] > data.LARGE_VALUE_WARNING:
+            data.logger.warning("%s has values up to %.3g: scae expects transformed data", label, vmax[label])
+    mean = s1 / n
+    std = np.sqrt(np.clip(s2 / n - mean**2, 0, None))
+    std[std < 1e-6] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _blocks, _fast, cluster, data, genesets
+from . import _blocks, _fast, _features, _settings, data, genesets
 from ._stopping import StopRule, step_budget
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.network import SAUCIENet
@@ -168,18 +168,7 @@ class SAUCIE:
         compile: bool = False,
         block_rows: int | None = None,
     ) -> None:
-        if not isinstance(adata, AnnData):
-            msg = f"expected an AnnData, got {type(adata).__name__}"
-            raise TypeError(msg)
-        checks = (("lambda_b", lambda_b), ("lambda_c", lambda_c), ("lambda_d", lambda_d), ("input_noise", input_noise))
-        checks += (("l1_activity", l1_activity), ("contractive", contractive), ("lambda_kl", lambda_kl))
-        if not 0 <= input_dropout < 1:
-            msg = f"`input_dropout` must be in [0, 1), got {input_dropout!r}"
-            raise ValueError(msg)
-        for name, value in checks:
-            if not (value >= 0 and math.isfinite(value)):
-                msg = f"`{name}` must be a finite number >= 0, got {value!r}"
-                raise ValueError(msg)
+        _settings.check_model(locals())
         self.device = data.resolve_device(device)
         default_batch = batch_size is None
         if default_batch:
@@ -187,18 +176,6 @@ class SAUCIE:
         self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
         self.compile = bool(compile)
         self.block_rows = block_rows
-        if pairwise_cells is not None and pairwise_cells < 2:
-            msg = f"`pairwise_cells` must be at least 2 (or None: all cells of a minibatch), got {pairwise_cells}"
-            raise ValueError(msg)
-        if batch_size < 2:
-            msg = f"`batch_size` must be at least 2, got {batch_size}"
-            raise ValueError(msg)
-        if batch_reconstruction not in ("zscore", "distance"):
-            msg = f"`batch_reconstruction` must be 'zscore' or 'distance', got {batch_reconstruction!r}"
-            raise ValueError(msg)
-        if learning_rate <= 0:
-            msg = f"`learning_rate` must be > 0, got {learning_rate}"
-            raise ValueError(msg)
         X = data.get_matrix(adata, layer)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         data.validate_matrix(X, where=where)
@@ -292,7 +269,10 @@ class SAUCIE:
     # ------------------------------------------------------------------ training
     def _row_source(self) -> data.RowSource:
         if self._X is None:
-            msg = "this model was loaded without data: use `scae.tl.transform(model, adata)` or `SAUCIE.load(path, adata)`"
+            msg = (
+                "this model was loaded without data: use `scae.tl.transform(model, adata)` or "
+                "`SAUCIE.load(path, adata)`"
+            )
             raise RuntimeError(msg)
         if self._source is None:
             self._source = data.make_row_source(self._X, self.device, block_rows=self.block_rows)
@@ -320,11 +300,8 @@ class SAUCIE:
         The model itself (``history`` holds the per-epoch mean of every loss term; ``runtime`` the steps,
         epochs and ``stop_reason``: ``"converged"``, ``"max_steps"`` or ``"max_epochs"``).
         """
+        _settings.check_train(max_epochs, early_stopping)
         n_cells = self._X.shape[0]
-        bad = isinstance(max_epochs, bool) or not isinstance(max_epochs, int | np.integer) or max_epochs < 1
-        if max_epochs is not None and bad:
-            msg = f"`max_epochs` must be a positive int (or None: train until converged), got {max_epochs!r}"
-            raise ValueError(msg)
         if early_stopping is None:
             early_stopping = max_epochs is None
         stop = None
@@ -431,19 +408,15 @@ class SAUCIE:
             Cut the same tree of the code-cluster centres into exactly this many clusters instead of using
             ``merge_threshold`` (groups with < 1% of the cells do not count; see :func:`scae.cluster.merge_clusters`).
         """
+        _settings.check_table(_settings.CLUSTER_OPTIONS, locals())
         out = self._infer()
-        if "standardized" in out:  # count / binary blocks: compare in the encoder's standardized units
-            features = merge_features = out["standardized"]
-            scale = 1.0
-        else:
-            mean, std = self.net.feature_mean.cpu().numpy(), self.net.feature_std.cpu().numpy()
-            features = (out["reconstruction"] - mean) / std
-            merge_features, scale = self._X, cluster.common_scale(std)
-        return cluster.codes_to_clusters(
+        return _features.cut(
             out["codes"],
-            features,
-            merge_features=merge_features,
-            merge_scale=scale,
+            out["reconstruction"],
+            self._X,
+            blocks=self.blocks,
+            mean=self.net.feature_mean.cpu().numpy(),
+            std=self.net.feature_std.cpu().numpy(),
             threshold=threshold,
             min_cluster_size=min_cluster_size,
             merge_threshold=merge_threshold,
@@ -558,16 +531,7 @@ def _restore_batch_moments(rec: np.ndarray, X, codes: np.ndarray) -> np.ndarray:
 
 
 def _gene_set_mask(adata: AnnData, gene_sets, min_genes: int, n_free_nodes: int, gene_set_layer: str):
-    """Validate the gene-set options and build the genes × sets mask (``None`` without ``gene_sets``)."""
-    if gene_set_layer not in ("encoder", "decoder"):
-        msg = f"`gene_set_layer` must be 'encoder' (GSAE) or 'decoder' (expiMap style), got {gene_set_layer!r}"
-        raise ValueError(msg)
-    if int(n_free_nodes) != n_free_nodes or n_free_nodes < 0:
-        msg = f"`n_free_nodes` must be an integer >= 0, got {n_free_nodes!r}"
-        raise ValueError(msg)
+    """The genes × sets mask (``None`` without ``gene_sets``); the options were checked by :mod:`scae._settings`."""
     if gene_sets is None:
-        if n_free_nodes:
-            msg = "`n_free_nodes` only applies together with `gene_sets`"
-            raise ValueError(msg)
         return None
     return genesets.gene_set_mask(gene_sets, adata.var_names, min_genes=min_genes)

@@ -8,7 +8,10 @@ when it is given, else not kept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +50,7 @@ class _H5Sink:
         self.file.close()
 
 
+@contextlib.contextmanager
 def finish(
     adata,
     model,
@@ -57,39 +61,62 @@ def finish(
     merge_threshold,
     n_clusters,
     min_cluster_size,
-) -> dict:
-    """Stream embedding, clusters (into ``adata``) and codes/reconstruction (into ``out_path``); return runtime."""
+    imputed_units: str = "counts",
+):
+    """Stream embedding, clusters and codes/reconstruction; yield ``embedding``, ``labels`` (categorical) and runtime.
+
+    Codes and reconstruction go to a temporary file beside ``out_path``, renamed to ``out_path`` when the
+    ``with`` block ends without error; on any error the temporary file is removed (an earlier ``out_path``
+    stays as it was). ``adata`` itself is not written here.
+    """
     t0 = time.perf_counter()
     corrected = model.batches is not None and model.weights.lambda_b > 0
     rec_key = f"{key_added}_corrected" if corrected else f"{key_added}_imputed"
-    sink = None
-    if out_path is not None:
-        n_units = int(model.hparams["hidden"][0])  # the clustering layer mirrors the first encoder layer
-        datasets = {"codes": (f"obsm/X_{key_added}_codes", n_units)}
-        if impute:
-            datasets["reconstruction"] = (f"layers/{rec_key}", model.net.feature_mean.numel())
-        sink = _H5Sink(Path(out_path), adata, datasets=datasets)
-    chunk = min(model._row_source().block_rows, INFER_CHUNK_ROWS)  # a 64 MB input block is ~450k cytometry rows
+    sink = tmp = None
     try:
-        embedding, labels = stream_outputs(
-            model.net,
-            model._row_source(),
-            chunk_size=chunk,
-            min_cluster_size=min_cluster_size,
-            merge_threshold=merge_threshold,
-            n_clusters=n_clusters,
-            sink=sink,
-            write_reconstruction=impute and sink is not None,
-        )
+        if out_path is not None:
+            out = Path(out_path)
+            fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+            os.close(fd)
+            tmp = Path(name)
+            n_units = int(model.hparams["hidden"][0])  # the clustering layer mirrors the first encoder layer
+            datasets = {"codes": (f"obsm/X_{key_added}_codes", n_units)}
+            if impute:
+                datasets["reconstruction"] = (f"layers/{rec_key}", model.net.feature_mean.numel())
+            sink = _H5Sink(tmp, adata, datasets=datasets)
+        chunk = min(model._row_source().block_rows, INFER_CHUNK_ROWS)  # a 64 MB block is ~450k cytometry rows
+        try:
+            embedding, labels = stream_outputs(
+                model.net,
+                model._row_source(),
+                chunk_size=chunk,
+                min_cluster_size=min_cluster_size,
+                merge_threshold=merge_threshold,
+                n_clusters=n_clusters,
+                sink=sink,
+                write_reconstruction=impute and sink is not None,
+                counts=imputed_units,
+            )
+        finally:
+            if sink is not None:
+                sink.close()
+        if out_path is None:
+            logger.info("backed input: codes and imputed values are not kept; pass `out_path=` to write them to a file")
+        k = int(labels.max()) + 1
+        yield {
+            "embedding": embedding,
+            "labels": pd.Categorical.from_codes(labels, categories=[str(i) for i in range(k)]),
+            "n_clusters": k,
+            "infer_cluster_s": time.perf_counter() - t0,
+        }
+        if tmp is not None:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+            os.replace(tmp, out_path)
     finally:
-        if sink is not None:
-            sink.close()
-    if out_path is None:
-        logger.info("backed input: codes and imputed values are not kept; pass `out_path=` to write them to a file")
-    adata.obsm[f"X_{key_added}"] = embedding
-    k = int(labels.max()) + 1
-    adata.obs[f"{key_added}_cluster"] = pd.Categorical.from_codes(labels, categories=[str(i) for i in range(k)])
-    return {"infer_cluster_s": time.perf_counter() - t0, "n_clusters": k, "out_path": None if out_path is None else str(out_path)}
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def write_resampled_h5ad(

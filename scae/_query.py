@@ -18,6 +18,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+from . import _settings
 from ._mapping import binarize_with
 from .cluster import pack_bits
 
@@ -174,6 +175,7 @@ def query(
     >>> scae.tl.transform(scae.SAUCIE.load("run1"), new)  # doctest: +SKIP
     >>> scae.tl.query(ref, new, k=10, transfer="cell_type")  # doctest: +SKIP
     """
+    _settings.check_query(adata_ref, adata_query, locals())
     for name, a in (("adata_ref", adata_ref), ("adata_query", adata_query)):
         for key in (codes_key, tie_break):
             if key is not None and key not in a.obsm:
@@ -181,11 +183,10 @@ def query(
                 raise ValueError(msg)
     ref_codes = np.asarray(adata_ref.obsm[codes_key])
     q_codes = np.asarray(adata_query.obsm[codes_key])
+    _settings.check_codes(ref_codes, f"adata_ref.obsm[{codes_key!r}]")
+    _settings.check_codes(q_codes, f"adata_query.obsm[{codes_key!r}]")
     if ref_codes.shape[1] != q_codes.shape[1]:
         msg = f"codes of different widths ({ref_codes.shape[1]} vs {q_codes.shape[1]}): use codes of the same model"
-        raise ValueError(msg)
-    if k < 1:
-        msg = f"`k` must be >= 1, got {k}"
         raise ValueError(msg)
     columns = [transfer] if isinstance(transfer, str) else list(transfer or [])
     for col in columns:

@@ -44,6 +44,18 @@ TORCH_WEIGHTS_NAME = "weights.pt"
 STATE_NAME = "state.safetensors"
 #: SAUCIE arguments that describe the data rather than the model; stored apart from ``hparams``.
 _DATA_ARGS = ("adata", "layer", "batch_key", "reference_batch", "device")
+#: Keys of ``model.json`` that loading reads, with the JSON types they must have.
+_REQUIRED = {
+    "format_version": (int,),
+    "hparams": (dict,),
+    "layer": (str, type(None)),
+    "batch_key": (str, type(None)),
+    "batch_categories": (list, type(None)),
+    "reference_batch": (str, type(None)),
+    "var_names": (list,),
+    "loss_weights": (dict,),
+    "clusters": (dict,),
+}
 
 
 def _jsonable(value, where: str):
@@ -115,8 +127,8 @@ def save_model(model, path, *, overwrite: bool = True) -> Path:
     from safetensors.torch import save_file as save_tensors
 
     from . import __version__
+    from ._contract import versions as _versions
     from ._transform import get_mapping_state
-    from .tl import _versions
 
     if not model.is_trained:
         msg = "the model is not trained: call `model.train()` before `model.save()`"
@@ -195,10 +207,21 @@ def read_meta(path) -> dict:
     except json.JSONDecodeError as e:
         msg = f"{js} is not valid JSON: {e}"
         raise ValueError(msg) from e
-    if meta.get("format") != FORMAT:
-        msg = f"{js} is not a scae model (format {meta.get('format')!r})"
+    if not isinstance(meta, dict):
+        msg = f"{js} must hold a JSON object (key: value pairs), got {type(meta).__name__}"
         raise ValueError(msg)
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    if meta.get("format") != FORMAT:
+        msg = f"{js} is not a scae model (key 'format' is {meta.get('format')!r}, expected {FORMAT!r})"
+        raise ValueError(msg)
+    for key, kinds in _REQUIRED.items():
+        if key not in meta:
+            msg = f"{js} is missing the key {key!r}; the model folder is incomplete or was not written by scae"
+            raise ValueError(msg)
+        if not isinstance(meta[key], kinds) or isinstance(meta[key], bool) and bool not in kinds:
+            allowed = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            msg = f"{js}: key {key!r} must be {allowed}, got {type(meta[key]).__name__} {meta[key]!r:.80}"
+            raise ValueError(msg)
+    if meta["format_version"] > FORMAT_VERSION:
         msg = f"{js} has format version {meta['format_version']}; this scae reads up to {FORMAT_VERSION}: upgrade scae"
         raise ValueError(msg)
     return meta

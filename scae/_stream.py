@@ -38,11 +38,14 @@ def stream_outputs(
     n_clusters: int | None = None,
     sink: Callable[[str, int, np.ndarray], None] | None = None,
     write_reconstruction: bool = False,
+    counts: str = "counts",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embedding ``(n, n_latent)`` and cluster labels ``(n,)`` of all rows of ``source``.
 
     ``sink("codes", start, codes)`` and, with ``write_reconstruction``, ``sink("reconstruction", start,
-    rows)`` (input units) receive the per-chunk outputs in row order.
+    rows)`` (input units; count blocks in ``counts`` units, see :meth:`SAUCIENet.predict`) receive the per-chunk
+    outputs in row order. Rare codes are absorbed and code clusters merged in the standardized units of the
+    prediction (:meth:`SAUCIENet.standardized_prediction`), as for in-memory data.
     """
     net.eval()
     n = len(source)
@@ -66,7 +69,7 @@ def stream_outputs(
         if sink is not None:
             sink("codes", start, codes)
             if write_reconstruction:
-                sink("reconstruction", start, net.to_input_units(out.reconstruction).float().cpu().numpy())
+                sink("reconstruction", start, net.predict(x, out, counts=counts).float().cpu().numpy())
         start += len(x)
     cut = threshold * np.where(unit_max > 0, unit_max, np.inf)
     # pass 2: code id per cell, per-code sums of the standardized reconstruction (absorbing rare codes)
@@ -84,7 +87,7 @@ def stream_outputs(
         ids = np.array([keys.setdefault(u, len(keys)) for u in uniq], dtype=np.int64)
         lab = ids[np.asarray(local)]
         labels[start : start + len(x)] = lab
-        feats = out.reconstruction.float().cpu().numpy()
+        feats = net.standardized_prediction(x, out).float().cpu().numpy()
         if total.shape[0] < len(keys):
             total = np.pad(total, ((0, len(keys) - total.shape[0]), (0, feats.shape[1] - total.shape[1])))
         total += label_sums(lab, feats, len(keys))
@@ -111,7 +114,7 @@ def stream_outputs(
             rows = np.flatnonzero(is_small[lab])
             if rows.size:
                 xs = x[torch.as_tensor(rows, device=x.device)]
-                feats = net(xs).reconstruction.float().cpu().numpy()
+                feats = net.standardized_prediction(xs, net(xs)).float().cpu().numpy()
                 _, nearest = tree.query(feats)
                 target = big[nearest]
                 labels[start + rows] = target

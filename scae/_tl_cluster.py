@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import cluster as _cluster
-from ._stats import group_stats
-from ._uns import writable
+from . import _blocks, _features, _settings
+from ._contract import stats_entries
 from .cluster import DEFAULT_MERGE_THRESHOLD
-from .data import feature_moments, get_matrix
+from .data import get_matrix
 
 
 def cluster(
@@ -78,6 +75,7 @@ def cluster(
     >>> adata.obs["scae_cluster"].cat.categories.size
     4
     """
+    _settings.check_cluster(adata, locals())
     codes_key, imputed_key = f"X_{key_added}_codes", f"{key_added}_imputed"
     if codes_key not in adata.obsm or key_added not in adata.uns:
         msg = f"adata.obsm[{codes_key!r}] not found: run `scae.tl.fit(adata)` first"
@@ -88,15 +86,24 @@ def cluster(
     params = adata.uns[key_added].get("params", {})
     layer = params.get("layer")
     X = get_matrix(adata, layer)
-    mean, std = feature_moments(X)
-    features = (np.asarray(adata.layers[imputed_key], dtype=np.float32) - mean) / std
-    likelihood = params.get("likelihood", "mse")
-    plain = all(v == "mse" for v in (likelihood.values() if isinstance(likelihood, Mapping) else [likelihood]))
-    labels = _cluster.codes_to_clusters(
+    blocks = _blocks.resolve_blocks(
+        adata, likelihood=params.get("likelihood", "mse"), block_key=params.get("block_key"), block_weights=None
+    )
+    mean, std = _blocks.validate_and_moments(X, blocks, where="input", validate=False)
+    corrected_key = f"{key_added}_corrected"
+    values, units = recut_values(
+        adata.layers[corrected_key] if corrected_key in adata.layers else None,
+        adata.layers[imputed_key],
+        params.get("imputed_units", "counts"),
+    )
+    labels = _features.cut(
         np.asarray(adata.obsm[codes_key]),
-        features,
-        merge_features=X if plain else features,
-        merge_scale=_cluster.common_scale(std) if plain else 1.0,
+        np.asarray(values, dtype=np.float32),
+        X,
+        blocks=blocks,
+        mean=mean,
+        std=std,
+        units=units,
         threshold=threshold,
         min_cluster_size=min_cluster_size,
         merge_threshold=merge_threshold,
@@ -114,6 +121,20 @@ def cluster(
     }
     cluster_stats(adata, layer=layer, key_added=key_added)
     return adata if copy else None
+
+
+def recut_values(corrected, imputed, imputed_units: str, fallback=None):
+    """The reconstruction that clusters are cut on, and the units of its count blocks.
+
+    The batch-corrected layer when there is one (every batch in the reference's units, the network's own
+    output, in expected counts), else the imputed layer (in ``imputed_units``); ``fallback`` (expected counts)
+    when a fit keeps neither.
+    """
+    if corrected is not None:
+        return corrected, "counts"
+    if imputed is not None:
+        return imputed, imputed_units
+    return fallback, "counts"
 
 
 def cluster_stats(
@@ -151,7 +172,9 @@ def cluster_stats(
     ``cluster_sizes``
         Cells per cluster (int array, same order as the frames' rows).
     ``cluster_stats_params``
-        ``{"groupby": ..., "layer": ...}``.
+        ``{"groupby": ..., "layer": ..., "median_sample": ...}`` (``median_sample``: 0 when the medians are of
+        all cells; for a backed AnnData the most cells per cluster they were taken from, see
+        :func:`scae._stats.group_stats`).
 
     Examples
     --------
@@ -167,11 +190,7 @@ def cluster_stats(
         msg = f"adata.obs[{groupby!r}] not found;{hint or ' pass an existing obs column as `groupby`'}"
         raise KeyError(msg)
     X = get_matrix(adata, layer)
-    stats = group_stats(X, adata.obs[groupby].to_numpy(), adata.var_names)
+    stats = stats_entries(X, adata.obs[groupby].values, adata.var_names, groupby=groupby, layer=layer)
     adata = adata.copy() if copy else adata
-    out = adata.uns.setdefault(key_added, {})
-    out["cluster_means"] = writable(stats["means"])
-    out["cluster_medians"] = writable(stats["medians"])
-    out["cluster_sizes"] = np.asarray(stats["sizes"].to_numpy(), dtype=np.int64)
-    out["cluster_stats_params"] = {"groupby": groupby, "layer": "X" if layer is None else layer}
+    adata.uns.setdefault(key_added, {}).update(stats)
     return adata if copy else None

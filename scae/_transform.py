@@ -13,9 +13,9 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from . import data
+from . import _features, _settings, data
+from ._contract import stats_entries, uns_record
 from ._mapping import ClusterReference, MappingState, reference_sample
-from ._uns import writable
 from .train import infer, train_net
 
 logger = logging.getLogger("scae")
@@ -67,7 +67,7 @@ def build_mapping_state(model, labels: np.ndarray | None = None, **cluster_kwarg
         labels = model.get_clusters(**cluster_kwargs)
     out = model._infer()
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
-    features = (out["reconstruction"] - mean) / std
+    features = _features.absorb_features(out["reconstruction"], model._X, model.blocks, mean, std)
     clusters = ClusterReference.build(
         out["codes"],
         features,
@@ -200,14 +200,7 @@ def transform(
     True
     """
     params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
-    from .tl import _versions
-
-    if not getattr(model, "is_trained", False):
-        msg = "the model is not trained: train it (`model.train()`) or load a trained one (`scae.SAUCIE.load`)"
-        raise ValueError(msg)
-    if fine_tune_epochs < 0:
-        msg = f"`fine_tune_epochs` must be >= 0, got {fine_tune_epochs}"
-        raise ValueError(msg)
+    _settings.check_transform(model, adata, params)
     t0 = time.perf_counter()
     view = align_var_names(adata, model.var_names)
     X = data.get_matrix(view, model.layer)
@@ -234,7 +227,7 @@ def transform(
     t1 = time.perf_counter()
     out = infer(net, data.RowSource(X, model.device))
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
-    features = (out["reconstruction"] - mean) / std
+    features = _features.absorb_features(out["reconstruction"], X, model.blocks, mean, std)
     labels, by_code = state.clusters.assign(out["codes"], features)
     rec = out["reconstruction"].astype(np.float32)
     batch_trained = state.batch_categories is not None and model.weights.lambda_b > 0
@@ -245,30 +238,35 @@ def transform(
         imputed = _restore_batch_moments(rec, X, batch_codes) if batch_trained or fine_tune_epochs > 0 else rec
 
     cols = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
+    n_clusters = state.clusters.n_clusters
+    cluster_labels = pd.Categorical(labels.astype(str), categories=[str(i) for i in range(n_clusters)])
+    record = uns_record(
+        mode="transform",
+        params=params,
+        history=history,
+        seed=random_state,
+        device=model.device,
+        runtime={"fine_tune_s": t1 - t0, "infer_s": time.perf_counter() - t1},
+        n_clusters=n_clusters,
+        input_sparse=sp.issparse(X),
+        n_by_code=int(by_code.sum()),
+        batch_categories=state.batch_categories,
+        reference_batch=state.reference_batch,
+        blocks=model.hparams.get("blocks") if model.hparams.get("block_key") is not None else None,
+        gene_sets=model.gene_set_names or None,
+    )
+    record.update(stats_entries(X, cluster_labels, model.var_names, groupby=f"{key_added}_cluster", layer=model.layer))
+    record["runtime"]["total_s"] = time.perf_counter() - t0
+
     adata = adata.copy() if copy else adata
     adata.obsm[f"X_{key_added}"] = out["embedding"].astype(np.float32)
     adata.obsm[f"X_{key_added}_codes"] = out["codes"].astype(np.float32)
-    n_clusters = state.clusters.n_clusters
-    adata.obs[f"{key_added}_cluster"] = pd.Categorical(
-        labels.astype(str), categories=[str(i) for i in range(n_clusters)]
-    )
+    adata.obs[f"{key_added}_cluster"] = cluster_labels
     if imputed is not None:
         adata.layers[f"{key_added}_imputed"] = _in_adata_order(imputed, cols, adata.n_vars)
     if batch_trained or fine_tune_epochs > 0:
         adata.layers[f"{key_added}_corrected"] = _in_adata_order(rec, cols, adata.n_vars)
-    adata.uns[key_added] = {
-        "params": writable({k: v for k, v in params.items() if v is not None}),
-        "mapped": True,
-        "versions": _versions(),
-        "device": str(model.device),
-        "runtime": {"fine_tune_s": t1 - t0, "infer_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0},
-        "n_clusters": n_clusters,
-        "n_by_code": int(by_code.sum()),
-        "history": writable({k: np.asarray(v, dtype=np.float64) for k, v in history.items()}),
-    }
-    if state.batch_categories is not None:
-        adata.uns[key_added]["batch_categories"] = list(state.batch_categories)
-        adata.uns[key_added]["reference_batch"] = state.reference_batch
+    adata.uns[key_added] = record
     logger.info(
         "scae transform: %d cells, %d by code, %d by nearest code centroid (%.1fs)",
         adata.n_obs, int(by_code.sum()), int((~by_code).sum()), time.perf_counter() - t0,

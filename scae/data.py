@@ -92,17 +92,20 @@ def feature_moments(X) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def validate_counts(X, *, where: str) -> None:
-    """Raise ``ValueError`` unless every entry is a non-negative integer (NB/ZINB need raw counts)."""
+def count_violations(X) -> tuple[int, int]:
+    """Numbers of negative and of non-integer entries of ``X`` (dense or sparse, in memory)."""
     values = X.data if sp.issparse(X) else np.asarray(X)
-    n_neg = int(np.count_nonzero(values < 0))
+    return int(np.count_nonzero(values < 0)), int(np.count_nonzero(values != np.round(values)))
+
+
+def check_counts(n_neg: int, n_frac: int, *, where: str) -> None:
+    """Raise ``ValueError`` for negative or non-integer entries (NB/ZINB need raw counts)."""
     if n_neg:
         msg = (
             f"{where} has {n_neg} negative values, but a count likelihood ('nb'/'zinb') needs raw non-negative "
             "integer counts; pass `layer=` naming the raw counts, or use likelihood='mse' for transformed data"
         )
         raise ValueError(msg)
-    n_frac = int(np.count_nonzero(values != np.round(values)))
     if n_frac:
         msg = (
             f"{where} has {n_frac} non-integer values, but a count likelihood ('nb'/'zinb') needs raw integer "
@@ -111,17 +114,34 @@ def validate_counts(X, *, where: str) -> None:
         raise ValueError(msg)
 
 
-def validate_binary(X, *, where: str) -> None:
-    """Raise ``ValueError`` unless every entry is 0 or 1 (the Bernoulli likelihood)."""
+def validate_counts(X, *, where: str) -> None:
+    """Raise ``ValueError`` unless every entry is a non-negative integer (NB/ZINB need raw counts)."""
+    check_counts(*count_violations(X), where=where)
+
+
+def binary_violations(X) -> int:
+    """Number of entries of ``X`` other than 0 and 1."""
     values = X.data if sp.issparse(X) else np.asarray(X)
-    n_bad = int(np.count_nonzero((values != 0) & (values != 1)))
+    return int(np.count_nonzero((values != 0) & (values != 1)))
+
+
+def check_binary(n_bad: int, *, where: str) -> None:
+    """Raise ``ValueError`` when ``n_bad`` entries are not 0/1 (the Bernoulli likelihood)."""
     if n_bad:
         msg = f"{where} has {n_bad} values other than 0 and 1, but the 'bernoulli' likelihood needs binary data"
         raise ValueError(msg)
 
 
+def validate_binary(X, *, where: str) -> None:
+    """Raise ``ValueError`` unless every entry is 0 or 1 (the Bernoulli likelihood)."""
+    check_binary(binary_violations(X), where=where)
+
+
 def library_size(X) -> np.ndarray:
-    """Total count per cell (row sums, float64), without densifying sparse input."""
+    """Total count per cell (row sums, float64), without densifying sparse input; backed input by row chunks."""
+    if _backed.is_backed(X):
+        rows = _backed.default_chunk_rows(X.shape[1], budget=_backed.SCAN_BYTES)
+        return np.concatenate([block.sum(1, dtype=np.float64) for _, block in _backed.iter_chunks(X, rows)])
     return np.asarray(X.sum(1), dtype=np.float64).ravel()
 
 

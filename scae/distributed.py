@@ -37,9 +37,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from . import _backed, cluster
+from . import _backed, _settings, cluster
+from ._contract import stats_entries, uns_record
 from ._stopping import StopRule, step_budget
-from ._uns import writable
 from .nn.network import SAUCIENet
 from .train import INFER_CHUNK_ROWS, LossWeights, train_net
 
@@ -118,6 +118,14 @@ def _infer_shard(net: SAUCIENet, source) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """The settings of :mod:`scae._settings` that this entry point shares with ``scae.tl.fit``, before any work."""
+    table = {"hidden": _settings.hidden_widths, "max_epochs": _settings.integer(1), "batch_size": _settings.integer(2)}
+    table.update({k: _settings.FIT[k] for k in ("learning_rate", "lambda_b", "lambda_c", "lambda_d", "block_rows")})
+    table.update(merge_threshold=_settings.FIT["merge_threshold"], seed=_settings.FIT["random_state"])
+    _settings.check_table(table, vars(args))  # the messages name `batch_size` for --batch-size, etc.
+
+
 def run(args: argparse.Namespace) -> dict:
     """Train on this rank's shard; rank 0 writes the output. Returns rank 0's summary (``{}`` elsewhere)."""
     import anndata as ad
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     from . import data
 
     t0 = time.perf_counter()
+    _check_args(args)
     rank, world, device = _setup(args.backend)
     try:
         adata = ad.read_h5ad(args.input, backed="r")
@@ -194,14 +203,14 @@ def run(args: argparse.Namespace) -> dict:
             merge_scale=cluster.common_scale(std),
             merge_threshold=args.merge_threshold,
         )
-        summary = _write(adata, args, out, labels, mean, std, result, world, device, t_train, t0)
+        summary = _write(adata, X, batches, args, out, labels, mean, std, result, world, device, t_train, t0)
         return summary
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _write(adata, args, out, labels, mean, std, result, world, device, t_train, t0) -> dict:
+def _write(adata, X, batches, args, out, labels, mean, std, result, world, device, t_train, t0) -> dict:
     import anndata as ad
     import pandas as pd
 
@@ -220,22 +229,31 @@ def _write(adata, args, out, labels, mean, std, result, world, device, t_train, 
     history = result.history
     runtime = {
         "train_s": t_train,
-        "total_s": time.perf_counter() - t0,
         "epochs": result.epochs,
         "steps": result.steps,
         "stop_reason": result.stop_reason,
         "train_cells_per_s": result.steps * args.batch_size / t_train,
     }
-    res.uns["scae"] = {
-        "params": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(args).items() if v is not None},
-        "history": writable({k: np.asarray(v) for k, v in history.items()}),
-        "world_size": world,
-        "device": str(device),
-        "runtime": runtime,
-        "n_clusters": k,
-    }
+    record = uns_record(
+        mode="distributed",
+        params={name: (list(v) if isinstance(v, tuple | list) else v) for name, v in vars(args).items()},
+        history=history,
+        seed=args.seed,
+        device=device,
+        runtime=runtime,
+        n_clusters=k,
+        input_sparse=getattr(X, "format", None) == "csr",
+        out_path=args.output,
+        world_size=world,
+        batch_categories=None if batches is None else batches.categories,
+        reference_batch=None if batches is None else batches.categories[batches.reference],
+    )
+    labels = res.obs["scae_cluster"].values
+    record.update(stats_entries(X, labels, adata.var_names, groupby="scae_cluster", layer=args.layer))
+    record["runtime"]["total_s"] = time.perf_counter() - t0
+    res.uns["scae"] = record
     _write_atomic(res, Path(args.output))
-    return {"world_size": world, "loss": history["total"][-1], "n_clusters": k, **runtime}
+    return {"world_size": world, "loss": history["total"][-1], "n_clusters": k, **record["runtime"]}
 
 
 def build_parser() -> argparse.ArgumentParser:

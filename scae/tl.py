@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
 import numpy as np
@@ -15,13 +13,13 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from . import genesets
+from . import _features, _settings, genesets
+from ._contract import stats_entries, uns_record
 from ._model import SAUCIE
 from ._query import query
-from ._tl_cluster import cluster, cluster_stats
+from ._tl_cluster import cluster, cluster_stats, recut_values
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
 from ._transform import build_mapping_state, transform
-from ._uns import writable
 from .cluster import DEFAULT_MERGE_THRESHOLD
 
 __all__ = [
@@ -36,16 +34,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("scae")
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("scae", "torch", "anndata", "scanpy", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
 
 
 def fit(
@@ -210,6 +198,7 @@ def fit(
     >>> adata.obs["scae_cluster"].cat.categories.size > 1
     True
     """
+    _settings.check_fit(locals())
     params = dict(locals())
     params.pop("adata")
     params["hidden"] = list(hidden)
@@ -221,12 +210,6 @@ def fit(
     if block_weights is not None:
         params["block_weights"] = dict(block_weights)
     backed = bool(getattr(adata, "isbacked", False))
-    if backed and copy:
-        msg = "`copy=True` is not supported for a backed AnnData; results are written into it (and `out_path`)"
-        raise ValueError(msg)
-    if out_path is not None and not backed:
-        msg = "`out_path` is only used with a backed AnnData (`anndata.read_h5ad(path, backed='r')`)"
-        raise ValueError(msg)
     t0 = time.perf_counter()
     model = SAUCIE(
         adata,
@@ -264,32 +247,43 @@ def fit(
         _check_output_memory(model, impute=impute)
     model.train(max_epochs, progress=progress, early_stopping=early_stopping)
     if backed:
-        return _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size)
+        return _finish_backed(
+            adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size
+        )
     # the model's own output arrays go into adata without copies (the model is dropped at the end), so
     # peak memory is one set of outputs: codes alone are n_cells × hidden[0] float32
     outputs = model._infer()
     embedding, codes = outputs["embedding"], outputs["codes"]
-    t_cluster = time.perf_counter()
-    labels = model.get_clusters(merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size)
-    t_cluster = time.perf_counter() - t_cluster
     imputed = model._reconstruction(corrected=False, counts=imputed_units) if impute else None
     corrected = model._reconstruction(corrected=True, counts="counts") if batch_key is not None else None
     if corrected is not None and corrected is imputed:  # two layers must not share one array
         corrected = corrected.copy()
+    t_cluster = time.perf_counter()
+    # cut on the layer that scae.tl.cluster re-cuts later, so that it reproduces these labels exactly
+    values, units = recut_values(corrected, imputed, imputed_units, fallback=outputs["reconstruction"])
+    labels = _features.cut(
+        codes, values, model._X, blocks=model.blocks, mean=model.net.feature_mean.cpu().numpy(),
+        std=model.net.feature_std.cpu().numpy(), units=units, merge_threshold=merge_threshold, n_clusters=n_clusters,
+        min_cluster_size=min_cluster_size,
+    )  # fmt: skip
+    t_cluster = time.perf_counter() - t_cluster
     if save_model is not None:
         model.mapping_state = build_mapping_state(
             model, labels, merge_threshold=merge_threshold, n_clusters=n_clusters, min_cluster_size=min_cluster_size
         )
         model.save(save_model)
     activities = model.get_gene_set_activities() if gene_sets is not None else None
+    n_clusters_found = int(labels.max()) + 1
+    cluster_labels = pd.Categorical(labels.astype(str), categories=[str(i) for i in range(n_clusters_found)])
+    runtime = dict(model.runtime, cluster_s=t_cluster)
+    record = _uns_record(model, "memory", params, runtime, n_clusters_found, block_key=block_key)
+    record.update(stats_entries(model._X, cluster_labels, adata.var_names, groupby=f"{key_added}_cluster", layer=layer))
+    runtime["total_s"] = record["runtime"]["total_s"] = time.perf_counter() - t0
 
     adata = adata.copy() if copy else adata
     adata.obsm[f"X_{key_added}"] = embedding
     adata.obsm[f"X_{key_added}_codes"] = codes
-    n_clusters_found = int(labels.max()) + 1
-    adata.obs[f"{key_added}_cluster"] = pd.Categorical(
-        labels.astype(str), categories=[str(i) for i in range(n_clusters_found)]
-    )
+    adata.obs[f"{key_added}_cluster"] = cluster_labels
     if imputed is not None:
         adata.layers[f"{key_added}_imputed"] = imputed
     if corrected is not None:
@@ -297,27 +291,7 @@ def fit(
     if activities is not None:
         adata.obsm[f"X_{key_added}_genesets"] = activities
         adata.varm[f"{key_added}_gene_set_weights"] = model.get_gene_set_weights().to_numpy(np.float32)
-    runtime = dict(model.runtime)
-    runtime["cluster_s"] = t_cluster
-    runtime["total_s"] = time.perf_counter() - t0
-    adata.uns[key_added] = {
-        "params": writable(params),
-        "history": writable({k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()}),
-        "versions": _versions(),
-        "seed": int(random_state),
-        "device": str(model.device),
-        "runtime": runtime,
-        "n_clusters": n_clusters_found,
-        "input_sparse": bool(sp.issparse(model._X)),
-    }
-    if block_key is not None:
-        adata.uns[key_added]["blocks"] = writable(model.hparams["blocks"])
-    if model.batches is not None:
-        adata.uns[key_added]["batch_categories"] = list(model.batches.categories)
-        adata.uns[key_added]["reference_batch"] = model.batches.categories[model.batches.reference]
-    if activities is not None:
-        adata.uns[key_added]["gene_sets"] = model.gene_set_names
-    cluster_stats(adata, layer=layer, key_added=key_added)
+    adata.uns[key_added] = record
     logger.info(
         "scae: %d clusters; added obsm %r, %r, obs %r, layers%s, uns %r (%.1fs)",
         n_clusters_found,
@@ -368,11 +342,37 @@ def _check_output_memory(model: SAUCIE, *, impute: bool) -> None:
         raise MemoryError(msg)
 
 
-def _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size):
-    """Outputs of a backed fit, streamed chunk by chunk (see :mod:`scae._outofcore`)."""
+def _uns_record(model, mode: str, params: dict, runtime: dict, n_clusters: int, *, block_key, out_path=None) -> dict:
+    """``uns[key_added]`` of a fit (see :mod:`scae._contract`), without the cluster statistics."""
+    batches = model.batches
+    return uns_record(
+        mode=mode,
+        params=params,
+        history=model.history,
+        seed=params["random_state"],
+        device=model.device,
+        runtime=runtime,
+        n_clusters=n_clusters,
+        input_sparse=sp.issparse(model._X) or getattr(model._X, "format", None) == "csr",
+        out_path=out_path,
+        batch_categories=None if batches is None else batches.categories,
+        reference_batch=None if batches is None else batches.categories[batches.reference],
+        blocks=model.hparams["blocks"] if block_key is not None else None,
+        gene_sets=model.gene_set_names or None,
+    )
+
+
+def _finish_backed(
+    adata, model, params, t0, key_added, impute, out_path, merge_threshold, n_clusters, min_cluster_size
+):
+    """Outputs of a backed fit, streamed chunk by chunk (see :mod:`scae._outofcore`).
+
+    ``out_path`` is written to a temporary file beside it and renamed once everything else succeeded; ``adata``
+    receives its outputs only then, so a failure leaves neither a partial ``out_path`` nor a changed ``adata``.
+    """
     from ._outofcore import finish
 
-    info = finish(
+    with finish(
         adata,
         model,
         key_added=key_added,
@@ -381,18 +381,17 @@ def _finish_backed(adata, model, params, t0, key_added, impute, out_path, merge_
         merge_threshold=merge_threshold,
         n_clusters=n_clusters,
         min_cluster_size=min_cluster_size,
-    )
-    runtime = dict(model.runtime, infer_cluster_s=info["infer_cluster_s"], total_s=time.perf_counter() - t0)
-    adata.uns[key_added] = {
-        "params": writable(params),
-        "history": writable({k: np.asarray(v, dtype=np.float64) for k, v in model.history.items()}),
-        "versions": _versions(),
-        "seed": int(params["random_state"]),
-        "device": str(model.device),
-        "runtime": runtime,
-        "n_clusters": info["n_clusters"],
-        "backed": True,
-        "out_path": info["out_path"] or "",
-    }
-    logger.info("scae (backed): %d clusters in %.1fs", info["n_clusters"], runtime["total_s"])
+        imputed_units=params["imputed_units"],
+    ) as info:
+        runtime = dict(model.runtime, infer_cluster_s=info["infer_cluster_s"])
+        record = _uns_record(model, "backed", params, runtime, info["n_clusters"], block_key=params["block_key"],
+                             out_path=out_path)  # fmt: skip
+        stats = stats_entries(model._X, info["labels"], adata.var_names, groupby=f"{key_added}_cluster",
+                              layer=params["layer"])  # fmt: skip
+        record.update(stats)
+        record["runtime"]["total_s"] = time.perf_counter() - t0
+    adata.obsm[f"X_{key_added}"] = info["embedding"]
+    adata.obs[f"{key_added}_cluster"] = info["labels"]
+    adata.uns[key_added] = record
+    logger.info("scae (backed): %d clusters in %.1fs", info["n_clusters"], record["runtime"]["total_s"])
     return None

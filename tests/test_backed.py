@@ -134,3 +134,61 @@ def test_backed_memory_cap_fast(tmp_path, data_dir):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_backed_memory_cap_large(tmp_path, data_dir, sparse):
     _fit_under_cap(tmp_path, data_dir, 50_000, 6, sparse)
+
+
+@pytest.fixture(scope="module")
+def count_file(tmp_path_factory, data_dir):
+    """3,000 rows of real CellBench counts (singlets × their 300 most expressed genes, tiled), CSR on disk."""
+    a = scae.datasets.cellbench(data_dir)
+    a = a[a.obs["demuxlet_cls"].astype(str) != "DBL"]
+    top = np.sort(np.argsort(-np.asarray(a.X.sum(0)).ravel())[:300])
+    X = sp.csr_matrix(a.X[:, top], dtype=np.float32)
+    reps = -(-3000 // X.shape[0])
+    counts = ad.AnnData(sp.vstack([X] * reps).tocsr()[:3000], var=a.var.iloc[top][[]])
+    counts.obs_names = [f"c{i}" for i in range(counts.n_obs)]
+    path = tmp_path_factory.mktemp("counts") / "counts.h5ad"
+    counts.write_h5ad(path)
+    return path, counts
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb"])
+def test_backed_count_likelihood_streams_chunks(count_file, tmp_path, monkeypatch, likelihood):
+    path, counts = count_file
+    largest = []
+    read_rows = scae._backed.read_rows
+
+    def spy(X, start, stop):
+        largest.append(stop - start)
+        return read_rows(X, start, stop)
+
+    monkeypatch.setattr(scae._backed, "read_rows", spy)
+    monkeypatch.setattr(scae._backed, "SCAN_BYTES", 256 * 300 * 4)  # checks and moments in 256-row chunks
+    backed = ad.read_h5ad(path, backed="r")
+    kw = {"likelihood": likelihood, "hidden": (32, 16), "random_state": 0}
+    scae.tl.fit(backed, max_epochs=1, block_rows=1024, out_path=str(tmp_path / "out.h5ad"), progress=False, **kw)
+    assert max(largest) <= 1024 < counts.n_obs  # never the whole matrix at once
+    assert backed.uns["scae"]["params"]["likelihood"] == likelihood
+    assert np.isfinite(backed.uns["scae"]["history"]["total"]).all()
+    imputed = ad.read_h5ad(tmp_path / "out.h5ad").layers["scae_imputed"]
+    library = np.asarray(counts.X.sum(1)).ravel()
+    np.testing.assert_allclose(imputed.sum(1), library, rtol=1e-3)  # expected counts at each cell's library size
+    # the chunked moments of log1p-normalized counts are those of the in-memory model
+    backed_model = scae.SAUCIE(backed, block_rows=1024, **kw)
+    memory_model = scae.SAUCIE(counts, **kw)
+    for name in ("feature_mean", "feature_std"):
+        got, want = getattr(backed_model.net, name), getattr(memory_model.net, name)
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    backed.file.close()
+
+
+def test_backed_count_checks_name_the_problem(tmp_path, count_file):
+    _, counts = count_file
+    bad = counts.copy()
+    bad.X = bad.X.toarray()
+    bad.X[2500, 3] = 0.5
+    bad.write_h5ad(tmp_path / "bad.h5ad")
+    backed = ad.read_h5ad(tmp_path / "bad.h5ad", backed="r")
+    with pytest.raises(ValueError, match="adata.X has 1 non-integer values"):
+        scae.tl.fit(backed, likelihood="nb", max_epochs=1, progress=False)
+    assert "scae" not in backed.uns
+    backed.file.close()

@@ -97,6 +97,8 @@ def test_config_errors(split, tmp_path, capsys):
         "type.toml": ('max_epochs = "4"\n', "'max_epochs' must be int | None, got str"),
         "list.yaml": ("hidden: [64, x]\n", "'hidden' must be Sequence[int]"),
         "copy.yaml": ("copy: true\n", "unknown key 'copy'"),
+        "range.toml": ("hidden = [64, 0, 16]\n", "`hidden` must be a non-empty sequence of positive ints, got [64, 0"),
+        "small.yaml": ("batch_size: 1\n", "`batch_size` must be None or an int >= 2, got 1"),
         "broken.yaml": ("hidden: [64\n", "cannot parse config file"),
         "top.yaml": ("- 1\n- 2\n", "must hold key = value pairs"),
         "params.json": ("{}", "must end in .toml, .yaml or .yml"),

@@ -107,3 +107,32 @@ def test_names_with_slashes_survive_write_h5ad(small, tmp_path):
     assert list(b.uns["scae"]["batch_categories"]) == ["d/1", "d/2"]  # values keep theirs too
     np.testing.assert_allclose(b.uns["scae"]["cluster_means"].to_numpy(), info["cluster_means"].to_numpy())
     scae.pl.clusters(b, show=False)
+
+
+@pytest.fixture(scope="module")
+def counts(data_dir):
+    """300 real CellBench singlets × their 300 most expressed genes: raw counts (CSR)."""
+    a = scae.datasets.cellbench(data_dir)
+    a = a[a.obs["demuxlet_cls"].astype(str) != "DBL"]
+    a = a[np.sort(np.random.default_rng(0).choice(a.n_obs, 300, replace=False))]
+    top = np.argsort(-np.asarray(a.X.sum(0)).ravel())[:300]
+    return a[:, np.sort(top)].copy()
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "extra"),
+    [("mse", {}), ("nb", {}), ("zinb", {}), ("nb", {"imputed_units": "normalized"}), ("zinb", {"batch_key": "batch"})],
+)
+def test_recluster_reproduces_fit_for_every_likelihood(counts, likelihood, extra):
+    a = counts.copy()
+    if likelihood == "mse":  # continuous input: log1p of counts per 10,000
+        sc_norm = np.asarray(a.X.sum(1)).ravel()
+        a.X = np.log1p(a.X.toarray() / sc_norm[:, None] * 1e4).astype(np.float32)
+    kw = {"hidden": (64, 32, 16), "max_epochs": 3, "random_state": 0, "progress": False, **extra}
+    for cut in ({"merge_threshold": None}, {"n_clusters": 3}):
+        scae.tl.fit(a, likelihood=likelihood, min_cluster_size=5, **cut, **kw)
+        fitted = a.obs["scae_cluster"].to_numpy()
+        n_codes = len(np.unique(scae.cluster.hash_codes(scae.cluster.binarize(a.obsm["X_scae_codes"]))))
+        assert n_codes > len(set(fitted)) > 1  # rare codes were absorbed (and merged): the features matter
+        again = scae.tl.cluster(a, min_cluster_size=5, copy=True, **cut)
+        np.testing.assert_array_equal(again.obs["scae_cluster"].to_numpy(), fitted)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from scae.distributed import shard_bounds
+from scae.distributed import build_parser, run, shard_bounds
 
 ARGS = ["--max-epochs", "10", "--hidden", "64", "32", "16", "--batch-size", "256", "--seed", "0"]
 
@@ -55,3 +56,15 @@ def test_torchrun_two_processes_matches_single(tmp_path, levine):
     own = np.mean([np.corrcoef(X[i], rec[i])[0, 1] for i in range(0, levine.n_obs, 10)])
     other = np.mean([np.corrcoef(X[i], rec[(i + 1500) % levine.n_obs])[0, 1] for i in range(0, levine.n_obs, 10)])
     assert own > 0.8 and own > other + 0.1
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--hidden", "64", "0"], "`hidden` must be a non-empty sequence of positive ints, got [64, 0]"),
+    (["--batch-size", "1"], "`batch_size` must be an int >= 2, got 1"),
+    (["--max-epochs", "0"], "`max_epochs` must be an int >= 1, got 0"),
+    (["--lambda-c", "nan"], "`lambda_c` must be a finite number >= 0, got nan"),
+])  # fmt: skip
+def test_bad_settings_refused_before_reading(tmp_path, flags, message):
+    args = build_parser().parse_args([str(tmp_path / "missing.h5ad"), str(tmp_path / "out.h5ad"), *flags])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run(args)  # the input does not exist: the settings are checked before it is opened

@@ -175,3 +175,16 @@ def test_transform_new_batch_with_fine_tuning(fitted, cyto, guard):
     with pytest.raises(ValueError, match="not trained"):
         scae.tl.transform(untrained, plain)
     check()
+
+
+def test_transform_of_training_cells_reproduces_fit_for_counts(data_dir, tmp_path):
+    """Count models: new cells are placed by the features the fit clustered on (standardized log1p prediction)."""
+    a = scae.datasets.cellbench(data_dir)
+    a = a[a.obs["demuxlet_cls"].astype(str) != "DBL"]
+    a = a[np.sort(np.random.default_rng(0).choice(a.n_obs, 300, replace=False))]
+    a = a[:, np.sort(np.argsort(-np.asarray(a.X.sum(0)).ravel())[:300])].copy()
+    scae.tl.fit(a, likelihood="nb", save_model=tmp_path / "nb", min_cluster_size=30, **{**FIT, "max_epochs": 3})
+    again = a.copy()
+    scae.tl.transform(scae.SAUCIE.load(tmp_path / "nb"), again)
+    assert again.uns["scae"]["n_by_code"] < a.n_obs  # some cells go the nearest-centroid way
+    assert (again.obs["scae_cluster"] == a.obs["scae_cluster"]).all()

@@ -1,0 +1,107 @@
+"""The one writer of ``uns[key_added]``: the same top-level keys on every path.
+
+In-memory fits, backed fits, torchrun fits (:mod:`scae.distributed`) and ``scae.tl.transform`` all build
+their ``uns`` entry with :func:`uns_record` and add the cluster statistics of :func:`stats_entries`, so a
+reader finds the same keys whatever produced the AnnData (see ``UNS_KEYS``). Keys that only apply to some
+runs are still written with a neutral value (``out_path`` ``""``, ``n_by_code`` ``-1`` for fits,
+``world_size`` 1 outside torchrun); keys that follow from the options (``batch_categories`` and
+``reference_batch`` with batches, ``blocks`` with ``block_key``, ``gene_sets`` with gene sets) are written
+exactly when the option was used, on every path.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+
+from ._stats import group_stats
+from ._uns import writable
+
+#: Top-level keys of ``uns[key_added]`` that every path writes.
+UNS_KEYS = (
+    "params", "history", "versions", "seed", "device", "runtime", "mode", "n_clusters", "input_sparse", "backed",
+    "out_path", "world_size", "mapped", "n_by_code", "cluster_means", "cluster_medians", "cluster_sizes",
+    "cluster_stats_params",
+)  # fmt: skip
+#: What produced the AnnData: ``uns[key]["mode"]``.
+MODES = ("memory", "backed", "distributed", "transform")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape the results."""
+    out = {"python": platform.python_version()}
+    for pkg in ("scae", "torch", "anndata", "scanpy", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def uns_record(
+    *,
+    mode: str,
+    params: dict,
+    history: dict,
+    seed: int,
+    device,
+    runtime: dict,
+    n_clusters: int,
+    input_sparse: bool,
+    out_path=None,
+    world_size: int = 1,
+    n_by_code: int = -1,
+    batch_categories=None,
+    reference_batch=None,
+    blocks: dict | None = None,
+    gene_sets: list[str] | None = None,
+) -> dict:
+    """``uns[key_added]`` without the cluster statistics (add :func:`stats_entries`); see the module docstring."""
+    if mode not in MODES:
+        msg = f"`mode` must be one of {MODES}, got {mode!r}"
+        raise ValueError(msg)
+    record = {
+        "params": writable({k: v for k, v in params.items() if v is not None}),
+        "history": writable({k: np.asarray(v, dtype=np.float64) for k, v in history.items()}),
+        "versions": versions(),
+        "seed": int(seed),
+        "device": str(device),
+        "runtime": dict(runtime),
+        "mode": mode,
+        "n_clusters": int(n_clusters),
+        "input_sparse": bool(input_sparse),
+        "backed": mode in ("backed", "distributed"),
+        "out_path": "" if out_path is None else str(out_path),
+        "world_size": int(world_size),
+        "mapped": mode == "transform",
+        "n_by_code": int(n_by_code),
+    }
+    if batch_categories is not None:
+        record["batch_categories"] = [str(c) for c in batch_categories]
+        record["reference_batch"] = str(reference_batch)
+    if blocks is not None:
+        record["blocks"] = writable(blocks)
+    if gene_sets is not None:
+        record["gene_sets"] = list(gene_sets)
+    return record
+
+
+def stats_entries(X, labels, var_names, *, groupby: str, layer: str | None) -> dict:
+    """``cluster_means``, ``cluster_medians``, ``cluster_sizes`` and ``cluster_stats_params`` of the groups ``labels``.
+
+    ``X`` may be backed (read in row chunks; medians then of a bounded sample of each cluster's cells, see
+    :func:`scae._stats.group_stats`).
+    """
+    stats = group_stats(X, labels, var_names)
+    return {
+        "cluster_means": writable(stats["means"]),
+        "cluster_medians": writable(stats["medians"]),
+        "cluster_sizes": np.asarray(stats["sizes"].to_numpy(), dtype=np.int64),
+        "cluster_stats_params": {
+            "groupby": groupby,
+            "layer": "X" if layer is None else layer,
+            "median_sample": int(stats.get("median_sample", 0)),
+        },
+    }

@@ -1,0 +1,81 @@
+"""The features clusters are cut on: one definition for `tl.fit`, `SAUCIE.get_clusters` and `tl.cluster`.
+
+Rare codes join the nearest code cluster, and code clusters are merged, by per-cell features computed here
+from the reconstruction as stored in the AnnData, so re-cutting a fitted AnnData reproduces the fit exactly:
+
+- all-``mse`` models: the reconstruction standardized by the feature moments; merging compares cluster means
+  of the input values in units of :func:`scae.cluster.common_scale`;
+- models with count or binary blocks: the prediction in the encoder's standardized units (count blocks as
+  ``log1p`` of the normalized expected counts, the network's input transform) for both steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import cluster, data
+from .cluster import DEFAULT_MERGE_THRESHOLD
+from .nn.heads import COUNT_LIKELIHOODS, TARGET_SUM
+
+
+def standardized(values: np.ndarray, X, blocks, mean: np.ndarray, std: np.ndarray, *, units: str) -> np.ndarray:
+    """``values`` (cells × features, count blocks in ``units``) in the standardized units of the encoder input.
+
+    Count blocks are turned into ``log1p`` of expected counts per 10,000 (``"counts"`` are divided by each
+    cell's observed library size in ``X``, at least 1, as the network does); every feature is then centred
+    and scaled by ``mean``/``std`` (the network's ``feature_mean``/``feature_std``).
+    """
+    mean, std = np.asarray(mean, np.float32).ravel(), np.asarray(std, np.float32).ravel()
+    out = np.empty(values.shape, dtype=np.float32)
+    for b in blocks:
+        index = np.arange(values.shape[1]) if b.index is None else np.asarray(b.index)
+        v = values if b.index is None else values[:, index]
+        if b.likelihood in COUNT_LIKELIHOODS and units == "counts":
+            library = np.clip(data.library_size(X if b.index is None else data.block_matrix(X, index)), 1.0, None)
+            v = np.log1p(v * (TARGET_SUM / library).astype(np.float32)[:, None])
+        elif b.likelihood in COUNT_LIKELIHOODS and units == "normalized":
+            v = np.log1p(v)
+        out[:, index] = (v - mean[index]) / std[index]
+    return out
+
+
+def absorb_features(values: np.ndarray, X, blocks, mean, std, *, units: str = "counts") -> np.ndarray:
+    """Per-cell features by which cells of rare codes join a cluster, in training and when placing new cells."""
+    if all(b.likelihood == "mse" for b in blocks):
+        return (values - np.asarray(mean, np.float32).ravel()) / np.asarray(std, np.float32).ravel()
+    return standardized(values, X, blocks, mean, std, units=units)
+
+
+def cut(
+    codes: np.ndarray,
+    values: np.ndarray,
+    X,
+    *,
+    blocks,
+    mean: np.ndarray,
+    std: np.ndarray,
+    units: str = "counts",
+    threshold: float = 0.1,
+    min_cluster_size: int | None = None,
+    merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
+    n_clusters: int | None = None,
+) -> np.ndarray:
+    """Cluster labels from clustering-layer ``codes`` and the reconstruction ``values`` (see the module docstring).
+
+    ``X`` is the model's input matrix (merge features of ``mse`` models, library sizes of count blocks).
+    """
+    features = absorb_features(values, X, blocks, mean, std, units=units)
+    if all(b.likelihood == "mse" for b in blocks):
+        merge_features, scale = X, cluster.common_scale(np.asarray(std, np.float32).ravel())
+    else:
+        merge_features, scale = features, 1.0
+    return cluster.codes_to_clusters(
+        codes,
+        features,
+        merge_features=merge_features,
+        merge_scale=scale,
+        threshold=threshold,
+        min_cluster_size=min_cluster_size,
+        merge_threshold=merge_threshold,
+        n_clusters=n_clusters,
+    )
