@@ -120,7 +120,7 @@ def _infer_shard(net: SAUCIENet, source) -> dict[str, np.ndarray]:
 
 def _check_args(args: argparse.Namespace) -> None:
     """The settings of :mod:`scae._settings` that this entry point shares with ``scae.tl.fit``, before any work."""
-    table = {"hidden": _settings.hidden_widths, "max_epochs": _settings.integer(1), "batch_size": _settings.integer(2)}
+    table = {"hidden": _settings.hidden_widths, "max_epochs": _settings.MAX_EPOCHS, "batch_size": _settings.integer(2)}
     table.update({k: _settings.FIT[k] for k in ("learning_rate", "lambda_b", "lambda_c", "lambda_d", "block_rows")})
     table.update(merge_threshold=_settings.FIT["merge_threshold"], seed=_settings.FIT["random_state"])
     _settings.check_table(table, vars(args))  # the messages name `batch_size` for --batch-size, etc.

@@ -97,9 +97,9 @@ def fit(
         How non-reference batches are reconstructed when correcting batches: ``"zscore"`` (per-batch
         standardized values) or ``"distance"`` (within-batch pairwise distances); see :class:`scae.SAUCIE`.
     max_epochs
-        Passes over the data. Default: train until the loss has converged (relative improvement of the mean
-        total loss over 100 steps below 1%, checked every 25 steps; :mod:`scae._stopping`), within a step
-        budget that grows with the number of cells. ``uns[key_added]["runtime"]`` records ``steps``,
+        Passes over the data. Default: train until the loss has converged (the mean total loss of the last
+        200 steps less than 0.5% below that of the 200 before, checked every 50 steps after 1,000;
+        :mod:`scae._stopping`), within a step budget that grows with the number of cells (3,000 to 6,000). ``uns[key_added]["runtime"]`` records ``steps``,
         ``epochs`` and ``stop_reason`` (``"converged"``, ``"max_steps"`` or ``"max_epochs"``).
     early_stopping
         Stop when the loss has converged; default on when ``max_epochs`` is not given. With ``max_epochs``,

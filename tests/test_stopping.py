@@ -43,9 +43,10 @@ def test_rule_waits_for_min_steps_and_for_two_blocks():
 
 
 def test_step_budget_grows_with_cells_within_bounds():
-    assert step_budget(450, 256) == 1500  # 2 steps per epoch: the floor
-    assert step_budget(19_225, 256) == 30 * 76
-    assert step_budget(10**6, 256) == 10_000
+    assert step_budget(450, 256) == 3000  # 2 steps per epoch: the floor
+    assert step_budget(19_225, 256) == 3000  # 30 epochs of 76 steps: below the floor
+    assert step_budget(50_000, 256) == 30 * 196
+    assert step_budget(10**6, 256) == 6000
     assert step_budget(10**5, 256) > step_budget(10**4, 256)
 
 
@@ -58,11 +59,15 @@ def test_rule_refuses_bad_settings(field, value):
         StopRule(**{field: value})
 
 
+#: a small network keeps the default-length fits below (up to 3,000 steps) to seconds
+FAST = {"hidden": (64, 32, 16), "progress": False, "device": "cpu"}
+
+
 def test_default_fit_converges_on_real_data_and_says_why(small):
-    scae.tl.fit(small, random_state=0, progress=False, device="cpu")
+    scae.tl.fit(small, random_state=0, **FAST)
     rt = small.uns["scae"]["runtime"]
     assert rt["stop_reason"] == "converged"
-    assert 200 <= rt["steps"] < rt["max_steps"]
+    assert 1000 <= rt["steps"] < rt["max_steps"] == 3000
     assert rt["epochs"] == len(small.uns["scae"]["history"]["total"])
     # the loss went down before it flattened
     total = small.uns["scae"]["history"]["total"]
@@ -73,7 +78,7 @@ def test_stopping_decision_is_identical_across_reruns(small):
     runs = []
     for _ in range(2):
         a = small.copy()
-        scae.tl.fit(a, random_state=3, progress=False, device="cpu")
+        scae.tl.fit(a, random_state=3, **FAST)
         runs.append(a)
     assert runs[0].uns["scae"]["runtime"]["steps"] == runs[1].uns["scae"]["runtime"]["steps"]
     np.testing.assert_array_equal(runs[0].uns["scae"]["history"]["total"], runs[1].uns["scae"]["history"]["total"])
@@ -81,7 +86,7 @@ def test_stopping_decision_is_identical_across_reruns(small):
 
 
 def test_max_epochs_runs_exactly_that_many(small):
-    scae.tl.fit(small, max_epochs=7, random_state=0, progress=False, device="cpu")
+    scae.tl.fit(small, max_epochs=7, random_state=0, **FAST)
     rt = small.uns["scae"]["runtime"]
     steps_per_epoch = int(np.ceil(small.n_obs / 256))
     assert rt["epochs"] == 7 and rt["steps"] == 7 * steps_per_epoch and rt["stop_reason"] == "max_epochs"
@@ -89,10 +94,10 @@ def test_max_epochs_runs_exactly_that_many(small):
 
 
 def test_max_epochs_is_an_upper_bound_with_early_stopping(small):
-    model = scae.SAUCIE(small, random_state=0, device="cpu")
+    model = scae.SAUCIE(small, random_state=0, device="cpu", hidden=FAST["hidden"])
     model.train(max_epochs=3, early_stopping=True, progress=False)
     assert model.runtime["epochs"] == 3 and model.runtime["stop_reason"] == "max_epochs"  # too short to converge
-    model = scae.SAUCIE(small, random_state=0, device="cpu")
+    model = scae.SAUCIE(small, random_state=0, device="cpu", hidden=FAST["hidden"])
     model.train(max_epochs=10_000, early_stopping=True, progress=False)
     assert model.runtime["stop_reason"] == "converged" and model.runtime["epochs"] < 10_000
 
@@ -104,6 +109,6 @@ def test_backed_fit_uses_the_same_rule(small, tmp_path):
 
     backed = ad.read_h5ad(path, backed="r")
     out = tmp_path / "out.h5ad"
-    scae.tl.fit(backed, random_state=0, progress=False, device="cpu", out_path=str(out))
+    scae.tl.fit(backed, random_state=0, out_path=str(out), **FAST)
     rt = backed.uns["scae"]["runtime"]
     assert rt["stop_reason"] == "converged" and rt["steps"] < rt["max_steps"]
