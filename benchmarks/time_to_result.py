@@ -166,7 +166,7 @@ def batched(name: str, seeds, rows, *, scvi_epochs: int | None) -> None:
     base = prepare_cellbench() if name == "cellbench" else prepare_cytonorm()
     labels = name == "cellbench"
     small = base[:300].copy()
-    scae.tl.fit(small, batch_key="batch", max_epochs=1, progress=False, device="cpu")
+    scae.tl.fit(small, batch_key="batch", max_epochs=1, batch_size=32, progress=False, device="cpu")
     _harmony(small.copy(), 0)
     if labels:
         _scvi(small, 0, max_epochs=1)
