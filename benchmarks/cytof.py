@@ -143,8 +143,12 @@ def _quality_worker(method: str, dataset: str, seeds: list[int], steps: int | No
             if os.environ.get("SCAE_BENCH_SAVE"):  # keep the trained outputs to study clustering offline
                 out = model._infer()
                 np.savez(f"{os.environ['SCAE_BENCH_SAVE']}/{dataset}_{seed}.npz", **out)
-            rows.append({"method": "scae (auto)", "seed": seed, "time_s": t_train + t_auto, **_score(adata, auto, dataset)})
-            rows.append({"method": f"scae (k={k})", "seed": seed, "time_s": t_train + t_fixed, **_score(adata, fixed, dataset)})
+            rows.append(
+                {"method": "scae (auto)", "seed": seed, "time_s": t_train + t_auto, **_score(adata, auto, dataset)}
+            )
+            rows.append(
+                {"method": f"scae (k={k})", "seed": seed, "time_s": t_train + t_fixed, **_score(adata, fixed, dataset)}
+            )
         elif method == "flowsom":
             import flowsom as fs
 
@@ -157,7 +161,14 @@ def _quality_worker(method: str, dataset: str, seeds: list[int], steps: int | No
                 print(f"FlowSOM seed {seed} failed on this pandas (a FlowSOM bug): {e}", flush=True)
                 continue
             labels = fsom.get_cell_data().obs["metaclustering"].to_numpy()
-            rows.append({"method": f"FlowSOM (k={k})", "seed": seed, "time_s": time.perf_counter() - t0, **_score(adata, labels, dataset)})
+            rows.append(
+                {
+                    "method": f"FlowSOM (k={k})",
+                    "seed": seed,
+                    "time_s": time.perf_counter() - t0,
+                    **_score(adata, labels, dataset),
+                }
+            )
         elif method == "leiden":
             import scanpy as sc
 
@@ -165,7 +176,14 @@ def _quality_worker(method: str, dataset: str, seeds: list[int], steps: int | No
             t0 = time.perf_counter()
             sc.pp.neighbors(a, n_neighbors=15, use_rep="X", random_state=seed)
             sc.tl.leiden(a, resolution=1.0, flavor="igraph", n_iterations=2, random_state=seed)
-            rows.append({"method": "Leiden (res 1)", "seed": seed, "time_s": time.perf_counter() - t0, **_score(adata, a.obs["leiden"], dataset)})
+            rows.append(
+                {
+                    "method": "Leiden (res 1)",
+                    "seed": seed,
+                    "time_s": time.perf_counter() - t0,
+                    **_score(adata, a.obs["leiden"], dataset),
+                }
+            )
         else:
             msg = f"unknown method {method!r}"
             raise ValueError(msg)
@@ -191,8 +209,6 @@ def _scae_scaling(sizes: list[int], n_train: int, steps: int | None = None) -> l
     import time
     import warnings
 
-    import numpy as np
-
     import scae
     from scae.cluster import codes_to_clusters, common_scale
     from scae.data import RowSource
@@ -214,9 +230,15 @@ def _scae_scaling(sizes: list[int], n_train: int, steps: int | None = None) -> l
         embed_cluster_s = time.perf_counter() - t1
         rows.append(
             {
-                "method": "scae", "cells": n, "train_s": train_s, "embed_cluster_s": embed_cluster_s,
-                "total_s": train_s + embed_cluster_s, "n_clusters": int(labels.max()) + 1,
-                "steps": model.runtime["steps"], "n_train": model.n_cells, "peak_mb": _peak_mb(),
+                "method": "scae",
+                "cells": n,
+                "train_s": train_s,
+                "embed_cluster_s": embed_cluster_s,
+                "total_s": train_s + embed_cluster_s,
+                "n_clusters": int(labels.max()) + 1,
+                "steps": model.runtime["steps"],
+                "n_train": model.n_cells,
+                "peak_mb": _peak_mb(),
             }
         )
         del out, features, labels
@@ -240,8 +262,11 @@ def _scanpy_scaling(n: int) -> dict:
     sc.tl.umap(adata, random_state=0)
     sc.tl.leiden(adata, resolution=1.0, flavor="igraph", n_iterations=2, random_state=0)
     return {
-        "method": "scanpy", "cells": n, "total_s": time.perf_counter() - t0,
-        "n_clusters": int(adata.obs["leiden"].nunique()), "peak_mb": _peak_mb(),
+        "method": "scanpy",
+        "cells": n,
+        "total_s": time.perf_counter() - t0,
+        "n_clusters": int(adata.obs["leiden"].nunique()),
+        "peak_mb": _peak_mb(),
     }
 
 
@@ -343,7 +368,8 @@ def main() -> None:
                 srows.append(_run(["--scanpy-scaling-worker", str(n)]))
         n_train = srows[0]["n_train"]
         print(
-            f"\nScaling (flowsom_bal resampled): scae trains once on {n_train:,} cells ({srows[0]['steps']} steps), then"
+            f"\nScaling (flowsom_bal resampled): scae trains once on {n_train:,} cells "
+            f"({srows[0]['steps']} steps), then"
             " embeds + clusters all n cells; its total includes the training.\n"
             "scanpy = PCA + neighbors + UMAP + Leiden on all n cells."
         )

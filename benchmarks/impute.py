@@ -71,7 +71,7 @@ def load(n_top_genes: int = 2000):
 
 
 def hide(counts: sp.csr_matrix, fraction: float, seed: int):
-    """Zero a random ``fraction`` of the nonzero entries; returns the observed matrix and hidden (rows, cols, values)."""
+    """Zero a random ``fraction`` of the nonzero entries; returns observed matrix and hidden (rows, cols, values)."""
     coo = counts.tocoo()
     rng = np.random.default_rng(seed)
     pick = rng.choice(coo.nnz, int(round(fraction * coo.nnz)), replace=False)

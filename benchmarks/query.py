@@ -124,7 +124,8 @@ def main() -> None:
     print(
         f"# flowsom_bal: {real.n_obs:,} real cells × {real.n_vars} markers; reference {args.n_ref:,} and query "
         f"{args.n_query:,} cells resampled from them with N(0, 0.05) noise (arcsinh units); k={k}; "
-        f"fit {fit_s:.0f} s; codes: {int(active.sum())} active units, {n_codes} distinct binary codes in the reference; "
+        f"fit {fit_s:.0f} s; codes: {int(active.sum())} active units, "
+        f"{n_codes} distinct binary codes in the reference; "
         f"{args.threads} CPU threads"
     )
     header = (

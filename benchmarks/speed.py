@@ -74,8 +74,14 @@ def _warm_up(kind: str, device) -> None:
 
         scvi.model.SCVI.setup_anndata(small, batch_key="batch")
         scvi.model.SCVI(small, gene_likelihood="normal").train(
-            max_epochs=1, accelerator="cpu", train_size=1.0, enable_progress_bar=False, enable_model_summary=False,
-            logger=False, enable_checkpointing=False)
+            max_epochs=1,
+            accelerator="cpu",
+            train_size=1.0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+            enable_checkpointing=False,
+        )
     else:
         scae.SAUCIE(small, batch_key="batch", device=device).train(max_epochs=1, progress=False)
 
@@ -107,12 +113,24 @@ def _scae_backed(path, device, epochs, batch_size, precision, compile_, hidden=N
     _warm_up("scae", device)
     adata = ad.read_h5ad(path, backed="r")
     kw = {} if hidden is None else {"hidden": hidden}
-    scae.tl.fit(adata, batch_key="batch", max_epochs=epochs, batch_size=batch_size, device=device,
-                precision=precision, compile=compile_, progress=False, **kw)
+    scae.tl.fit(
+        adata,
+        batch_key="batch",
+        max_epochs=epochs,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        compile=compile_,
+        progress=False,
+        **kw,
+    )
     rt = adata.uns["scae"]["runtime"]
     dev = torch.device(adata.uns["scae"]["device"])
-    out = {"train_cells_per_s": rt["train_cells_per_s"], "embed_cluster_s": rt["infer_cluster_s"],
-           "batch": adata.uns["scae"]["params"]["batch_size"] or scae._fast.default_batch_size(dev)}
+    out = {
+        "train_cells_per_s": rt["train_cells_per_s"],
+        "embed_cluster_s": rt["infer_cluster_s"],
+        "batch": adata.uns["scae"]["params"]["batch_size"] or scae._fast.default_batch_size(dev),
+    }
     return out | _peaks(dev)
 
 
@@ -130,8 +148,16 @@ def _scvi(n_cells, epochs, batch_size):
     scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
     model = scvi.model.SCVI(adata, gene_likelihood="normal")
     t = time.perf_counter()
-    model.train(max_epochs=epochs, batch_size=batch_size, accelerator="cpu", train_size=1.0,
-                enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False)
+    model.train(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        accelerator="cpu",
+        train_size=1.0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
     t = time.perf_counter() - t
     t2 = time.perf_counter()
     model.get_latent_representation()
@@ -153,19 +179,33 @@ def _worker(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--scvi-size", type=int, nargs="*", default=[100_000],
-                   help="sizes at which scVI runs for the scae-vs-scVI ratio (none: skip scVI)")
-    p.add_argument("--modes", nargs="+", default=["memory", "lean", "backed"],
-                   choices=["memory", "lean", "backed", "lean-backed"],
-                   help="memory: default scae in memory; lean: the --lean rows (in memory); backed: default scae "
-                        "backed; lean-backed: the --lean rows backed")
+    p.add_argument(
+        "--scvi-size",
+        type=int,
+        nargs="*",
+        default=[100_000],
+        help="sizes at which scVI runs for the scae-vs-scVI ratio (none: skip scVI)",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["memory", "lean", "backed"],
+        choices=["memory", "lean", "backed", "lean-backed"],
+        help="memory: default scae in memory; lean: the --lean rows (in memory); backed: default scae "
+        "backed; lean-backed: the --lean rows backed",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None, help="default: 256 on CPU, 4096 on GPU (scVI: 256)")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--lean", nargs="*", default=["256,128,64:4096"], metavar="WIDTHS:BATCH",
-                   help="extra in-memory scae rows with other encoder widths and minibatch size, e.g. 128,64,32:4096")
+    p.add_argument(
+        "--lean",
+        nargs="*",
+        default=["256,128,64:4096"],
+        metavar="WIDTHS:BATCH",
+        help="extra in-memory scae rows with other encoder widths and minibatch size, e.g. 128,64,32:4096",
+    )
     p.add_argument("--hidden", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cells", type=int, default=0, help=argparse.SUPPRESS)
@@ -191,8 +231,13 @@ def main() -> None:
             sys.stderr.write(res.stderr[-3000:])
             raise SystemExit(f"worker {kind} {n} failed")
         out = json.loads(res.stdout.strip().splitlines()[-1])
-        out.update(method="scVI" if kind == "scvi" else "scae", mode="memory" if kind == "scvi" else kind, cells=n,
-                   total_s=time.perf_counter() - t, widths=lean.split(":")[0] if lean else "default")
+        out.update(
+            method="scVI" if kind == "scvi" else "scae",
+            mode="memory" if kind == "scvi" else kind,
+            cells=n,
+            total_s=time.perf_counter() - t,
+            widths=lean.split(":")[0] if lean else "default",
+        )
         return out
 
     rows = []
@@ -221,17 +266,30 @@ def main() -> None:
                     rows += [spawn("backed", n, path, lean=spec) for spec in args.lean]
                 os.remove(path)
     scvi_speed = {r["cells"]: r["train_cells_per_s"] for r in rows if r["method"] == "scVI"}
-    print(f"Speed, CytoNorm CyTOF (37 markers, 3 batches, MMD on), {args.epochs} epoch(s); sizes other than 6,000: "
-          f"real cells resampled with N(0, 0.05) noise; load average at start {load:.1f} on {os.cpu_count()} CPUs")
-    hdr = (f"{'method':>6} {'widths':>12} {'mode':>7} {'cells':>10} {'device':>7} {'batch':>6} {'train cells/s':>14} {'vs scVI':>8} "
-           f"{'embed+cluster s':>16} {'run s':>8} {'peak RSS MB':>12} {'peak GPU MB':>12}")
+    print(
+        f"Speed, CytoNorm CyTOF (37 markers, 3 batches, MMD on), {args.epochs} epoch(s); sizes other than 6,000: "
+        f"real cells resampled with N(0, 0.05) noise; load average at start {load:.1f} on {os.cpu_count()} CPUs"
+    )
+    hdr = (
+        f"{'method':>6} {'widths':>12} {'mode':>7} {'cells':>10} {'device':>7} {'batch':>6} "
+        f"{'train cells/s':>14} {'vs scVI':>8} "
+        f"{'embed+cluster s':>16} {'run s':>8} {'peak RSS MB':>12} {'peak GPU MB':>12}"
+    )
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        ratio = r["train_cells_per_s"] / scvi_speed[r["cells"]] if r["method"] == "scae" and r["cells"] in scvi_speed else float("nan")
+        ratio = (
+            r["train_cells_per_s"] / scvi_speed[r["cells"]]
+            if r["method"] == "scae" and r["cells"] in scvi_speed
+            else float("nan")
+        )
         dev = "cpu" if r["method"] == "scVI" else ("cuda" if r["peak_gpu_mb"] == r["peak_gpu_mb"] else "cpu")
-        print(f"{r['method']:>6} {r['widths']:>12} {r['mode']:>7} {r['cells']:>10,} {dev:>7} {r['batch']:>6} {r['train_cells_per_s']:>14,.0f} "
-              f"{ratio:>8.2f} {r['embed_cluster_s']:>16.2f} {r['total_s']:>8.1f} {r['peak_rss_mb']:>12.0f} {r['peak_gpu_mb']:>12.0f}")
+        print(
+            f"{r['method']:>6} {r['widths']:>12} {r['mode']:>7} {r['cells']:>10,} {dev:>7} {r['batch']:>6} "
+            f"{r['train_cells_per_s']:>14,.0f} "
+            f"{ratio:>8.2f} {r['embed_cluster_s']:>16.2f} {r['total_s']:>8.1f} {r['peak_rss_mb']:>12.0f} "
+            f"{r['peak_gpu_mb']:>12.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -71,7 +71,9 @@ def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, float]:
         msg = f"{where} is empty (shape {X.shape}); scae needs at least one cell and one feature"
         raise ValueError(msg)
     dtype = np.dtype(X.dtype)
-    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)) or np.issubdtype(dtype, np.complexfloating):
+    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)) or np.issubdtype(
+        dtype, np.complexfloating
+    ):
         msg = f"{where} has non-numeric dtype {dtype}; scae needs a real-valued numeric matrix"
         raise ValueError(msg)
     s1 = np.zeros(X.shape[1])

@@ -56,7 +56,10 @@ def resolve_blocks(
         missing = [n for n in names if n not in like]
         unknown = [k for k in like if k not in names]
         if missing or unknown:
-            msg = f"`likelihood` must name every block of adata.var[{block_key!r}] ({names}); missing {missing}, unknown {unknown}"
+            msg = (
+                f"`likelihood` must name every block of adata.var[{block_key!r}] ({names}); "
+                f"missing {missing}, unknown {unknown}"
+            )
             raise ValueError(msg)
     weights = {} if block_weights is None else {str(k): float(v) for k, v in block_weights.items()}
     unknown = [k for k in weights if k not in names]
@@ -78,9 +81,7 @@ def resolve_blocks(
     ]
 
 
-def validate_and_moments(
-    X, blocks: list[Block], *, where: str, validate: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def validate_and_moments(X, blocks: list[Block], *, where: str, validate: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Check each block's values against its likelihood; per-feature moments of the encoder inputs.
 
     Count blocks must hold non-negative integers (their moments are of ``log1p`` normalized counts, the

@@ -39,6 +39,7 @@ def read_config(path) -> dict:
     try:
         if suffix == ".toml":
             import tomllib
+
             cfg = tomllib.loads(path.read_text())
         elif suffix in (".yaml", ".yml"):
             import yaml
@@ -104,7 +105,10 @@ def check(values: dict, func, *, source: str) -> dict:
     args = arguments(func)
     for key, value in values.items():
         if key not in args:
-            msg = f"unknown key {key!r} in {source}; valid keys are the arguments of {func.__module__}.{func.__name__}: {', '.join(args)}"
+            msg = (
+                f"unknown key {key!r} in {source}; valid keys are the arguments of "
+                f"{func.__module__}.{func.__name__}: {', '.join(args)}"
+            )
             raise ConfigError(msg)
         hint = args[key][1]
         if isinstance(value, str) and not _matches(value, hint) and _matches(1.5, hint):

@@ -28,7 +28,8 @@ def default_batch_size(device: torch.device) -> int:
 
 def batch_size_for_batches(batch_size: int, floor: int, batch_counts) -> int:
     """Default minibatch with batches: at most ``batch_size``, at least ``floor``, and no more than every batch can
-    fill with distinct cells (each minibatch draws ``batch_size // n_batches`` cells from every batch)."""
+    fill with distinct cells (each minibatch draws ``batch_size // n_batches`` cells from every batch).
+    """
     counts = [int(c) for c in batch_counts]
     fill = len(counts) * min(counts)
     return int(max(floor, min(batch_size, fill)))

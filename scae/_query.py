@@ -179,7 +179,10 @@ def query(
     for name, a in (("adata_ref", adata_ref), ("adata_query", adata_query)):
         for key in (codes_key, tie_break):
             if key is not None and key not in a.obsm:
-                msg = f"{name}.obsm[{key!r}] not found; run `scae.tl.fit` (reference) or `scae.tl.transform` (query) first"
+                msg = (
+                    f"{name}.obsm[{key!r}] not found; "
+                    "run `scae.tl.fit` (reference) or `scae.tl.transform` (query) first"
+                )
                 raise ValueError(msg)
     ref_codes = np.asarray(adata_ref.obsm[codes_key])
     q_codes = np.asarray(adata_query.obsm[codes_key])

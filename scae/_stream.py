@@ -82,7 +82,9 @@ def stream_outputs(
     for x in source.chunks(chunk_size):
         out = net(x)
         words = pack_bits(out.codes.float().cpu().numpy() > cut)
-        local, uniq = pd.MultiIndex.from_arrays(list(words.T)).factorize() if words.shape[1] > 1 else pd.factorize(words[:, 0])
+        local, uniq = (
+            pd.MultiIndex.from_arrays(list(words.T)).factorize() if words.shape[1] > 1 else pd.factorize(words[:, 0])
+        )
         uniq = [tuple(u) if isinstance(u, tuple) else (u,) for u in uniq]
         ids = np.array([keys.setdefault(u, len(keys)) for u in uniq], dtype=np.int64)
         lab = ids[np.asarray(local)]

@@ -64,7 +64,9 @@ def warn_if_untransformed(X, *, where: str) -> None:
     if _backed.is_backed(X):
         vmax = _scan(X, where)[2]
         if vmax > LARGE_VALUE_WARNING:
-            logger.warning("%s has values up to %.3g: scae expects transformed data; see `scae.pp.arcsinh`", where, vmax)
+            logger.warning(
+                "%s has values up to %.3g: scae expects transformed data; see `scae.pp.arcsinh`", where, vmax
+            )
         return
     values = X.data if sp.issparse(X) else np.asarray(X)
     if values.size and float(np.abs(values).max()) > LARGE_VALUE_WARNING:

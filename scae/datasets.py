@@ -12,7 +12,9 @@ from anndata import AnnData
 _HERE = Path(__file__).resolve().parent
 #: sha256 of the bundled files (checked on load).
 CHECKSUMS = {
-    "cytonorm_gates_cytof/cytonorm_gates_cytof.h5ad": "e5d04f36e2725867adb0ac356351528a10f71d1ceec382d3fa0fc21da8f3f79c",
+    "cytonorm_gates_cytof/cytonorm_gates_cytof.h5ad": (
+        "e5d04f36e2725867adb0ac356351528a10f71d1ceec382d3fa0fc21da8f3f79c"
+    ),
     "genesets/h.all.v7.5.1.symbols.gmt": "de0fdee38af2611a284973f565df1a98bfa2385aecd7ba2ee3fe51208e753b40",
     "genesets/cell_cycle_human.gmt": "17fdf538e5cd691985dafb116f5d04a67d24f12670e19884e17d686d2fddd489",
 }
@@ -135,12 +137,17 @@ def levine3k(data_dir: str | os.PathLike | None = None) -> AnnData:
 
 
 def cellbench(data_dir: str | os.PathLike | None = None) -> AnnData:
-    """CellBench 3 cell lines on CEL-seq2 and Drop-seq: 499 cells, raw counts, ``obs["batch"]``, ``obs["cell_line_demuxlet"]``."""
+    """CellBench 3 cell lines on CEL-seq2 and Drop-seq: 499 cells, raw counts.
+
+    Batches in ``obs["batch"]``, cell lines in ``obs["cell_line_demuxlet"]``.
+    """
     return _read_shared("cellbench_3cl_2platforms", data_dir)
 
 
 def tcga_coread(data_dir: str | os.PathLike | None = None, *, multiomics: bool = False) -> AnnData:
-    """TCGA colorectal cancer, 121 tumours × 500 genes (log expression), ``obs["cms_label"]``; mutations/CNV in ``obsm``.
+    """TCGA colorectal cancer, 121 tumours × 500 genes (log expression), ``obs["cms_label"]``.
+
+    Mutations and CNV are in ``obsm``.
 
     Parameters
     ----------
@@ -173,7 +180,9 @@ def tcga_coread(data_dir: str | os.PathLike | None = None, *, multiomics: bool =
     X = np.hstack([p[2] for p in parts])
     var = pd.DataFrame(
         {
-            "block": pd.Categorical([b for b, _, m, _ in parts for _ in range(m.shape[1])], categories=[p[0] for p in parts]),
+            "block": pd.Categorical(
+                [b for b, _, m, _ in parts for _ in range(m.shape[1])], categories=[p[0] for p in parts]
+            ),
             "feature": [n for _, _, _, names in parts for n in names],
         },
         index=[prefix + n for _, prefix, _, names in parts for n in names],

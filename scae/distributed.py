@@ -1,4 +1,4 @@
-"""Data-parallel training with ``torch.distributed`` (DDP), launched by ``torchrun``.
+r"""Data-parallel training with ``torch.distributed`` (DDP), launched by ``torchrun``.
 
 Each rank opens the input .h5ad backed (``backed="r"``), streams only its own contiguous shard of rows,
 and trains a replica of the network; DDP averages the gradients every step (gloo on CPU, NCCL on GPU).
@@ -13,7 +13,7 @@ One node, all GPUs::
 
 Several nodes (run on every node, same rendezvous endpoint; ``--node_rank`` optional with c10d)::
 
-    torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+    torchrun --nnodes 4 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
         --rdzv_id scae1 -m scae.distributed /shared/in.h5ad /shared/out.h5ad --batch-key sample
 
 CPU only (gloo): ``torchrun --standalone --nproc_per_node 2 -m scae.distributed in.h5ad out.h5ad``.
@@ -162,7 +162,9 @@ def run(args: argparse.Namespace) -> dict:
         if batches is not None:
             codes = torch.from_numpy(batches.codes[start:stop]).to(device)
             n_batches, reference = len(batches.categories), batches.reference
-        weights = LossWeights(lambda_b=args.lambda_b if batches is not None else 0.0, lambda_c=args.lambda_c, lambda_d=args.lambda_d)
+        weights = LossWeights(
+            lambda_b=args.lambda_b if batches is not None else 0.0, lambda_c=args.lambda_c, lambda_d=args.lambda_d
+        )
 
         def reduce_history(means: dict[str, float]) -> dict[str, float]:
             keys = sorted(means)
@@ -258,7 +260,9 @@ def _write(adata, X, batches, args, out, labels, mean, std, result, world, devic
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``python -m scae.distributed`` (under torchrun)."""
-    p = argparse.ArgumentParser(prog="scae.distributed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="scae.distributed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("input", help="input .h5ad (read backed; X or --layer dense or CSR)")
     p.add_argument("output", help="output .h5ad written by rank 0 (atomically)")
     p.add_argument("--layer", default=None)

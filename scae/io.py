@@ -19,7 +19,7 @@ _NON_MARKER = re.compile(r"^(fsc|ssc|time|event|cell_?length|residual|center|off
 
 
 def _read_without_markers(path: Path) -> AnnData:
-    """readfcs refuses files without any ``$PnS``: read those with flowio (its parser), channels only."""
+    """Readfcs refuses files without any ``$PnS``: read those with flowio (its parser), channels only."""
     import flowio
 
     fd = flowio.FlowData(str(path))

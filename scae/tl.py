@@ -99,8 +99,9 @@ def fit(
     max_epochs
         Passes over the data. Default: train until the loss has converged (the mean total loss of the last
         200 steps less than 0.5% below that of the 200 before, checked every 50 steps after 1,000;
-        :mod:`scae._stopping`), within a step budget that grows with the number of cells (3,000 to 6,000). ``uns[key_added]["runtime"]`` records ``steps``,
-        ``epochs`` and ``stop_reason`` (``"converged"``, ``"max_steps"`` or ``"max_epochs"``).
+        :mod:`scae._stopping`), within a step budget that grows with the number of cells (3,000 to 6,000).
+        ``uns[key_added]["runtime"]`` records ``steps``, ``epochs`` and ``stop_reason`` (``"converged"``,
+        ``"max_steps"`` or ``"max_epochs"``).
     early_stopping
         Stop when the loss has converged; default on when ``max_epochs`` is not given. With ``max_epochs``,
         ``True`` makes it an upper bound; ``False`` without ``max_epochs`` trains about 3000 steps.

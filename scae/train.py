@@ -251,7 +251,9 @@ def train_net(
 
 
 @torch.no_grad()
-def infer(net: SAUCIENet, source, *, chunk_size: int = INFER_CHUNK_ROWS, counts: str = "counts") -> dict[str, np.ndarray]:
+def infer(
+    net: SAUCIENet, source, *, chunk_size: int = INFER_CHUNK_ROWS, counts: str = "counts"
+) -> dict[str, np.ndarray]:
     """Embedding, codes and reconstruction of every row, as float32 numpy arrays filled chunk by chunk.
 
     Each output is allocated once at its full size and filled in place (no list of chunks to concatenate,

@@ -33,13 +33,25 @@ def test_shard_bounds_cover_all_rows():
         assert max(s - a for a, s in b) - min(s - a for a, s in b) <= 1
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="no torchrun")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+    reason="no torchrun",
+)
 def test_torchrun_two_processes_matches_single(tmp_path, levine):
     src = tmp_path / "levine.h5ad"
     levine.write_h5ad(src)
     single = _run([sys.executable, "-m", "scae.distributed", str(src), str(tmp_path / "one.h5ad"), *ARGS], tmp_path)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "scae.distributed", str(src), str(tmp_path / "two.h5ad")]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "scae.distributed",
+        str(src),
+        str(tmp_path / "two.h5ad"),
+    ]
     double = _run([*cmd, *ARGS, "--backend", "gloo"], tmp_path)
     assert single["world_size"] == 1 and double["world_size"] == 2
     print(f"final loss: 1 process {single['loss']:.4f}, 2 processes (DDP, gloo) {double['loss']:.4f}")

@@ -63,7 +63,9 @@ def test_variational_embedding_is_the_mean_at_inference(small):
     assert model.hparams["variational"] is True and model.history["kl"][-1] < model.history["kl"][0]
 
 
-@pytest.mark.parametrize(("kw", "match"), [({"input_dropout": 1.0}, "input_dropout"), ({"contractive": -1}, "contractive")])
+@pytest.mark.parametrize(
+    ("kw", "match"), [({"input_dropout": 1.0}, "input_dropout"), ({"contractive": -1}, "contractive")]
+)
 def test_variant_arguments_are_checked(small, guard, kw, match):
     check = guard(small)
     with pytest.raises(ValueError, match=match):

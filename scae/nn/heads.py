@@ -116,7 +116,7 @@ class BlockHeads(nn.Module):
         return out
 
     def params(self, k: int, raw: torch.Tensor, codes: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Distribution parameters of block ``k`` (``mean``/``logits``/``mu``, ``rate``, ``theta``, ``dropout_logits``)."""
+        """Distribution parameters of block ``k``: ``mean``/``logits``/``mu``, ``rate``, ``theta``, dropout logits."""
         b = self.blocks[k]
         rb = self.take(k, raw)
         if b.likelihood == "mse":
@@ -129,7 +129,9 @@ class BlockHeads(nn.Module):
             out["dropout_logits"] = self.take(k, self.dropout(codes))
         return out
 
-    def block_nll(self, k: int, x: torch.Tensor, z: torch.Tensor, raw: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    def block_nll(
+        self, k: int, x: torch.Tensor, z: torch.Tensor, raw: torch.Tensor, codes: torch.Tensor
+    ) -> torch.Tensor:
         """Per-entry loss of block ``k``: squared error (standardized units) or negative log-likelihood."""
         b = self.blocks[k]
         p = self.params(k, raw, codes, x)
@@ -142,7 +144,9 @@ class BlockHeads(nn.Module):
             return -losses.nb_log_likelihood(xb, p["mu"], p["theta"])
         return -losses.zinb_log_likelihood(xb, p["mu"], p["theta"], p["dropout_logits"])
 
-    def expected(self, raw: torch.Tensor, codes: torch.Tensor, x: torch.Tensor, *, counts: str = "counts") -> torch.Tensor:
+    def expected(
+        self, raw: torch.Tensor, codes: torch.Tensor, x: torch.Tensor, *, counts: str = "counts"
+    ) -> torch.Tensor:
         """Expected value per feature before the network's de-standardization of ``mse`` blocks.
 
         ``mse`` blocks are left in standardized units (the caller maps them back); ``bernoulli`` blocks give
