@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from . import cluster
+from . import _features, cluster
 from .cluster import pack_bits
 
 #: Reference-batch cells kept for fine-tuning are capped at this many bytes of float32 values.
@@ -131,3 +131,37 @@ def reference_sample(X, rows: np.ndarray, *, random_state: int = 0) -> np.ndarra
     sub = X[rows]
     sub = sub.toarray() if hasattr(sub, "toarray") else np.asarray(sub)
     return np.ascontiguousarray(sub, dtype=np.float32)
+
+
+def build_mapping_state(model, labels: np.ndarray | None = None, **cluster_kwargs) -> MappingState:
+    """Mapping state of an in-memory trained model; ``labels`` are its training clusters (default: recomputed).
+
+    ``cluster_kwargs`` are those of :meth:`scae.SAUCIE.get_clusters` (``threshold`` and ``min_cluster_size``
+    are also used to rebuild the code table).
+    """
+    if labels is None:
+        labels = model.get_clusters(**cluster_kwargs)
+    out = model._infer()
+    mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
+    features = _features.absorb_features(out["reconstruction"], model._X, model.blocks, mean, std)
+    clusters = ClusterReference.build(
+        out["codes"],
+        features,
+        labels,
+        threshold=cluster_kwargs.get("threshold", 0.1),
+        min_cluster_size=cluster_kwargs.get("min_cluster_size"),
+    )
+    if model.batches is not None:
+        rows = np.flatnonzero(model.batches.codes == model.batches.reference)
+        cats, ref = list(model.batches.categories), model.batches.categories[model.batches.reference]
+    else:
+        rows, cats, ref = np.arange(model.n_cells), None, None
+    sample = reference_sample(model._X, rows, random_state=model.random_state)
+    return MappingState(clusters=clusters, reference_rows=sample, batch_categories=cats, reference_batch=ref)
+
+
+def get_mapping_state(model) -> MappingState:
+    """The model's mapping state, built (default cluster settings) and kept on first use."""
+    if getattr(model, "mapping_state", None) is None:
+        model.mapping_state = build_mapping_state(model)
+    return model.mapping_state

@@ -13,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from . import _blocks, _fast, _features, _settings, data, genesets
+from ._save import load_model, save_model
 from ._stopping import StopRule, step_budget
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.network import SAUCIENet
@@ -453,7 +454,7 @@ class SAUCIE:
         plain = all(b.likelihood == "mse" for b in self.blocks)
         if corrected or self.batches is None or self.weights.lambda_b == 0 or not plain:
             return rec
-        return _restore_batch_moments(rec, self._X, self.batches.codes)
+        return data.restore_batch_moments(rec, self._X, self.batches.codes)
 
     # ------------------------------------------------------------------ save / load
     def save(self, path, *, overwrite: bool = True):
@@ -463,8 +464,6 @@ class SAUCIE:
         --------
         >>> model.save("run1/")  # doctest: +SKIP
         """
-        from ._save import save_model
-
         return save_model(self, path, overwrite=overwrite)
 
     @classmethod
@@ -480,8 +479,6 @@ class SAUCIE:
         >>> new = scae.SAUCIE.load("run1/", adata=other)  # doctest: +SKIP
         >>> other.obsm["X_scae"] = new.get_embedding()  # doctest: +SKIP
         """
-        from ._save import load_model
-
         return load_model(cls, path, adata, device=device)
 
     @property
@@ -517,17 +514,6 @@ class SAUCIE:
     def n_cells(self) -> int:
         """Number of cells the model was set up with."""
         return self._X.shape[0]
-
-
-def _restore_batch_moments(rec: np.ndarray, X, codes: np.ndarray) -> np.ndarray:
-    """Shift and scale each batch of ``rec`` to the per-feature mean/std that batch has in ``X``."""
-    out = np.empty_like(rec)
-    for b in np.unique(codes):
-        rows = np.flatnonzero(codes == b)
-        mean_in, std_in = data.feature_moments(X[rows])
-        mean_out, std_out = data.feature_moments(rec[rows])
-        out[rows] = (rec[rows] - mean_out) / std_out * std_in + mean_in
-    return out
 
 
 def _gene_set_mask(adata: AnnData, gene_sets, min_genes: int, n_free_nodes: int, gene_set_layer: str):

@@ -31,7 +31,9 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from ._mapping import ClusterReference, MappingState
+from . import data
+from ._contract import versions as _versions
+from ._mapping import ClusterReference, MappingState, get_mapping_state
 from .train import LossWeights
 
 logger = logging.getLogger("scae")
@@ -126,10 +128,6 @@ def save_model(model, path, *, overwrite: bool = True) -> Path:
     from safetensors.numpy import save_file as save_arrays
     from safetensors.torch import save_file as save_tensors
 
-    from . import __version__
-    from ._contract import versions as _versions
-    from ._transform import get_mapping_state
-
     if not model.is_trained:
         msg = "the model is not trained: call `model.train()` before `model.save()`"
         raise RuntimeError(msg)
@@ -138,7 +136,7 @@ def save_model(model, path, *, overwrite: bool = True) -> Path:
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "scae_version": __version__,
+        "scae_version": _versions()["scae"],
         "versions": _versions(),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "class": type(model).__name__,
@@ -231,8 +229,6 @@ def load_model(cls, path, adata: AnnData | None = None, *, device="auto"):
     """Rebuild a model saved by :func:`save_model`; see :meth:`scae.SAUCIE.load`."""
     from safetensors.numpy import load_file as load_arrays
 
-    from ._transform import align_var_names
-
     path = Path(path)
     meta = read_meta(path)
     weights = _read_weights(path)
@@ -247,7 +243,7 @@ def load_model(cls, path, adata: AnnData | None = None, *, device="auto"):
         template = AnnData(np.zeros((2, len(var_names)), dtype=np.float32), var=pd.DataFrame(index=var_names))
         use_layer = None
     else:
-        template = align_var_names(adata, var_names)
+        template = data.align_var_names(adata, var_names)
         use_layer = layer
     use_batches = (
         adata is not None

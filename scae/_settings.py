@@ -366,11 +366,9 @@ def check_fit(values: Mapping[str, object]) -> None:
         raise ValueError(msg)
 
 
-def check_transform(model, adata, values: Mapping[str, object]) -> None:
-    """Settings of ``scae.tl.transform``: a trained model, an AnnData and the options."""
-    from ._model import SAUCIE
-
-    if not isinstance(model, SAUCIE):
+def check_transform(model, adata, values: Mapping[str, object], *, model_type: type) -> None:
+    """Settings of ``scae.tl.transform``: a trained ``model_type`` (``scae.SAUCIE``), an AnnData, the options."""
+    if not isinstance(model, model_type):
         msg = f"expected a scae.SAUCIE for `model`, got {type(model).__name__} {reprlib.repr(model)}"
         raise TypeError(msg)
     if not model.is_trained:

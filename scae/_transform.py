@@ -15,37 +15,11 @@ from anndata import AnnData
 
 from . import _features, _settings, data
 from ._contract import stats_entries, uns_record
-from ._mapping import ClusterReference, MappingState, reference_sample
+from ._mapping import get_mapping_state
+from ._model import SAUCIE
 from .train import infer, train_net
 
 logger = logging.getLogger("scae")
-
-
-def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
-    """``adata`` with its features in the model's order (a view when reordering or subsetting is needed).
-
-    Raises ``ValueError`` naming the missing features when some of the model's features are absent.
-    """
-    names = pd.Index(adata.var_names.astype(str))
-    if names.size == len(var_names) and (names == pd.Index(var_names)).all():
-        return adata
-    if names.has_duplicates:
-        dup = names[names.duplicated()].unique()[:5].tolist()
-        msg = f"adata.var_names has duplicates (e.g. {dup}); call `adata.var_names_make_unique()` first"
-        raise ValueError(msg)
-    idx = names.get_indexer(pd.Index(var_names))
-    if (idx < 0).any():
-        missing = [g for g, i in zip(var_names, idx, strict=True) if i < 0]
-        msg = (
-            f"{len(missing)} of the model's {len(var_names)} features are missing from adata.var_names "
-            f"(e.g. {missing[:5]}); the new data must measure every feature the model was trained on"
-        )
-        raise ValueError(msg)
-    if names.size > len(var_names):
-        logger.info("using %d of %d features of the new data (the model's features)", len(var_names), names.size)
-    else:
-        logger.info("reordered the new data's features to the model's order")
-    return adata[:, idx]
 
 
 def _in_adata_order(values: np.ndarray, cols: np.ndarray | None, n_vars: int) -> np.ndarray:
@@ -55,40 +29,6 @@ def _in_adata_order(values: np.ndarray, cols: np.ndarray | None, n_vars: int) ->
     out = np.full((values.shape[0], n_vars), np.nan, dtype=values.dtype)
     out[:, cols] = values
     return out
-
-
-def build_mapping_state(model, labels: np.ndarray | None = None, **cluster_kwargs) -> MappingState:
-    """Mapping state of an in-memory trained model; ``labels`` are its training clusters (default: recomputed).
-
-    ``cluster_kwargs`` are those of :meth:`scae.SAUCIE.get_clusters` (``threshold`` and ``min_cluster_size``
-    are also used to rebuild the code table).
-    """
-    if labels is None:
-        labels = model.get_clusters(**cluster_kwargs)
-    out = model._infer()
-    mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
-    features = _features.absorb_features(out["reconstruction"], model._X, model.blocks, mean, std)
-    clusters = ClusterReference.build(
-        out["codes"],
-        features,
-        labels,
-        threshold=cluster_kwargs.get("threshold", 0.1),
-        min_cluster_size=cluster_kwargs.get("min_cluster_size"),
-    )
-    if model.batches is not None:
-        rows = np.flatnonzero(model.batches.codes == model.batches.reference)
-        cats, ref = list(model.batches.categories), model.batches.categories[model.batches.reference]
-    else:
-        rows, cats, ref = np.arange(model.n_cells), None, None
-    sample = reference_sample(model._X, rows, random_state=model.random_state)
-    return MappingState(clusters=clusters, reference_rows=sample, batch_categories=cats, reference_batch=ref)
-
-
-def get_mapping_state(model) -> MappingState:
-    """The model's mapping state, built (default cluster settings) and kept on first use."""
-    if getattr(model, "mapping_state", None) is None:
-        model.mapping_state = build_mapping_state(model)
-    return model.mapping_state
 
 
 def _fine_tuned_net(model, X, batch_codes: np.ndarray, n_new: int, *, epochs: int, learning_rate, seed: int, progress):
@@ -200,9 +140,9 @@ def transform(
     True
     """
     params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
-    _settings.check_transform(model, adata, params)
+    _settings.check_transform(model, adata, params, model_type=SAUCIE)
     t0 = time.perf_counter()
-    view = align_var_names(adata, model.var_names)
+    view = data.align_var_names(adata, model.var_names)
     X = data.get_matrix(view, model.layer)
     where = "adata.X" if model.layer is None else f"adata.layers[{model.layer!r}]"
     data.validate_matrix(X, where=where)
@@ -233,9 +173,7 @@ def transform(
     batch_trained = state.batch_categories is not None and model.weights.lambda_b > 0
     imputed = None
     if impute:
-        from ._model import _restore_batch_moments
-
-        imputed = _restore_batch_moments(rec, X, batch_codes) if batch_trained or fine_tune_epochs > 0 else rec
+        imputed = data.restore_batch_moments(rec, X, batch_codes) if batch_trained or fine_tune_epochs > 0 else rec
 
     cols = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
     n_clusters = state.clusters.n_clusters

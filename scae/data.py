@@ -301,3 +301,41 @@ def resolve_device(device: str | torch.device) -> torch.device:
         msg = f"device {device!r} requested but CUDA is not available on this machine; use device='auto' or 'cpu'"
         raise ValueError(msg)
     return dev
+
+
+def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
+    """``adata`` with its features in the model's order (a view when reordering or subsetting is needed).
+
+    Raises ``ValueError`` naming the missing features when some of the model's features are absent.
+    """
+    names = pd.Index(adata.var_names.astype(str))
+    if names.size == len(var_names) and (names == pd.Index(var_names)).all():
+        return adata
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()[:5].tolist()
+        msg = f"adata.var_names has duplicates (e.g. {dup}); call `adata.var_names_make_unique()` first"
+        raise ValueError(msg)
+    idx = names.get_indexer(pd.Index(var_names))
+    if (idx < 0).any():
+        missing = [g for g, i in zip(var_names, idx, strict=True) if i < 0]
+        msg = (
+            f"{len(missing)} of the model's {len(var_names)} features are missing from adata.var_names "
+            f"(e.g. {missing[:5]}); the new data must measure every feature the model was trained on"
+        )
+        raise ValueError(msg)
+    if names.size > len(var_names):
+        logger.info("using %d of %d features of the new data (the model's features)", len(var_names), names.size)
+    else:
+        logger.info("reordered the new data's features to the model's order")
+    return adata[:, idx]
+
+
+def restore_batch_moments(rec: np.ndarray, X, codes: np.ndarray) -> np.ndarray:
+    """Shift and scale each batch of ``rec`` to the per-feature mean/std that batch has in ``X``."""
+    out = np.empty_like(rec)
+    for b in np.unique(codes):
+        rows = np.flatnonzero(codes == b)
+        mean_in, std_in = feature_moments(X[rows])
+        mean_out, std_out = feature_moments(rec[rows])
+        out[rows] = (rec[rows] - mean_out) / std_out * std_in + mean_in
+    return out

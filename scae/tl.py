@@ -15,11 +15,12 @@ from anndata import AnnData
 
 from . import _features, _settings, genesets
 from ._contract import stats_entries, uns_record
+from ._mapping import build_mapping_state
 from ._model import SAUCIE
 from ._query import query
 from ._tl_cluster import cluster, cluster_stats, recut_values
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
-from ._transform import build_mapping_state, transform
+from ._transform import transform
 from .cluster import DEFAULT_MERGE_THRESHOLD
 
 __all__ = [
