@@ -63,6 +63,17 @@ def _peaks(device) -> dict:
     return {"peak_rss_mb": rss, "peak_gpu_mb": gpu}
 
 
+#: scVI trainer options of both the warm-up and the measured run: CPU, all cells, no logging or checkpoints
+SCVI_QUIET = {
+    "accelerator": "cpu",
+    "train_size": 1.0,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "logger": False,
+    "enable_checkpointing": False,
+}
+
+
 def _warm_up(kind: str, device) -> None:
     """Train once on 500 real cells, untimed, so one-time costs of the process (imports done lazily on the
     first optimizer or trainer, thread pools) are not counted in the throughput of the measured run."""
@@ -73,15 +84,7 @@ def _warm_up(kind: str, device) -> None:
         import scvi
 
         scvi.model.SCVI.setup_anndata(small, batch_key="batch")
-        scvi.model.SCVI(small, gene_likelihood="normal").train(
-            max_epochs=1,
-            accelerator="cpu",
-            train_size=1.0,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            logger=False,
-            enable_checkpointing=False,
-        )
+        scvi.model.SCVI(small, gene_likelihood="normal").train(max_epochs=1, **SCVI_QUIET)
     else:
         scae.SAUCIE(small, batch_key="batch", device=device).train(max_epochs=1, progress=False)
 
@@ -151,12 +154,7 @@ def _scvi(n_cells, epochs, batch_size):
     model.train(
         max_epochs=epochs,
         batch_size=batch_size,
-        accelerator="cpu",
-        train_size=1.0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
+        **SCVI_QUIET,
     )
     t = time.perf_counter() - t
     t2 = time.perf_counter()
