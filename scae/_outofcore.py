@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from ._atomic import atomic_path
 from ._stream import stream_outputs
 from .train import INFER_CHUNK_ROWS
 
@@ -72,13 +71,10 @@ def finish(
     t0 = time.perf_counter()
     corrected = model.batches is not None and model.weights.lambda_b > 0
     rec_key = f"{key_added}_corrected" if corrected else f"{key_added}_imputed"
-    sink = tmp = None
-    try:
-        if out_path is not None:
-            out = Path(out_path)
-            fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-            os.close(fd)
-            tmp = Path(name)
+    with contextlib.ExitStack() as stack:
+        tmp = None if out_path is None else stack.enter_context(atomic_path(out_path))
+        sink = None
+        if tmp is not None:
             n_units = int(model.hparams["hidden"][0])  # the clustering layer mirrors the first encoder layer
             datasets = {"codes": (f"obsm/X_{key_added}_codes", n_units)}
             if impute:
@@ -109,14 +105,6 @@ def finish(
             "n_clusters": k,
             "infer_cluster_s": time.perf_counter() - t0,
         }
-        if tmp is not None:
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)
-            os.replace(tmp, out_path)
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 def write_resampled_h5ad(

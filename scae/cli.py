@@ -18,23 +18,9 @@ import time
 import traceback
 from pathlib import Path
 
+from ._atomic import write_h5ad_atomic
+
 logger = logging.getLogger("scae")
-
-
-def _write_atomic(adata, out: Path) -> None:
-    """Write to a temporary file beside ``out`` and rename it, so a failed run leaves no half-written file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -63,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
     rt = info["runtime"]
     h5ad = out_dir / "scae_demo.h5ad"
     png = out_dir / "scae_demo.png"
-    _write_atomic(adata, h5ad)
+    write_h5ad_atomic(adata, h5ad)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     pl.embedding(adata, color="scae_cluster", ax=axes[0], show=False, title="scae clusters")
     pl.embedding(adata, color="batch", ax=axes[1], show=False, title="batch (after MMD correction)")
@@ -171,7 +157,7 @@ def _fit(args: argparse.Namespace) -> int:
         _check_writable(Path(values["save_model"]))
     tl.fit(adata, **values)
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
-    _write_atomic(adata, out)
+    write_h5ad_atomic(adata, out)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
 
@@ -196,7 +182,7 @@ def _transform(args: argparse.Namespace) -> int:
     tl.transform(model, adata, **values)
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
     adata.uns[values.get("key_added", "scae")]["model"] = str(Path(args.model).resolve())
-    _write_atomic(adata, out)
+    write_h5ad_atomic(adata, out)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
 

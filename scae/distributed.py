@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import _backed, _settings, cluster
+from ._atomic import write_h5ad_atomic
 from ._contract import stats_entries, uns_record
 from ._stopping import StopRule, step_budget
 from .nn.network import SAUCIENet
@@ -216,8 +217,6 @@ def _write(adata, X, batches, args, out, labels, mean, std, result, world, devic
     import anndata as ad
     import pandas as pd
 
-    from .cli import _write_atomic
-
     k = int(labels.max()) + 1
     res = ad.AnnData(
         X=adata.to_memory().X if args.copy_x else None,
@@ -254,7 +253,7 @@ def _write(adata, X, batches, args, out, labels, mean, std, result, world, devic
     record.update(stats_entries(X, labels, adata.var_names, groupby="scae_cluster", layer=args.layer))
     record["runtime"]["total_s"] = time.perf_counter() - t0
     res.uns["scae"] = record
-    _write_atomic(res, Path(args.output))
+    write_h5ad_atomic(res, Path(args.output))
     return {"world_size": world, "loss": history["total"][-1], "n_clusters": k, **record["runtime"]}
 
 

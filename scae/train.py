@@ -258,19 +258,16 @@ def infer(
 
     Each output is allocated once at its full size and filled in place (no list of chunks to concatenate,
     which would hold every output twice at the end). ``reconstruction`` is in input units (count blocks as
-    ``counts``: see :meth:`SAUCIENet.predict`); for networks with non-``mse`` blocks, ``standardized``
-    holds the prediction in standardized encoder units.
+    ``counts``: see :meth:`SAUCIENet.predict`). Clustering features are derived from ``reconstruction``
+    (:mod:`scae._features`), so nothing else is kept.
     """
     net.eval()
-    plain = all(b.likelihood == "mse" for b in net.heads.blocks)
     n = len(source)
     parts: dict[str, np.ndarray] = {}
     start = 0
     for x in source.chunks(chunk_size):
         out = net(x)
         blocks = {"embedding": out.embedding, "codes": out.codes, "reconstruction": net.predict(x, out, counts=counts)}
-        if not plain:
-            blocks["standardized"] = net.standardized_prediction(x, out)
         for k, v in blocks.items():
             if k not in parts:
                 parts[k] = np.empty((n, v.shape[1]), dtype=np.float32)
