@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from . import _features, cluster
-from .cluster import pack_bits
+from . import _features
+from ._accumulator import Chunk, ClusterAccumulator
+from ._codes import pack_bits
 
 #: Reference-batch cells kept for fine-tuning are capped at this many bytes of float32 values.
 REFERENCE_SAMPLE_BYTES = 32 * 1024**2
@@ -49,25 +50,24 @@ class ClusterReference:
         min_cluster_size: int | None = None,
     ) -> ClusterReference:
         """From training activations, the features used for clustering, and the final labels."""
-        n_cells = codes.shape[0]
-        if min_cluster_size is None:
-            min_cluster_size = cluster.default_min_cluster_size(n_cells)
-        unit_max = codes.max(0).astype(np.float32)
-        words = cluster.code_words(codes, threshold=threshold, unit_max=unit_max)
-        ids = cluster.word_ids(words)
-        counts = np.bincount(ids)
-        big = np.flatnonzero(counts >= min_cluster_size)
-        if big.size == 0:
-            big = np.array([int(np.argmax(counts))])
-        _, first = np.unique(ids, return_index=True)  # first cell of every code id 0..n_ids-1
-        centroids = cluster.label_sums(ids, features, counts.size)[big] / counts[big, None]
+        acc = ClusterAccumulator(codes.shape[0], threshold=threshold, min_cluster_size=min_cluster_size)
+        acc.add_max(codes)
+        acc.add_codes(Chunk(0, codes, features))
+        return cls.from_accumulator(acc, labels)
+
+    @classmethod
+    def from_accumulator(cls, acc: ClusterAccumulator, labels: np.ndarray | None = None) -> ClusterReference:
+        """The table of a :class:`scae._accumulator.ClusterAccumulator` that has seen every cell (``labels``:
+        final labels to record instead of the accumulator's own).
+        """
+        table = acc.reference(labels)
         return cls(
-            unit_max=unit_max,
-            threshold=float(threshold),
-            keys=words[first[big]],
-            centroids=centroids,
-            labels=np.asarray(labels, dtype=np.int64)[first[big]],
-            n_clusters=int(np.max(labels)) + 1,
+            unit_max=table["unit_max"],
+            threshold=acc.threshold,
+            keys=table["keys"],
+            centroids=table["centroids"],
+            labels=table["labels"],
+            n_clusters=int(table["labels"].max()) + 1 if labels is None else int(np.max(labels)) + 1,
         )
 
     def assign(self, codes: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
