@@ -199,6 +199,10 @@ class BlockSampler:
         self.steps_per_epoch = max(self.min_steps, math.ceil(len(source) / self.batch_size))
 
     def _plan(self) -> list[list[int]]:
+        if self.n_pieces <= self.pieces_per_block:
+            # one block holds the whole source: minibatches are drawn exactly as from rows held in memory
+            # (scae.train.Sampler), so a backed fit of data that fits one block equals the in-memory fit
+            return [list(range(self.n_pieces))]
         perm = torch.randperm(self.n_pieces, generator=self.generator, device=self.device).tolist()
         return [perm[i : i + self.pieces_per_block] for i in range(0, len(perm), self.pieces_per_block)]
 

@@ -105,3 +105,33 @@ def stats_entries(X, labels, var_names, *, groupby: str, layer: str | None) -> d
             "median_sample": int(stats.get("median_sample", 0)),
         },
     }
+
+
+def write_contract(
+    adata,
+    key: str,
+    *,
+    embedding,
+    clusters,
+    record: dict,
+    codes=None,
+    layers: dict | None = None,
+    gene_sets: tuple | None = None,
+) -> None:
+    """Write a fit's outputs into ``adata`` under the keys of the contract (prefix ``key``).
+
+    ``obsm[f"X_{key}"]`` (embedding), ``obs[f"{key}_cluster"]`` (categorical clusters), ``uns[key]``
+    (``record``), and when given ``obsm[f"X_{key}_codes"]``, the ``layers`` (full names), and ``gene_sets`` =
+    ``(activities, weights)`` as ``obsm[f"X_{key}_genesets"]`` / ``varm[f"{key}_gene_set_weights"]``. Called
+    last, once everything is computed, so a failure earlier leaves ``adata`` unchanged.
+    """
+    adata.obsm[f"X_{key}"] = embedding
+    if codes is not None:
+        adata.obsm[f"X_{key}_codes"] = codes
+    adata.obs[f"{key}_cluster"] = clusters
+    for name, values in (layers or {}).items():
+        adata.layers[name] = values
+    if gene_sets is not None:
+        adata.obsm[f"X_{key}_genesets"] = gene_sets[0]
+        adata.varm[f"{key}_gene_set_weights"] = gene_sets[1]
+    adata.uns[key] = record

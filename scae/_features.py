@@ -64,11 +64,7 @@ def cut(
 
     ``X`` is the model's input matrix (merge features of ``mse`` models, library sizes of count blocks).
     """
-    features = absorb_features(values, X, blocks, mean, std, units=units)
-    if all(b.likelihood == "mse" for b in blocks):
-        merge_features, scale = X, cluster.common_scale(np.asarray(std, np.float32).ravel())
-    else:
-        merge_features, scale = features, 1.0
+    features, merge_features, scale = cluster_inputs(values, X, blocks, mean, std, units=units)
     return cluster.codes_to_clusters(
         codes,
         features,
@@ -79,3 +75,13 @@ def cut(
         merge_threshold=merge_threshold,
         n_clusters=n_clusters,
     )
+
+
+def cluster_inputs(values: np.ndarray, X, blocks, mean, std, *, units: str = "counts"):
+    """Absorb features, merge features and merge unit of the cells ``values`` (rows of ``X``), see the module
+    docstring; used on whole arrays by :func:`cut` and on chunks by the streamed outputs (:mod:`scae._pipeline`).
+    """
+    features = absorb_features(values, X, blocks, mean, std, units=units)
+    if all(b.likelihood == "mse" for b in blocks):
+        return features, X, cluster.common_scale(np.asarray(std, np.float32).ravel())
+    return features, None, 1.0

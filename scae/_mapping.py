@@ -141,9 +141,9 @@ def build_mapping_state(model, labels: np.ndarray | None = None, **cluster_kwarg
     """
     if labels is None:
         labels = model.get_clusters(**cluster_kwargs)
-    out = model._infer()
+    out = model.outputs()
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
-    features = _features.absorb_features(out["reconstruction"], model._X, model.blocks, mean, std)
+    features = _features.absorb_features(out["reconstruction"], model.X, model.blocks, mean, std)
     clusters = ClusterReference.build(
         out["codes"],
         features,
@@ -151,12 +151,17 @@ def build_mapping_state(model, labels: np.ndarray | None = None, **cluster_kwarg
         threshold=cluster_kwargs.get("threshold", 0.1),
         min_cluster_size=cluster_kwargs.get("min_cluster_size"),
     )
+    return mapping_state(model, clusters)
+
+
+def mapping_state(model, clusters: ClusterReference) -> MappingState:
+    """The mapping state of a trained model given its cluster table (the reference sample is read from ``model.X``)."""
     if model.batches is not None:
         rows = np.flatnonzero(model.batches.codes == model.batches.reference)
         cats, ref = list(model.batches.categories), model.batches.categories[model.batches.reference]
     else:
         rows, cats, ref = np.arange(model.n_cells), None, None
-    sample = reference_sample(model._X, rows, random_state=model.random_state)
+    sample = reference_sample(model.X, rows, random_state=model.random_state)
     return MappingState(clusters=clusters, reference_rows=sample, batch_categories=cats, reference_batch=ref)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 
@@ -12,26 +11,14 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _blocks, _fast, _features, _settings, data, genesets
+from . import _blocks, _dist, _fast, _features, _pipeline, _settings, data, genesets
 from ._save import load_model, save_model
-from ._stopping import StopRule, step_budget
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.network import SAUCIENet
 from .objectives import Variants
-from .train import LossWeights, infer, infer_gene_sets, train_net
+from .train import LossWeights, infer_gene_sets
 
 logger = logging.getLogger("scae")
-
-#: Optimizer steps of a fit with ``early_stopping=False`` and no ``max_epochs`` (the fixed budget before the
-#: convergence rule of :mod:`scae._stopping`).
-DEFAULT_STEPS = 3000
-MAX_AUTO_EPOCHS = 1000
-
-
-def default_max_epochs(n_cells: int, batch_size: int, n_steps: int = DEFAULT_STEPS) -> int:
-    """Epochs giving about ``n_steps`` optimizer steps (at least 1, at most ``MAX_AUTO_EPOCHS``)."""
-    steps_per_epoch = max(1, math.ceil(n_cells / max(1, min(batch_size, n_cells))))
-    return int(min(MAX_AUTO_EPOCHS, max(1, round(n_steps / steps_per_epoch))))
 
 
 class SAUCIE:
@@ -170,33 +157,27 @@ class SAUCIE:
         block_rows: int | None = None,
     ) -> None:
         _settings.check_model(locals())
-        self.device = data.resolve_device(device)
-        default_batch = batch_size is None
-        if default_batch:
-            batch_size = _fast.default_batch_size(self.device)
+        X = data.get_matrix(adata, layer)
+        # under torchrun a backed matrix is split over the ranks (scae._dist); in memory every process is alone
+        self.group = _dist.current() if data.is_backed(X) else None
+        self.device = self.group.device if self.group is not None and device == "auto" else data.resolve_device(device)
         self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
         self.compile = bool(compile)
         self.block_rows = block_rows
-        X = data.get_matrix(adata, layer)
         where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
         data.validate_matrix(X, where=where)
         blocks = _blocks.resolve_blocks(adata, likelihood=likelihood, block_key=block_key, block_weights=block_weights)
-        if default_batch and batch_key is not None:
-            # the default minibatch of a GPU (4096) must not refuse batches that the CPU default (256) accepts:
-            # check with the CPU default, then shrink the GPU minibatch to what the smallest batch can fill
-            cpu_default = _fast.default_batch_size(torch.device("cpu"))
-            batches = data.get_batches(adata, batch_key, reference_batch, batch_size=min(batch_size, cpu_default))
-            batch_size = _fast.batch_size_for_batches(batch_size, cpu_default, np.bincount(batches.codes))
-        else:
-            batches = data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size)
+        batches, batch_size = _batches_and_minibatch(adata, batch_key, reference_batch, batch_size, self.device)
         mean, std = _blocks.validate_and_moments(X, blocks, where=where)
         set_mask = _gene_set_mask(adata, gene_sets, min_genes, n_free_nodes, gene_set_layer)
 
         self.adata = adata
+        self.X = X
         self.layer = layer
         self.batch_key = batch_key
         self.batches = batches
         self.var_names = list(map(str, adata.var_names))
+        self.shard = (0, X.shape[0]) if self.group is None else self.group.shard(X.shape[0])
         self.random_state = int(random_state)
         self.batch_size = int(batch_size)
         self.learning_rate = float(learning_rate)
@@ -207,28 +188,6 @@ class SAUCIE:
             nonref_loss=batch_reconstruction,
             pairwise_cells=None if pairwise_cells is None else int(pairwise_cells),
         )
-        self.hparams = {
-            "hidden": list(hidden),
-            "n_latent": int(n_latent),
-            "lambda_b": float(lambda_b),
-            "lambda_c": float(lambda_c),
-            "lambda_d": float(lambda_d),
-            "learning_rate": self.learning_rate,
-            "batch_size": self.batch_size,
-            "pairwise_cells": self.weights.pairwise_cells,
-            "random_state": self.random_state,
-            "batch_reconstruction": batch_reconstruction,
-            "likelihood": likelihood if isinstance(likelihood, str) else dict(likelihood),
-            "block_key": block_key,
-            "blocks": {b.name: b.likelihood for b in blocks},
-            "block_weights": {b.name: b.weight for b in blocks} if block_key is not None else None,
-            "input_dropout": float(input_dropout),
-            "input_noise": float(input_noise),
-            "l1_activity": float(l1_activity),
-            "contractive": float(contractive),
-            "variational": bool(variational),
-            "lambda_kl": float(lambda_kl),
-        }
         self.blocks = blocks
         self.variants = Variants(
             input_dropout=float(input_dropout),
@@ -237,6 +196,7 @@ class SAUCIE:
             contractive=float(contractive),
             lambda_kl=float(lambda_kl),
         )
+        self.hparams = _hparams(locals(), self)
         self.gene_set_mask = set_mask  # genes × sets DataFrame (the net holds it as a buffer) or None
         if set_mask is not None:
             self.hparams.update(
@@ -259,7 +219,6 @@ class SAUCIE:
                 blocks=blocks,
                 variational=variational,
             ).to(self.device)
-        self._X = X
         self._source: data.RowSource | None = None
         self._outputs: dict[str, dict[str, np.ndarray]] = {}
         self.history: dict[str, list[float]] = {}
@@ -267,18 +226,40 @@ class SAUCIE:
         self.runtime: dict[str, float] = {}
         self.mapping_state = None  # cluster table etc. for new cells (scae._mapping), set at save/load/transform
 
-    # ------------------------------------------------------------------ training
-    def _row_source(self) -> data.RowSource:
-        if self._X is None:
+    # ------------------------------------------------------------------ data
+    @property
+    def n_cells(self) -> int:
+        """Number of cells the model was set up with (all ranks together under torchrun)."""
+        return self.X.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        """Number of features (``var_names``) of the model."""
+        return len(self.var_names)
+
+    @property
+    def plain(self) -> bool:
+        """Whether every feature has the ``mse`` likelihood (continuous input, the original SAUCIE loss)."""
+        return all(b.likelihood == "mse" for b in self.blocks)
+
+    def row_source(self):
+        """The rows the model trains on and infers from (this rank's shard under torchrun), on the device.
+
+        A :class:`scae.data.RowSource` for in-memory matrices, :class:`scae._backed.BackedRowSource` for backed
+        ones; made on first use and kept.
+        """
+        if self.X is None:
             msg = (
                 "this model was loaded without data: use `scae.tl.transform(model, adata)` or "
                 "`SAUCIE.load(path, adata)`"
             )
             raise RuntimeError(msg)
         if self._source is None:
-            self._source = data.make_row_source(self._X, self.device, block_rows=self.block_rows)
+            start, stop = self.shard
+            self._source = data.make_row_source(self.X, self.device, block_rows=self.block_rows, start=start, stop=stop)
         return self._source
 
+    # ------------------------------------------------------------------ training
     def train(
         self, max_epochs: int | None = None, *, progress: bool = True, early_stopping: bool | None = None
     ) -> SAUCIE:
@@ -302,61 +283,14 @@ class SAUCIE:
         epochs and ``stop_reason``: ``"converged"``, ``"max_steps"`` or ``"max_epochs"``).
         """
         _settings.check_train(max_epochs, early_stopping)
-        n_cells = self._X.shape[0]
-        if early_stopping is None:
-            early_stopping = max_epochs is None
-        stop = None
-        if early_stopping:
-            stop = StopRule(max_steps=step_budget(n_cells, self.batch_size))
-        elif max_epochs is None:
-            max_epochs = default_max_epochs(n_cells, self.batch_size)
-        t0 = time.perf_counter()
-        source = self._row_source()
-        t_load = time.perf_counter() - t0
-        gen = torch.Generator(device=self.device).manual_seed(self.random_state)
-        if self.batches is not None:
-            batch_codes = torch.from_numpy(self.batches.codes).to(self.device)
-            n_batches, reference = len(self.batches.categories), self.batches.reference
-        else:
-            batch_codes, n_batches, reference = None, 1, 0
-        t1 = time.perf_counter()
-        result = train_net(
-            self.net,
-            source,
-            batch_codes=batch_codes,
-            n_batches=n_batches,
-            reference=reference,
-            weights=self.weights,
-            max_epochs=max_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            generator=gen,
-            progress=progress,
-            variants=self.variants,
-            autocast_dtype=self.autocast_dtype,
-            compile=self.compile,
-            stop=stop,
-        )
-        t_train = time.perf_counter() - t1
-        for k, v in result.history.items():
-            self.history.setdefault(k, []).extend(v)
-        batch = int(min(self.batch_size, n_cells))
-        self.runtime = {
-            "load_s": t_load,
-            "train_s": t_train,
-            "epochs": int(result.epochs),
-            "steps": int(result.steps),
-            "stop_reason": result.stop_reason,
-            "max_steps": int(stop.max_steps) if stop is not None else int(result.steps),
-            "batch_size": batch,
-            "train_cells_per_s": result.steps * batch / max(t_train, 1e-9),
-        }
+        self.runtime = _pipeline.train_model(self, max_epochs, progress=progress, early_stopping=early_stopping)
         self.is_trained = True
         self._outputs = {}
+        rt = self.runtime
         logger.info(
             "trained %d steps (%d epochs, %s) in %.1fs (%.0f cells/s)",
-            result.steps, result.epochs, result.stop_reason, t_train, self.runtime["train_cells_per_s"],
-        )
+            rt["steps"], rt["epochs"], rt["stop_reason"], rt["train_s"], rt["train_cells_per_s"],
+        )  # fmt: skip
         return self
 
     # ------------------------------------------------------------------ outputs
@@ -365,11 +299,16 @@ class SAUCIE:
             msg = "the model is not trained yet: call `model.train()` first"
             raise RuntimeError(msg)
 
-    def _infer(self, counts: str = "counts") -> dict[str, np.ndarray]:
+    def outputs(self, counts: str = "counts") -> dict[str, np.ndarray]:
+        """``embedding``, ``codes`` and ``reconstruction`` of every cell (float32), computed once and kept.
+
+        The arrays themselves, not copies (``tl.fit`` moves them into the AnnData); ``get_*`` return copies.
+        With ``counts`` other than ``"counts"`` only the reconstruction (count blocks in those units) is kept.
+        """
         self._check_trained()
         if counts not in self._outputs:
             t0 = time.perf_counter()
-            out = infer(self.net, self._row_source(), counts=counts)
+            out = _pipeline.infer_arrays(self, counts=counts)
             if counts != "counts":  # other count units: only the reconstruction differs, keep just that
                 out = {"reconstruction": out["reconstruction"]}
             self._outputs[counts] = out
@@ -378,11 +317,11 @@ class SAUCIE:
 
     def get_embedding(self) -> np.ndarray:
         """2-D embedding (``n_cells × n_latent``, float32); batch-corrected when ``batch_key`` was given."""
-        return self._infer()["embedding"].copy()
+        return self.outputs()["embedding"].copy()
 
     def get_codes(self) -> np.ndarray:
         """Clustering-layer activations before binarization (``n_cells × n_units``, float32)."""
-        return self._infer()["codes"].copy()
+        return self.outputs()["codes"].copy()
 
     def get_clusters(
         self,
@@ -410,11 +349,11 @@ class SAUCIE:
             ``merge_threshold`` (groups with < 1% of the cells do not count; see :func:`scae.cluster.merge_clusters`).
         """
         _settings.check_table(_settings.CLUSTER_OPTIONS, locals())
-        out = self._infer()
+        out = self.outputs()
         return _features.cut(
             out["codes"],
             out["reconstruction"],
-            self._X,
+            self.X,
             blocks=self.blocks,
             mean=self.net.feature_mean.cpu().numpy(),
             std=self.net.feature_std.cpu().numpy(),
@@ -442,19 +381,18 @@ class SAUCIE:
             size; for ZINB the mean without dropouts), ``"normalized"`` (expected counts per 10,000) or
             ``"log1p"`` (``log1p`` of the normalized value).
         """
-        rec = self._reconstruction(corrected=corrected, counts=counts)
-        return rec.copy() if rec is self._infer(counts)["reconstruction"] else rec
+        rec = self.reconstruction_array(corrected=corrected, counts=counts)
+        return rec.copy() if rec is self.outputs(counts)["reconstruction"] else rec
 
-    def _reconstruction(self, *, corrected: bool, counts: str) -> np.ndarray:
-        """:meth:`get_reconstruction`, possibly the cached array itself (no copy: for :func:`scae.tl.fit`)."""
-        rec = self._infer(counts)["reconstruction"]
+    def reconstruction_array(self, *, corrected: bool = False, counts: str = "counts") -> np.ndarray:
+        """:meth:`get_reconstruction`, possibly the kept array itself (no copy: ``tl.fit`` moves it into the AnnData)."""
+        rec = self.outputs(counts)["reconstruction"]
         if corrected and self.batches is None:
             msg = "`corrected=True` needs a model trained with `batch_key`"
             raise ValueError(msg)
-        plain = all(b.likelihood == "mse" for b in self.blocks)
-        if corrected or self.batches is None or self.weights.lambda_b == 0 or not plain:
+        if corrected or self.batches is None or self.weights.lambda_b == 0 or not self.plain:
             return rec
-        return data.restore_batch_moments(rec, self._X, self.batches.codes)
+        return data.restore_batch_moments(rec, self.X, self.batches.codes)
 
     # ------------------------------------------------------------------ save / load
     def save(self, path, *, overwrite: bool = True):
@@ -498,7 +436,7 @@ class SAUCIE:
         """
         self._check_trained()
         self._check_gene_sets()
-        return infer_gene_sets(self.net, self._row_source()).numpy().astype(np.float32)
+        return infer_gene_sets(self.net, self.row_source()).numpy().astype(np.float32)
 
     def get_gene_set_weights(self) -> pd.DataFrame:
         """Oriented weights between set nodes and genes (genes × sets; exactly 0 outside each set).
@@ -510,14 +448,50 @@ class SAUCIE:
             w = self.net.gene_set_weights().cpu().numpy()
         return pd.DataFrame(w, index=self.var_names, columns=self.gene_set_names)
 
-    @property
-    def n_cells(self) -> int:
-        """Number of cells the model was set up with."""
-        return self._X.shape[0]
-
 
 def _gene_set_mask(adata: AnnData, gene_sets, min_genes: int, n_free_nodes: int, gene_set_layer: str):
     """The genes × sets mask (``None`` without ``gene_sets``); the options were checked by :mod:`scae._settings`."""
     if gene_sets is None:
         return None
     return genesets.gene_set_mask(gene_sets, adata.var_names, min_genes=min_genes)
+
+
+def _batches_and_minibatch(adata: AnnData, batch_key, reference_batch, batch_size, device: torch.device):
+    """The batches (``None`` without ``batch_key``) and the minibatch size (default: the device's)."""
+    if batch_size is not None:
+        return data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size), batch_size
+    batch_size = _fast.default_batch_size(device)
+    if batch_key is None:
+        return None, batch_size
+    # the default minibatch of a GPU (4096) must not refuse batches that the CPU default (256) accepts:
+    # check with the CPU default, then shrink the GPU minibatch to what the smallest batch can fill
+    cpu_default = _fast.default_batch_size(torch.device("cpu"))
+    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=min(batch_size, cpu_default))
+    return batches, _fast.batch_size_for_batches(batch_size, cpu_default, np.bincount(batches.codes))
+
+
+def _hparams(args: dict, model: SAUCIE) -> dict:
+    """The model's settings as saved in ``model.json`` (``args``: the constructor's arguments)."""
+    likelihood, block_key = args["likelihood"], args["block_key"]
+    return {
+        "hidden": list(args["hidden"]),
+        "n_latent": int(args["n_latent"]),
+        "lambda_b": float(args["lambda_b"]),
+        "lambda_c": float(args["lambda_c"]),
+        "lambda_d": float(args["lambda_d"]),
+        "learning_rate": model.learning_rate,
+        "batch_size": model.batch_size,
+        "pairwise_cells": model.weights.pairwise_cells,
+        "random_state": model.random_state,
+        "batch_reconstruction": args["batch_reconstruction"],
+        "likelihood": likelihood if isinstance(likelihood, str) else dict(likelihood),
+        "block_key": block_key,
+        "blocks": {b.name: b.likelihood for b in model.blocks},
+        "block_weights": {b.name: b.weight for b in model.blocks} if block_key is not None else None,
+        "input_dropout": model.variants.input_dropout,
+        "input_noise": model.variants.input_noise,
+        "l1_activity": model.variants.l1_activity,
+        "contractive": model.variants.contractive,
+        "variational": bool(args["variational"]),
+        "lambda_kl": model.variants.lambda_kl,
+    }

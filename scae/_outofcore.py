@@ -1,110 +1,16 @@
-"""``scae.tl.fit`` on a backed AnnData: outputs streamed chunk by chunk, big per-cell arrays to a file.
+"""Data larger than memory for the scale tests and benchmarks: real cells resampled with noise into an .h5ad.
 
-In memory: the 2-D embedding, one cluster label per cell and ``uns``. The clustering-layer codes and the
-reconstruction (imputed values; with ``batch_key`` the batch-corrected one, in the reference batch's
-units) are written chunk by chunk to ``out_path`` (an .h5ad with the same ``obs_names``/``var_names``)
-when it is given, else not kept.
+(Backed fits themselves run the streamed pipeline of :mod:`scae._pipeline` through :mod:`scae._fit`.)
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import time
 from pathlib import Path
 
 import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
-
-from ._atomic import atomic_path
-from ._stream import stream_outputs
-from .train import INFER_CHUNK_ROWS
-
-logger = logging.getLogger("scae")
-
-
-class _H5Sink:
-    """Writes row blocks into dense datasets of an .h5ad that anndata reads back as obsm/layers."""
-
-    def __init__(self, path: Path, adata, *, datasets: dict[str, tuple[str, int]]) -> None:
-        ad.AnnData(obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names)).write_h5ad(path)
-        self.file = h5py.File(path, "a")
-        self.targets = {}
-        for name, (where, width) in datasets.items():
-            group, key = where.split("/")
-            g = self.file.require_group(group)
-            rows = max(1, min(adata.n_obs, 2**20 // max(1, width)))
-            dset = g.create_dataset(key, shape=(adata.n_obs, width), dtype="float32", chunks=(rows, width))
-            dset.attrs["encoding-type"] = "array"
-            dset.attrs["encoding-version"] = "0.2.0"
-            self.targets[name] = dset
-
-    def __call__(self, name: str, start: int, block: np.ndarray) -> None:
-        if name in self.targets:
-            self.targets[name][start : start + block.shape[0]] = block
-
-    def close(self) -> None:
-        self.file.close()
-
-
-@contextlib.contextmanager
-def finish(
-    adata,
-    model,
-    *,
-    key_added: str,
-    impute: bool,
-    out_path,
-    merge_threshold,
-    n_clusters,
-    min_cluster_size,
-    imputed_units: str = "counts",
-):
-    """Stream embedding, clusters and codes/reconstruction; yield ``embedding``, ``labels`` (categorical) and runtime.
-
-    Codes and reconstruction go to a temporary file beside ``out_path``, renamed to ``out_path`` when the
-    ``with`` block ends without error; on any error the temporary file is removed (an earlier ``out_path``
-    stays as it was). ``adata`` itself is not written here.
-    """
-    t0 = time.perf_counter()
-    corrected = model.batches is not None and model.weights.lambda_b > 0
-    rec_key = f"{key_added}_corrected" if corrected else f"{key_added}_imputed"
-    with contextlib.ExitStack() as stack:
-        tmp = None if out_path is None else stack.enter_context(atomic_path(out_path))
-        sink = None
-        if tmp is not None:
-            n_units = int(model.hparams["hidden"][0])  # the clustering layer mirrors the first encoder layer
-            datasets = {"codes": (f"obsm/X_{key_added}_codes", n_units)}
-            if impute:
-                datasets["reconstruction"] = (f"layers/{rec_key}", model.net.feature_mean.numel())
-            sink = _H5Sink(tmp, adata, datasets=datasets)
-        chunk = min(model._row_source().block_rows, INFER_CHUNK_ROWS)  # a 64 MB block is ~450k cytometry rows
-        try:
-            embedding, labels = stream_outputs(
-                model.net,
-                model._row_source(),
-                chunk_size=chunk,
-                min_cluster_size=min_cluster_size,
-                merge_threshold=merge_threshold,
-                n_clusters=n_clusters,
-                sink=sink,
-                write_reconstruction=impute and sink is not None,
-                counts=imputed_units,
-            )
-        finally:
-            if sink is not None:
-                sink.close()
-        if out_path is None:
-            logger.info("backed input: codes and imputed values are not kept; pass `out_path=` to write them to a file")
-        k = int(labels.max()) + 1
-        yield {
-            "embedding": embedding,
-            "labels": pd.Categorical.from_codes(labels, categories=[str(i) for i in range(k)]),
-            "n_clusters": k,
-            "infer_cluster_s": time.perf_counter() - t0,
-        }
 
 
 def write_resampled_h5ad(

@@ -287,6 +287,6 @@ def load_model(cls, path, adata: AnnData | None = None, *, device="auto"):
         reference_batch=reference_batch,
     )
     if adata is None:
-        model.adata, model._X = None, None
+        model.adata, model.X = None, None
     logger.info("loaded model from %s (%d features)", path, len(var_names))
     return model

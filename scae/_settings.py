@@ -250,7 +250,7 @@ CLUSTERING = {
 }
 #: ``scae.tl.fit``; ``adata`` is checked apart, ``progress`` accepts anything truthy.
 FIT = {
-    **{k: v for k, v in MODEL.items() if k != "n_latent"},
+    **MODEL,
     **CLUSTERING,
     "max_epochs": MAX_EPOCHS,
     "early_stopping": flag_or_none,

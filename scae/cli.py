@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from ._atomic import write_h5ad_atomic
+from ._dist import launched_by_torchrun
 
 logger = logging.getLogger("scae")
 
@@ -150,6 +151,11 @@ def _fit(args: argparse.Namespace) -> int:
             raise FileNotFoundError(msg)
         flags["gene_sets"] = args.gene_sets
     values, cfg = _options(args, tl.fit, flags)
+    if launched_by_torchrun():  # the same fit on every rank of the job: see scae.distributed
+        from .distributed import fit_file
+
+        fit_file(args.input, args.output, values)
+        return 0
     adata = _read_input(args.input)
     out = Path(args.output)
     _check_writable(out)

@@ -235,11 +235,18 @@ def _scan(X, where: str):
     return _SCAN[1]
 
 
-def make_row_source(X, device: torch.device, *, block_rows: int | None = None):
-    """:class:`RowSource` for in-memory matrices, :class:`scae._backed.BackedRowSource` for backed ones."""
+is_backed = _backed.is_backed
+
+
+def make_row_source(X, device: torch.device, *, block_rows: int | None = None, start: int = 0, stop: int | None = None):
+    """The row-source protocol of the pipeline (``len``, ``rows(idx)``, ``chunks(n)``) over rows ``start:stop``.
+
+    :class:`RowSource` for in-memory matrices, :class:`scae._backed.BackedRowSource` for backed ones.
+    """
+    stop = X.shape[0] if stop is None else stop
     if _backed.is_backed(X):
-        return _backed.BackedRowSource(X, device, block_rows=block_rows)
-    return RowSource(X, device)
+        return _backed.BackedRowSource(X, device, block_rows=block_rows, start=start, stop=stop)
+    return RowSource(X if (start, stop) == (0, X.shape[0]) else X[start:stop], device)
 
 
 class RowSource:

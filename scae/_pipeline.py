@@ -1,0 +1,258 @@
+"""The one pipeline every mode runs: row source → training loop → chunked forward pass → cluster accumulator → sink.
+
+- **Row source** (``model.row_source()``): the rows the model was set up with, as :class:`scae.data.RowSource`
+  (in memory, dense or sparse) or :class:`scae._backed.BackedRowSource` (a backed h5ad), restricted to this
+  rank's shard under torchrun (:mod:`scae._dist`).
+- **Training loop** (:func:`train_model`): :func:`scae.train.train_net` on that source, DDP-wrapped under
+  torchrun, with the convergence rule of :mod:`scae._stopping`.
+- **Chunked forward pass** (:func:`forward_chunks`): the network over the rows in order, one chunk at a time;
+  under torchrun rank 0 receives every rank's chunks (the rank-0 gather).
+- **Cluster accumulator** (:class:`scae._accumulator.ClusterAccumulator`): fed with slices of the arrays in
+  memory (:func:`scae._features.cut`) or, for backed data, with the chunks of repeated forward passes
+  (:func:`stream_outputs`).
+- **Sinks**: the arrays of an in-memory fit (:func:`infer_arrays`), or :class:`FileSink` for ``out_path``.
+
+The AnnData contract is written by :mod:`scae._contract` from what the pipeline returns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from . import _features
+from ._accumulator import Chunk, ClusterAccumulator
+from ._stopping import StopRule, step_budget
+from .train import INFER_CHUNK_ROWS, train_net
+
+#: Optimizer steps of a fit with ``early_stopping=False`` and no ``max_epochs`` (the fixed budget before the
+#: convergence rule of :mod:`scae._stopping`).
+DEFAULT_STEPS = 3000
+MAX_AUTO_EPOCHS = 1000
+
+
+def default_max_epochs(n_cells: int, batch_size: int, n_steps: int = DEFAULT_STEPS) -> int:
+    """Epochs giving about ``n_steps`` optimizer steps (at least 1, at most ``MAX_AUTO_EPOCHS``)."""
+    steps_per_epoch = max(1, math.ceil(n_cells / max(1, min(batch_size, n_cells))))
+    return int(min(MAX_AUTO_EPOCHS, max(1, round(n_steps / steps_per_epoch))))
+
+
+def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping: bool | None) -> dict:
+    """Train ``model.net`` on the model's row source; returns the runtime entries (steps, why it stopped, ...).
+
+    Under torchrun every rank draws ``batch_size // world_size`` cells per step from its shard, the same
+    number of steps per epoch on every rank, and the loss values that decide when to stop are averaged.
+    """
+    n_cells = model.n_cells
+    if early_stopping is None:
+        early_stopping = max_epochs is None
+    stop = StopRule(max_steps=step_budget(n_cells, model.batch_size)) if early_stopping else None
+    if stop is None and max_epochs is None:
+        max_epochs = default_max_epochs(n_cells, model.batch_size)
+    t0 = time.perf_counter()
+    source = model.row_source()
+    t_load = time.perf_counter() - t0
+    group = model.group
+    rank = 0 if group is None else group.rank
+    batch_size = model.batch_size if group is None else max(2, model.batch_size // group.world)
+    if group is not None:  # every rank takes the same number of steps per epoch (DDP steps together)
+        source.steps = math.ceil(math.ceil(n_cells / group.world) / batch_size)
+    start, stop_row = model.shard
+    batches = model.batches
+    if batches is not None:
+        batch_codes = torch.from_numpy(batches.codes[start:stop_row]).to(model.device)
+        n_batches, reference = len(batches.categories), batches.reference
+    else:
+        batch_codes, n_batches, reference = None, 1, 0
+    t1 = time.perf_counter()
+    result = train_net(
+        model.net if group is None else group.wrap(model.net),
+        source,
+        batch_codes=batch_codes,
+        n_batches=n_batches,
+        reference=reference,
+        weights=model.weights,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        learning_rate=model.learning_rate,
+        generator=torch.Generator(device=model.device).manual_seed(model.random_state + 1000 * rank),
+        progress=progress and rank == 0,
+        variants=model.variants,
+        autocast_dtype=model.autocast_dtype,
+        compile=model.compile,
+        reduce_history=None if group is None else group.mean,
+        stop=stop,
+    )
+    t_train = time.perf_counter() - t1
+    for k, v in result.history.items():
+        model.history.setdefault(k, []).extend(v)
+    batch = int(min(model.batch_size, n_cells))
+    return {
+        "load_s": t_load,
+        "train_s": t_train,
+        "epochs": int(result.epochs),
+        "steps": int(result.steps),
+        "stop_reason": result.stop_reason,
+        "max_steps": int(stop.max_steps) if stop is not None else int(result.steps),
+        "batch_size": batch,
+        "train_cells_per_s": result.steps * batch / max(t_train, 1e-9),
+    }
+
+
+@torch.no_grad()
+def forward_chunks(model, *, counts: str = "counts", rows: bool = False, gene_sets: bool = False) -> Iterator[dict]:
+    """The network over the model's rows in order: one dict of float32 arrays per chunk of rows.
+
+    Keys: ``start`` (first row), ``embedding``, ``codes``, ``reconstruction`` (input units; count blocks in
+    ``counts`` units, see :meth:`scae.nn.network.SAUCIENet.predict`), with ``rows`` the input rows, with
+    ``gene_sets`` the oriented gene-set activities. Under torchrun every rank runs its shard and rank 0 yields
+    every rank's chunks (rank by rank within a step; ``start`` places them); other ranks yield nothing but
+    must iterate to the end, as the gathers are collective.
+    """
+    net = model.net
+    net.eval()
+    source = model.row_source()
+    chunk_rows = min(getattr(source, "block_rows", INFER_CHUNK_ROWS), INFER_CHUNK_ROWS)
+
+    def local():
+        start = model.shard[0]
+        for x in source.chunks(chunk_rows):
+            out = net(x)
+            item = {
+                "start": start,
+                "embedding": out.embedding.float().cpu().numpy(),
+                "codes": out.codes.float().cpu().numpy(),
+                "reconstruction": net.predict(x, out, counts=counts).float().cpu().numpy(),
+            }
+            if rows:
+                item["rows"] = x.float().cpu().numpy()
+            if gene_sets:
+                item["gene_sets"] = net.gene_set_activities(x).float().cpu().numpy()
+            start += x.shape[0]
+            yield item
+
+    group = model.group
+    if group is None:
+        yield from local()
+        return
+    mine = local()
+    for _ in range(group.max(math.ceil(len(source) / chunk_rows))):
+        gathered = group.gather(next(mine, None))
+        for item in gathered or ():
+            if item is not None:
+                yield item
+
+
+def infer_arrays(model, *, counts: str = "counts") -> dict[str, np.ndarray]:
+    """Embedding, codes and reconstruction of every row, float32, each allocated once and filled chunk by chunk."""
+    n = model.n_cells
+    arrays: dict[str, np.ndarray] = {}
+    for item in forward_chunks(model, counts=counts):
+        start = item.pop("start")
+        for k, v in item.items():
+            if k not in arrays:
+                arrays[k] = np.empty((n, v.shape[1]), dtype=np.float32)
+            arrays[k][start : start + v.shape[0]] = v
+    return arrays
+
+
+class FileSink:
+    """The ``out_path`` of a backed fit: an .h5ad with the input's ``obs``/``var``, filled chunk by chunk.
+
+    ``datasets`` maps an output name to ``("obsm/X_scae_codes", width)``; :meth:`finish` then adds what is
+    held in memory (embedding, clusters, gene sets, ``uns``), so the file is a complete result without ``X``.
+    """
+
+    def __init__(self, path: Path, adata, *, datasets: dict[str, tuple[str, int]]) -> None:
+        ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy()).write_h5ad(path)
+        self.path = path
+        self.file = h5py.File(path, "a")
+        self.targets = {}
+        for name, (where, width) in datasets.items():
+            group, key = where.split("/")
+            rows = max(1, min(adata.n_obs, 2**20 // max(1, width)))
+            dset = self.file.require_group(group).create_dataset(
+                key, shape=(adata.n_obs, width), dtype="float32", chunks=(rows, width)
+            )
+            dset.attrs["encoding-type"] = "array"
+            dset.attrs["encoding-version"] = "0.2.0"
+            self.targets[name] = dset
+
+    def write(self, name: str, start: int, block: np.ndarray) -> None:
+        """Rows ``start:start + len(block)`` of the output ``name`` (ignored when it is not kept)."""
+        if name in self.targets:
+            self.targets[name][start : start + block.shape[0]] = block
+
+    def finish(self, outputs: dict) -> None:
+        """Write the outputs held in memory: ``{"obs": {...}, "obsm": {...}, "varm": {...}, "uns": {...}}``."""
+        from anndata.io import write_elem
+
+        obs = ad.io.read_elem(self.file["obs"])
+        for k, v in outputs.get("obs", {}).items():
+            obs[k] = v
+        del self.file["obs"]
+        write_elem(self.file, "obs", obs)
+        for kind in ("obsm", "varm", "uns"):
+            for k, v in outputs.get(kind, {}).items():
+                write_elem(self.file.require_group(kind), k, v)
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self.file.id.valid:
+            self.file.close()
+
+
+def _cluster_chunk(model, item: dict, units: str) -> Chunk:
+    mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
+    features, merge, _ = _features.cluster_inputs(item["reconstruction"], item["rows"], model.blocks, mean, std,
+                                                  units=units)  # fmt: skip
+    return Chunk(item["start"], item["codes"], features, merge)
+
+
+def stream_outputs(model, acc: ClusterAccumulator, *, sink=None, counts: str = "counts", cut_units: str = "counts"):
+    """Streamed outputs of every row (backed data, torchrun): embedding, gene-set activities and labels.
+
+    Pass 1 sends codes and the reconstruction (in ``counts`` units) to ``sink`` chunk by chunk and keeps the
+    embedding; passes 2 and 3 re-run the network to feed ``acc`` (reconstruction in ``cut_units``). Only the
+    embedding, gene-set activities and one label per cell are held. Returns ``(embedding, activities or None,
+    labels)`` on rank 0 (labels ``None`` on other ranks).
+    """
+    n = model.n_cells
+    want_sets = model.gene_set_mask is not None
+    embedding = activities = None
+    for item in forward_chunks(model, counts=counts, gene_sets=want_sets):
+        a, m = item["start"], item["codes"].shape[0]
+        if embedding is None:
+            embedding = np.empty((n, item["embedding"].shape[1]), dtype=np.float32)
+            activities = np.empty((n, item["gene_sets"].shape[1]), dtype=np.float32) if want_sets else None
+        embedding[a : a + m] = item["embedding"]
+        if want_sets:
+            activities[a : a + m] = item["gene_sets"]
+        acc.add_max(item["codes"])
+        if sink is not None:
+            sink.write("codes", a, item["codes"])
+            sink.write("reconstruction", a, item["reconstruction"])
+    for item in forward_chunks(model, counts=cut_units, rows=True):
+        acc.add_codes(_cluster_chunk(model, item, cut_units))
+    main = model.group is None or model.group.is_main
+    absorb = acc.needs_absorb() if main else False
+    if model.group is not None:
+        absorb = model.group.broadcast(absorb)
+    if absorb:
+        for item in forward_chunks(model, counts=cut_units, rows=True):
+            acc.absorb(_cluster_chunk(model, item, cut_units))
+    return embedding, activities, (acc.labels() if main else None)
+
+
+def categorical_labels(labels: np.ndarray) -> pd.Categorical:
+    """Cluster labels ``0..k-1`` as the categorical column scae writes (categories ``"0"``, ``"1"``, ...)."""
+    k = int(labels.max()) + 1
+    return pd.Categorical.from_codes(labels, categories=[str(i) for i in range(k)])
