@@ -1,15 +1,63 @@
-"""Feature blocks from AnnData: which likelihood each feature has, validation, and input moments."""
+"""Feature blocks from AnnData: which likelihood each feature has, validation, and input moments.
+
+The likelihood entries (:mod:`scae.nn.likelihoods`) give the input transform; the check of the input values
+is chosen by the entry's ``value_kind`` from :data:`VALUE_CHECKS`, the one place that knows the AnnData checks.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from . import _backed, data
-from .nn.heads import COUNT_LIKELIHOODS, LIKELIHOODS, TARGET_SUM, Block
+from .nn.heads import LIKELIHOODS, Block
+from .nn.likelihoods import get_likelihood, is_plain
+
+
+@dataclass(frozen=True)
+class ValueCheck:
+    """The check of one kind of input values, in memory and over the row chunks of a backed matrix."""
+
+    #: ``check(X, where=...)`` of an in-memory matrix: raises ``ValueError`` (or logs a warning)
+    check: Callable[..., None]
+    #: statistics of one dense chunk, e.g. numbers of bad entries
+    scan: Callable[[np.ndarray], np.ndarray]
+    #: how chunk statistics combine (``np.add`` for counts of bad entries, ``np.maximum`` for a maximum)
+    combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    #: ``report(statistics, where=...)`` after the last chunk: raises or warns as :attr:`check` does
+    report: Callable[..., None]
+
+
+def _warn_large(vmax: np.ndarray, *, where: str) -> None:
+    if float(vmax[0]) > data.LARGE_VALUE_WARNING:
+        data.logger.warning("%s has values up to %.3g: scae expects transformed data", where, float(vmax[0]))
+
+
+#: ``Likelihood.value_kind`` → the check of its input values.
+VALUE_CHECKS: dict[str, ValueCheck] = {
+    "continuous": ValueCheck(
+        data.warn_if_untransformed,
+        lambda xb: np.array([float(np.abs(xb).max()) if xb.size else 0.0]),
+        np.maximum,
+        _warn_large,
+    ),
+    "counts": ValueCheck(
+        data.validate_counts,
+        lambda xb: np.array(data.count_violations(xb), dtype=np.int64),
+        np.add,
+        lambda found, *, where: data.check_counts(*found, where=where),
+    ),
+    "binary": ValueCheck(
+        data.validate_binary,
+        lambda xb: np.array([data.binary_violations(xb)], dtype=np.int64),
+        np.add,
+        lambda found, *, where: data.check_binary(int(found[0]), where=where),
+    ),
+}
 
 
 def _check_likelihood(value, where: str) -> str:
@@ -85,66 +133,51 @@ def validate_and_moments(X, blocks: list[Block], *, where: str, validate: bool =
     """Check each block's values against its likelihood; per-feature moments of the encoder inputs.
 
     Count blocks must hold non-negative integers (their moments are of ``log1p`` normalized counts, the
-    encoder's input), Bernoulli blocks 0/1; ``mse`` blocks get the untransformed-input warning.
-    ``validate=False`` only recomputes the moments (of data that was checked before, e.g. by the fit).
+    encoder's input), Bernoulli blocks 0/1; ``mse`` blocks get the untransformed-input warning (see
+    :data:`VALUE_CHECKS`). ``validate=False`` only recomputes the moments (of data that was checked before,
+    e.g. by the fit).
     """
-    if _backed.is_backed(X) and (len(blocks) > 1 or blocks[0].likelihood != "mse"):
+    if _backed.is_backed(X) and (len(blocks) > 1 or not is_plain(blocks)):
         return _backed_moments(X, blocks, where=where)
     n_features = X.shape[1]
     mean = np.zeros(n_features, dtype=np.float32)
     std = np.ones(n_features, dtype=np.float32)
     for b in blocks:
+        lik = get_likelihood(b.likelihood)
         index = np.arange(n_features) if b.index is None else np.asarray(b.index)
         Xb = X if b.index is None else data.block_matrix(X, index)
-        label = where if b.index is None else f"block {b.name!r} of {where}"
-        if b.likelihood in COUNT_LIKELIHOODS:
-            if validate:
-                data.validate_counts(Xb, where=label)
-            Xb = data.log_normalize(Xb, TARGET_SUM)
-        elif not validate:
-            pass
-        elif b.likelihood == "bernoulli":
-            data.validate_binary(Xb, where=label)
-        else:
-            data.warn_if_untransformed(Xb, where=label)
-        mean[index], std[index] = data.feature_moments(Xb)
+        if validate:
+            VALUE_CHECKS[lik.value_kind].check(Xb, where=where if b.index is None else f"block {b.name!r} of {where}")
+        mean[index], std[index] = data.feature_moments(lik.encoder_input_np(Xb))
     return mean, std
 
 
 def _backed_moments(X, blocks: list[Block], *, where: str) -> tuple[np.ndarray, np.ndarray]:
     """:func:`validate_and_moments` of a backed matrix: one pass over row chunks, never the whole matrix.
 
-    Library sizes are per row, so normalizing a chunk of rows is exact; the checks count problems over the
-    whole file and report them as the in-memory checks do.
+    Library sizes are per row, so normalizing a chunk of rows is exact; the checks gather their statistics
+    over the whole file and report them as the in-memory checks do.
     """
     n, n_features = X.shape
     s1, s2 = np.zeros(n_features), np.zeros(n_features)
     parts = [
-        (b, np.arange(n_features) if b.index is None else np.asarray(b.index),
-         where if b.index is None else f"block {b.name!r} of {where}")
+        (get_likelihood(b.likelihood), np.arange(n_features) if b.index is None else np.asarray(b.index),
+         where if b.index is None else f"block {b.name!r} of {where}", b.index is None)
         for b in blocks
     ]  # fmt: skip
-    found = {label: np.zeros(2, dtype=np.int64) for _, _, label in parts}  # problems, or max |x| of mse blocks
-    vmax = dict.fromkeys(found, 0.0)
+    found: dict[str, np.ndarray | None] = {label: None for _, _, label, _ in parts}
     for _, chunk in _backed.iter_chunks(X, _backed.default_chunk_rows(n_features, budget=_backed.SCAN_BYTES)):
-        for b, index, label in parts:
-            xb = chunk if b.index is None else chunk[:, index]
-            if b.likelihood in COUNT_LIKELIHOODS:
-                found[label] += data.count_violations(xb)
-                xb = data.log_normalize(xb, TARGET_SUM)
-            elif b.likelihood == "bernoulli":
-                found[label][0] += data.binary_violations(xb)
-            elif xb.size:
-                vmax[label] = max(vmax[label], float(np.abs(xb).max()))
+        for lik, index, label, full in parts:
+            xb = chunk if full else chunk[:, index]
+            checker = VALUE_CHECKS[lik.value_kind]
+            stats = checker.scan(xb)
+            found[label] = stats if found[label] is None else checker.combine(found[label], stats)
+            xb = lik.encoder_input_np(xb)
             s1[index] += xb.sum(0, dtype=np.float64)
             s2[index] += np.square(xb, dtype=np.float64).sum(0)
-    for b, _, label in parts:
-        if b.likelihood in COUNT_LIKELIHOODS:
-            data.check_counts(*found[label], where=label)
-        elif b.likelihood == "bernoulli":
-            data.check_binary(int(found[label][0]), where=label)
-        elif vmax[label] > data.LARGE_VALUE_WARNING:
-            data.logger.warning("%s has values up to %.3g: scae expects transformed data", label, vmax[label])
+    for lik, _, label, _ in parts:
+        if found[label] is not None:
+            VALUE_CHECKS[lik.value_kind].report(found[label], where=label)
     mean = s1 / n
     std = np.sqrt(np.clip(s2 / n - mean**2, 0, None))
     std[std < 1e-6] = 1.0

@@ -39,7 +39,7 @@ def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ProcessGroup:
-    """This process's place in a torchrun job of ``world`` processes."""
+    """The place of this process in a torchrun job of ``world`` processes."""
 
     rank: int
     world: int

@@ -11,37 +11,43 @@ from the reconstruction as stored in the AnnData, so re-cutting a fitted AnnData
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from . import cluster, data
 from .cluster import DEFAULT_MERGE_THRESHOLD
-from .nn.heads import COUNT_LIKELIHOODS, TARGET_SUM
+from .nn.likelihoods import get_likelihood, is_plain
 
 
 def standardized(values: np.ndarray, X, blocks, mean: np.ndarray, std: np.ndarray, *, units: str) -> np.ndarray:
     """``values`` (cells × features, count blocks in ``units``) in the standardized units of the encoder input.
 
-    Count blocks are turned into ``log1p`` of expected counts per 10,000 (``"counts"`` are divided by each
-    cell's observed library size in ``X``, at least 1, as the network does); every feature is then centred
-    and scaled by ``mean``/``std`` (the network's ``feature_mean``/``feature_std``).
+    Each block's likelihood maps its values to the encoder's units
+    (:meth:`~scae.nn.likelihoods.Likelihood.expected_to_encoder_np`): count blocks are turned into ``log1p`` of
+    expected counts per 10,000 (``"counts"`` are divided by each cell's observed library size in ``X``, at
+    least 1, as the network does); every feature is then centred and scaled by ``mean``/``std`` (the
+    network's ``feature_mean``/``feature_std``).
     """
     mean, std = np.asarray(mean, np.float32).ravel(), np.asarray(std, np.float32).ravel()
     out = np.empty(values.shape, dtype=np.float32)
     for b in blocks:
         index = np.arange(values.shape[1]) if b.index is None else np.asarray(b.index)
         v = values if b.index is None else values[:, index]
-        if b.likelihood in COUNT_LIKELIHOODS and units == "counts":
-            library = np.clip(data.library_size(X if b.index is None else data.block_matrix(X, index)), 1.0, None)
-            v = np.log1p(v * (TARGET_SUM / library).astype(np.float32)[:, None])
-        elif b.likelihood in COUNT_LIKELIHOODS and units == "normalized":
-            v = np.log1p(v)
+        library = partial(_library_size, X, None if b.index is None else index)
+        v = get_likelihood(b.likelihood).expected_to_encoder_np(v, units, library)
         out[:, index] = (v - mean[index]) / std[index]
     return out
 
 
+def _library_size(X, index: np.ndarray | None) -> np.ndarray:
+    """Observed library size per cell of the columns ``index`` of ``X`` (every column for ``None``)."""
+    return data.library_size(X if index is None else data.block_matrix(X, index))
+
+
 def absorb_features(values: np.ndarray, X, blocks, mean, std, *, units: str = "counts") -> np.ndarray:
     """Per-cell features by which cells of rare codes join a cluster, in training and when placing new cells."""
-    if all(b.likelihood == "mse" for b in blocks):
+    if is_plain(blocks):
         return (values - np.asarray(mean, np.float32).ravel()) / np.asarray(std, np.float32).ravel()
     return standardized(values, X, blocks, mean, std, units=units)
 
@@ -82,6 +88,6 @@ def cluster_inputs(values: np.ndarray, X, blocks, mean, std, *, units: str = "co
     docstring; used on whole arrays by :func:`cut` and on chunks by the streamed outputs (:mod:`scae._pipeline`).
     """
     features = absorb_features(values, X, blocks, mean, std, units=units)
-    if all(b.likelihood == "mse" for b in blocks):
+    if is_plain(blocks):
         return features, X, cluster.common_scale(np.asarray(std, np.float32).ravel())
     return features, None, 1.0

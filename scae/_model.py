@@ -14,6 +14,7 @@ from anndata import AnnData
 from . import _blocks, _dist, _fast, _features, _pipeline, _settings, data, genesets
 from ._save import load_model, save_model
 from .cluster import DEFAULT_MERGE_THRESHOLD
+from .nn.likelihoods import is_plain
 from .nn.network import SAUCIENet
 from .objectives import Variants
 from .train import LossWeights, infer_gene_sets
@@ -240,7 +241,7 @@ class SAUCIE:
     @property
     def plain(self) -> bool:
         """Whether every feature has the ``mse`` likelihood (continuous input, the original SAUCIE loss)."""
-        return all(b.likelihood == "mse" for b in self.blocks)
+        return is_plain(self.blocks)
 
     def row_source(self):
         """The rows the model trains on and infers from (this rank's shard under torchrun), on the device.
@@ -385,7 +386,7 @@ class SAUCIE:
         return rec.copy() if rec is self.outputs(counts)["reconstruction"] else rec
 
     def reconstruction_array(self, *, corrected: bool = False, counts: str = "counts") -> np.ndarray:
-        """:meth:`get_reconstruction`, possibly the kept array itself (no copy: ``tl.fit`` moves it into the AnnData)."""
+        """:meth:`get_reconstruction`, possibly the kept array itself (no copy: ``tl.fit`` moves it into AnnData)."""
         rec = self.outputs(counts)["reconstruction"]
         if corrected and self.batches is None:
             msg = "`corrected=True` needs a model trained with `batch_key`"

@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 
 from . import _backed
+from .nn.likelihoods import log_normalize_np
 
 logger = logging.getLogger("scae")
 
@@ -150,16 +151,10 @@ def library_size(X) -> np.ndarray:
 def log_normalize(X, target_sum: float):
     """``log1p(x / library × target_sum)`` per cell (float32; sparse stays sparse, zero-count rows stay 0).
 
-    The same transform the network applies to count blocks before standardization (``scae.nn.heads``).
+    The transform the network applies to count blocks before standardization
+    (:func:`scae.nn.likelihoods.log_normalize_np`); ``X`` may also be backed.
     """
-    lib = np.clip(library_size(X), 1.0, None)
-    scale = (target_sum / lib).astype(np.float32)
-    if sp.issparse(X):
-        Y = sp.csr_matrix(X, dtype=np.float32, copy=True)
-        Y.data *= np.repeat(scale, np.diff(Y.indptr))
-        np.log1p(Y.data, out=Y.data)
-        return Y
-    return np.log1p(np.asarray(X, dtype=np.float32) * scale[:, None])
+    return log_normalize_np(X, library_size(X), target_sum)
 
 
 def block_matrix(X, index: np.ndarray):

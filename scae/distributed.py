@@ -71,7 +71,7 @@ def fit_file(input_path, output_path, values: dict, *, backend: str = "auto", co
 
 
 def _copy_matrix(input_path, output_path) -> None:
-    """Copy the input's ``X`` into the written output, atomically (a copy of the output gets ``X``, then replaces it)."""
+    """Copy the input's ``X`` into the written output, atomically (a copy gets ``X``, then replaces the output)."""
     import h5py
 
     with atomic_path(output_path) as tmp:
@@ -86,7 +86,8 @@ def _copy_matrix(input_path, output_path) -> None:
 FLAGS = {
     "layer": "layer", "batch_key": "batch_key", "max_epochs": "max_epochs", "batch_size": "batch_size",
     "hidden": "hidden", "learning_rate": "learning_rate", "lambda_b": "lambda_b", "lambda_c": "lambda_c",
-    "lambda_d": "lambda_d", "merge_threshold": "merge_threshold", "n_clusters": "n_clusters", "block_rows": "block_rows",
+    "lambda_d": "lambda_d", "merge_threshold": "merge_threshold", "n_clusters": "n_clusters",
+    "block_rows": "block_rows",
     "seed": "random_state", "likelihood": "likelihood", "block_key": "block_key", "gene_sets": "gene_sets",
     "save_model": "save_model", "device": "device",
 }  # fmt: skip

@@ -93,17 +93,14 @@ def reconstruction_loss(
     The total and, when there is more than one block, ``{block name: value}``.
     """
     heads = net.heads
-    if heads.full and heads.blocks[0].likelihood == "mse":  # the original SAUCIE loss, unchanged
-        val = (z - out.reconstruction).pow(2).mean(1) if per_cell else losses.mse(z, out.reconstruction)
-        w = heads.blocks[0].weight
-        return (val if w == 1.0 else w * val), {}
     total = None
     parts: dict[str, torch.Tensor] = {}
     for k, b in enumerate(heads.blocks):
         entry = heads.block_nll(k, x, z, out.reconstruction, out.codes)
         val = entry.mean(1) if per_cell else entry.mean()
         parts[b.name] = val
-        total = b.weight * val if total is None else total + b.weight * val
+        val = val if b.weight == 1.0 else b.weight * val
+        total = val if total is None else total + val
     return total, (parts if len(heads.blocks) > 1 else {})
 
 

@@ -1,4 +1,5 @@
-"""Count and binary likelihoods: oracle values from scipy.stats, input checks, NB/ZINB fits on real counts."""
+"""Count and binary likelihoods: oracle values from scipy.stats, input checks, NB/ZINB fits on real counts, and a
+new likelihood (Poisson) added as one registry entry."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,9 @@ import torch
 from scipy import stats
 
 import scae
-from scae import losses
+from scae import _blocks, _features, losses, objectives
+from scae.nn import Block, CountLikelihood, SAUCIENet, heads, registered
+from scae.nn.likelihoods import VALUE_KINDS
 
 
 def _grid():
@@ -115,3 +118,67 @@ def test_count_fit_sparse_and_dense_agree(counts):
     scae.tl.fit(d, **kw)
     np.testing.assert_allclose(d.obsm["X_scae"], s.obsm["X_scae"], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(d.layers["scae_imputed"], s.layers["scae_imputed"], rtol=1e-3, atol=1e-3)
+
+
+class _Poisson(CountLikelihood):
+    """A likelihood added by the test alone: one class, registered for the test's duration."""
+
+    name = "poisson"
+
+    def nll(self, xb, zb, p):
+        mu = p["mu"]
+        return mu - xb * torch.log(mu + 1e-8) + torch.lgamma(xb + 1.0)
+
+
+def test_a_new_likelihood_is_one_entry(counts):
+    X = counts.X.toarray()
+    with registered(_Poisson()) as entry:
+        assert "poisson" in heads.LIKELIHOODS and "poisson" in heads.COUNT_LIKELIHOODS
+        blocks = [Block("all", "poisson")]
+        mean, std = _blocks.validate_and_moments(X, blocks, where="x")  # the numpy transform and the count check
+        np.testing.assert_allclose(mean, np.log1p(X / X.sum(1, keepdims=True) * 1e4).mean(0), rtol=1e-4, atol=1e-5)
+        with pytest.raises(ValueError, match="negative"):
+            _blocks.validate_and_moments(-X, blocks, where="x")
+        torch.manual_seed(0)
+        net = SAUCIENet(X.shape[1], hidden=(64, 32, 16), feature_mean=torch.tensor(mean),
+                        feature_std=torch.tensor(std), blocks=blocks)  # fmt: skip
+        assert not any(k.startswith(("heads.log_theta", "heads.dropout")) for k in net.state_dict())
+        x = torch.tensor(X)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        history = []
+        for _ in range(30):
+            loss, _ = objectives.reconstruction_loss(net, x, net.encoder_input(x), net(x))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
+        assert np.all(np.isfinite(history)) and np.mean(history[-5:]) < 0.9 * history[0]
+        net.eval()
+        with torch.no_grad():
+            out = net(x)
+            p = net.heads.params(0, out.reconstruction, out.codes, x)
+            want = -stats.poisson.logpmf(X, p["mu"].numpy()).mean()
+            assert float(objectives.reconstruction_loss(net, x, net.encoder_input(x), out)[0]) == pytest.approx(
+                want, rel=1e-4
+            )
+            imputed = net.predict(x, out).numpy()  # expected counts keep each cell's library size
+            np.testing.assert_allclose(imputed.sum(1), X.sum(1), rtol=1e-3)
+            log1p = net.predict(x, out, counts="log1p")
+        feats = _features.standardized(imputed, X, blocks, mean, std, units="counts")
+        np.testing.assert_allclose(feats, net.standardize(log1p).numpy(), rtol=1e-3, atol=1e-3)
+        assert entry.is_count and not entry.has_dispersion
+    assert set(_blocks.VALUE_CHECKS) == set(VALUE_KINDS)  # every kind of values an entry may declare is checked
+    assert "poisson" not in heads.LIKELIHOODS
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        SAUCIENet(X.shape[1], hidden=(8, 4), blocks=[Block("all", "poisson")])
+
+
+def test_a_new_likelihood_fits_through_the_public_api(counts):
+    a = counts.copy()
+    with registered(_Poisson()):
+        scae.tl.fit(a, likelihood="poisson", hidden=(64, 32, 16), max_epochs=10, random_state=0, progress=False)
+    hist = a.uns["scae"]["history"]["reconstruction"]
+    assert np.all(np.isfinite(hist)) and hist[-1] < hist[0]
+    library = np.asarray(a.X.sum(1)).ravel()
+    np.testing.assert_allclose(a.layers["scae_imputed"].sum(1), library, rtol=1e-3)
+    assert a.obs["scae_cluster"].nunique() >= 1

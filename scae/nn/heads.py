@@ -1,38 +1,24 @@
-"""Output heads: one likelihood per block of features (MSE, NB, ZINB, Bernoulli), pure torch.
+"""Output heads: every block of features reads its slice of the decoder's raw output through its likelihood.
 
-The decoder's output layer gives one raw value per feature. Each block of features reads its slice:
-
-=============  ==========================================================  ==============================
-likelihood     raw output of the block means                               encoder sees (before scaling)
-=============  ==========================================================  ==============================
-``mse``        standardized value (``(x - mean) / std``)                   ``x``
-``nb``         log-rates; ``μ = library × softmax(rates over the block)``  ``log1p(x / library × 1e4)``
-``zinb``       as ``nb``, plus a dropout logit per feature (own layer)     ``log1p(x / library × 1e4)``
-``bernoulli``  logit of ``P(x = 1)``                                       ``x`` (0/1)
-=============  ==========================================================  ==============================
-
-``library`` is the observed total count of the block in that cell (scVI's observed library size), used as an
-offset so the network models composition, not depth. NB/ZINB have one learned inverse dispersion ``θ`` per
-feature. All features, whatever their block, are then centred and scaled by the network's
-``feature_mean``/``feature_std`` buffers (computed on the transformed inputs).
+The likelihoods themselves (``mse``, ``nb``, ``zinb``, ``bernoulli``: input transform, parameters, loss, expected
+values) are the entries of :mod:`scae.nn.likelihoods`, where their table is; :class:`BlockHeads` holds what
+they share across blocks: the feature positions of each block, the per-feature inverse dispersions
+(``log_theta``, when a block's likelihood has one) and the dropout layer (``dropout``, when one needs it).
+All features, whatever their block, are then centred and scaled by the network's ``feature_mean``/``feature_std``
+buffers (computed on the transformed inputs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from .. import losses
+from .likelihoods import COUNT_LIKELIHOODS, LIKELIHOODS, TARGET_SUM, UNITS, Likelihood, get_likelihood
 
-Likelihood = Literal["mse", "nb", "zinb", "bernoulli"]
-LIKELIHOODS: tuple[str, ...] = ("mse", "nb", "zinb", "bernoulli")
-COUNT_LIKELIHOODS: tuple[str, ...] = ("nb", "zinb")
-#: Counts of a count block are scaled to this library size before ``log1p`` for the encoder input.
-TARGET_SUM = 1e4
+__all__ = ["COUNT_LIKELIHOODS", "LIKELIHOODS", "TARGET_SUM", "Block", "BlockHeads"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +30,8 @@ class Block:
     name
         Block name (e.g. ``"expression"``).
     likelihood
-        ``"mse"``, ``"nb"``, ``"zinb"`` or ``"bernoulli"``.
+        Name of a registered likelihood (:data:`scae.nn.likelihoods.LIKELIHOODS`): ``"mse"``, ``"nb"``,
+        ``"zinb"`` or ``"bernoulli"``.
     index
         Feature positions of the block; ``None`` means every feature.
     weight
@@ -52,7 +39,7 @@ class Block:
     """
 
     name: str
-    likelihood: Likelihood
+    likelihood: str
     index: tuple[int, ...] | None = None
     weight: float = 1.0
 
@@ -74,10 +61,12 @@ class BlockHeads(nn.Module):
         super().__init__()
         blocks = list(blocks)
         seen = torch.zeros(n_features, dtype=torch.long)
+        likelihoods: list[Likelihood] = []
         for k, b in enumerate(blocks):
             if b.likelihood not in LIKELIHOODS:
                 msg = f"unknown likelihood {b.likelihood!r} for block {b.name!r}; choose one of {LIKELIHOODS}"
                 raise ValueError(msg)
+            likelihoods.append(get_likelihood(b.likelihood))
             idx = torch.arange(n_features) if b.index is None else torch.as_tensor(b.index, dtype=torch.long)
             seen[idx] += 1
             self.register_buffer(f"index_{k}", idx)
@@ -85,11 +74,12 @@ class BlockHeads(nn.Module):
             msg = "blocks must cover every feature exactly once"
             raise ValueError(msg)
         self.blocks = blocks
+        #: the registry entry of each block
+        self.likelihoods = likelihoods
         self.full = len(blocks) == 1
-        self.has_counts = any(b.likelihood in COUNT_LIKELIHOODS for b in blocks)
-        if self.has_counts:
+        if any(lik.has_dispersion for lik in likelihoods):
             self.log_theta = nn.Parameter(torch.zeros(n_features))
-        if any(b.likelihood == "zinb" for b in blocks):
+        if any(lik.has_dropout for lik in likelihoods):
             self.dropout = nn.Linear(n_code, n_features)
 
     def index(self, k: int) -> torch.Tensor:
@@ -106,70 +96,52 @@ class BlockHeads(nn.Module):
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Raw inputs → encoder inputs before standardization (``log1p`` of normalized counts for count blocks)."""
-        if not self.has_counts:
-            return x
-        out = x.clone()
-        for k, b in enumerate(self.blocks):
-            if b.likelihood in COUNT_LIKELIHOODS:
-                xb = self.take(k, x)
-                out[:, self.index(k)] = torch.log1p(xb / self.library(k, x) * TARGET_SUM)
+        out = x
+        for k, lik in enumerate(self.likelihoods):
+            xb = self.take(k, x)
+            val = lik.encoder_input(xb, self.library(k, x) if lik.is_count else None)
+            if val is xb:  # the identity: nothing to write
+                continue
+            if out is x:
+                out = x.clone()
+            out[:, self.index(k)] = val
         return out
 
     def params(self, k: int, raw: torch.Tensor, codes: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Distribution parameters of block ``k``: ``mean``/``logits``/``mu``, ``rate``, ``theta``, dropout logits."""
-        b = self.blocks[k]
-        rb = self.take(k, raw)
-        if b.likelihood == "mse":
-            return {"mean": rb}
-        if b.likelihood == "bernoulli":
-            return {"logits": rb}
-        rate = torch.softmax(rb, dim=1)
-        out = {"rate": rate, "mu": rate * self.library(k, x), "theta": self.take(k, self.log_theta.exp().unsqueeze(0))}
-        if b.likelihood == "zinb":
-            out["dropout_logits"] = self.take(k, self.dropout(codes))
-        return out
+        lik = self.likelihoods[k]
+        return lik.params(
+            self.take(k, raw),
+            library=self.library(k, x) if lik.is_count else None,
+            theta=self.take(k, self.log_theta.exp().unsqueeze(0)) if lik.has_dispersion else None,
+            dropout_logits=self.take(k, self.dropout(codes)) if lik.has_dropout else None,
+        )
 
     def block_nll(
         self, k: int, x: torch.Tensor, z: torch.Tensor, raw: torch.Tensor, codes: torch.Tensor
     ) -> torch.Tensor:
         """Per-entry loss of block ``k``: squared error (standardized units) or negative log-likelihood."""
-        b = self.blocks[k]
-        p = self.params(k, raw, codes, x)
-        if b.likelihood == "mse":
-            return (self.take(k, z) - p["mean"]).pow(2)
-        xb = self.take(k, x)
-        if b.likelihood == "bernoulli":
-            return -losses.bernoulli_log_likelihood(xb, p["logits"])
-        if b.likelihood == "nb":
-            return -losses.nb_log_likelihood(xb, p["mu"], p["theta"])
-        return -losses.zinb_log_likelihood(xb, p["mu"], p["theta"], p["dropout_logits"])
+        return self.likelihoods[k].nll(self.take(k, x), self.take(k, z), self.params(k, raw, codes, x))
 
     def expected(
         self, raw: torch.Tensor, codes: torch.Tensor, x: torch.Tensor, *, counts: str = "counts"
     ) -> torch.Tensor:
         """Expected value per feature before the network's de-standardization of ``mse`` blocks.
 
-        ``mse`` blocks are left in standardized units (the caller maps them back); ``bernoulli`` blocks give
-        probabilities; count blocks give the NB mean ``μ`` (``counts="counts"``, at the cell's observed
-        library size), ``rate × 1e4`` (``"normalized"``) or ``log1p(rate × 1e4)`` (``"log1p"``, the units the
-        encoder sees). For ZINB this is the mean of the NB component, i.e. the value with dropouts removed.
+        ``mse`` blocks (every ``standardized`` likelihood) are left in standardized units (the caller maps them
+        back); ``bernoulli`` blocks give probabilities; count blocks give the NB mean ``μ`` (``counts="counts"``,
+        at the cell's observed library size), ``rate × 1e4`` (``"normalized"``) or ``log1p(rate × 1e4)``
+        (``"log1p"``, the units the encoder sees). For ZINB this is the mean of the NB component, i.e. the value
+        with dropouts removed (:meth:`scae.nn.likelihoods.Likelihood.mean`).
         """
-        if counts not in ("counts", "normalized", "log1p"):
+        if counts not in UNITS:
             msg = f"`counts` must be 'counts', 'normalized' or 'log1p', got {counts!r}"
             raise ValueError(msg)
         out = raw if self.full else raw.clone()
-        for k, b in enumerate(self.blocks):
-            if b.likelihood == "mse":
+        for k, lik in enumerate(self.likelihoods):
+            if lik.standardized:
                 continue
-            p = self.params(k, raw, codes, x)
-            if b.likelihood == "bernoulli":
-                val = torch.sigmoid(p["logits"])
-            elif counts == "counts":
-                val = p["mu"]
-            elif counts == "normalized":
-                val = p["rate"] * TARGET_SUM
-            else:
-                val = torch.log1p(p["rate"] * TARGET_SUM)
+            val = lik.mean(self.params(k, raw, codes, x), counts)
             if self.full:
                 out = val
             else:

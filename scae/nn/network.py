@@ -10,6 +10,7 @@ from torch import nn
 
 from .heads import Block, BlockHeads
 from .layers import MaskedLinear, mlp
+from .likelihoods import is_plain
 
 GeneSetLayer = Literal["encoder", "decoder"]
 
@@ -19,7 +20,7 @@ class NetOutput(NamedTuple):
 
     embedding: torch.Tensor  # (n, 2); a reparameterized sample when variational and training
     codes: torch.Tensor  # (n, n_code) clustering-layer activations, >= 0
-    reconstruction: torch.Tensor  # (n, n_features) raw output: standardized values / logits (see heads.py)
+    reconstruction: torch.Tensor  # (n, n_features) raw output: standardized values / logits (see likelihoods.py)
     hidden: torch.Tensor | None = None  # (n, hidden[-1]) last encoder hidden layer
     embedding_mean: torch.Tensor | None = None  # (n, 2) equal to ``embedding`` unless variational
     embedding_logvar: torch.Tensor | None = None  # (n, 2) only when variational
@@ -62,7 +63,7 @@ class SAUCIENet(nn.Module):
     Notes
     -----
     Count blocks are ``log1p``-normalized before standardization, so ``feature_mean``/``feature_std`` must
-    be the moments of the transformed inputs (see :mod:`scae.nn.heads`).
+    be the moments of the transformed inputs (see :mod:`scae.nn.likelihoods`).
     """
 
     def __init__(
@@ -205,22 +206,22 @@ class SAUCIENet(nn.Module):
 
     def predict(self, x: torch.Tensor, out: NetOutput, *, counts: str = "counts") -> torch.Tensor:
         """Expected values in input units: ``mse`` blocks de-standardized, probabilities, NB means (see heads)."""
-        if all(b.likelihood == "mse" for b in self.heads.blocks):
+        if is_plain(self.heads.blocks):
             return self.to_input_units(out.reconstruction)
         e = self.heads.expected(out.reconstruction, out.codes, x, counts=counts)
         res = self.to_input_units(e)
-        for k, b in enumerate(self.heads.blocks):
-            if b.likelihood != "mse":
+        for k, lik in enumerate(self.heads.likelihoods):
+            if not lik.standardized:
                 res[:, self.heads.index(k)] = self.heads.take(k, e)
         return res
 
     def standardized_prediction(self, x: torch.Tensor, out: NetOutput) -> torch.Tensor:
         """Expected values in the standardized units of the encoder input (for z-score comparisons, clusters)."""
-        if all(b.likelihood == "mse" for b in self.heads.blocks):
+        if is_plain(self.heads.blocks):
             return out.reconstruction
         s = self.standardize(self.heads.expected(out.reconstruction, out.codes, x, counts="log1p"))
-        for k, b in enumerate(self.heads.blocks):
-            if b.likelihood == "mse":
+        for k, lik in enumerate(self.heads.likelihoods):
+            if lik.standardized:
                 s[:, self.heads.index(k)] = self.heads.take(k, out.reconstruction)
         return s
 
