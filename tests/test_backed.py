@@ -15,7 +15,8 @@ import scipy.sparse as sp
 import scae
 from scae import data
 from scae._outofcore import write_resampled_h5ad
-from scae._stream import stream_outputs
+from scae._accumulator import ClusterAccumulator
+from scae._pipeline import stream_outputs
 
 
 @pytest.mark.parametrize("sparse", [False, True])
@@ -59,13 +60,15 @@ def test_backed_batch_stratified(tmp_path):
 def test_streamed_clusters_equal_in_memory(levine):
     model = scae.SAUCIE(levine, hidden=(64, 32, 16), random_state=0)
     model.train(max_epochs=8, progress=False)
-    source = data.RowSource(levine.X, model.device)
     settings = ({"merge_threshold": None, "min_cluster_size": 10}, {"merge_threshold": 1.0, "min_cluster_size": 30},
                 {"n_clusters": 4, "min_cluster_size": 10}, {})
+    scale = scae.cluster.common_scale(model.net.feature_std.numpy())
+    model.row_source().block_rows = 700  # the streamed passes run the network over chunks of 700 rows
     for kw in settings:
         expected = model.get_clusters(**kw)
         assert expected.max() >= 2
-        emb, labels = stream_outputs(model.net, source, chunk_size=700, **kw)
+        acc = ClusterAccumulator(model.n_cells, merge_scale=scale, **kw)
+        emb, _, labels = stream_outputs(model, acc)
         np.testing.assert_array_equal(labels, expected)
     np.testing.assert_allclose(emb, model.get_embedding(), atol=1e-5)
 
