@@ -176,6 +176,34 @@ def query(
     >>> scae.tl.query(ref, new, k=10, transfer="cell_type")  # doctest: +SKIP
     """
     _settings.check_query(adata_ref, adata_query, locals())
+    ref_codes, q_codes = _stored_codes(adata_ref, adata_query, codes_key, tie_break)
+    columns = _transfer_columns(adata_ref, transfer)
+    t0 = time.perf_counter()
+    unit_max = ref_codes.max(0)
+    ref_keys = pack_bits(binarize_with(ref_codes, unit_max, threshold))
+    q_keys = pack_bits(binarize_with(q_codes, unit_max, threshold))
+    idx, dist = hamming_knn(ref_keys, q_keys, k, **_tie_break_reps(adata_ref, adata_query, tie_break))
+    elapsed = time.perf_counter() - t0
+
+    adata = adata_query.copy() if copy else adata_query
+    adata.obsm[f"{key_added}_indices"] = idx
+    adata.obsm[f"{key_added}_hamming"] = dist
+    for col in columns:
+        adata.obs[f"{col}_{key_added}"] = _majority_labels(adata_ref.obs[col], idx)
+    adata.uns[key_added] = {
+        "params": {"k": int(k), "codes_key": codes_key, "threshold": float(threshold), "tie_break": tie_break or ""},
+        "n_ref": int(adata_ref.n_obs),
+        "n_ref_codes": int(len(np.unique(ref_keys, axis=0))),
+        "query_s": elapsed,
+    }
+    logger.info("scae query: %d query cells × %d reference cells in %.2fs", adata.n_obs, adata_ref.n_obs, elapsed)
+    return adata if copy else None
+
+
+def _stored_codes(
+    adata_ref: AnnData, adata_query: AnnData, codes_key: str, tie_break: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The codes of the reference and query cells, after checking both hold ``codes_key`` and ``tie_break``."""
     for name, a in (("adata_ref", adata_ref), ("adata_query", adata_query)):
         for key in (codes_key, tie_break):
             if key is not None and key not in a.obsm:
@@ -191,38 +219,33 @@ def query(
     if ref_codes.shape[1] != q_codes.shape[1]:
         msg = f"codes of different widths ({ref_codes.shape[1]} vs {q_codes.shape[1]}): use codes of the same model"
         raise ValueError(msg)
+    return ref_codes, q_codes
+
+
+def _transfer_columns(adata_ref: AnnData, transfer: str | list[str] | None) -> list[str]:
+    """The ``adata_ref.obs`` columns named by ``transfer``, as a list, after checking they exist."""
     columns = [transfer] if isinstance(transfer, str) else list(transfer or [])
     for col in columns:
         if col not in adata_ref.obs.columns:
             msg = f"transfer column {col!r} not found in adata_ref.obs"
             raise ValueError(msg)
-    t0 = time.perf_counter()
-    unit_max = ref_codes.max(0)
-    ref_keys = pack_bits(binarize_with(ref_codes, unit_max, threshold))
-    q_keys = pack_bits(binarize_with(q_codes, unit_max, threshold))
-    reps = {}
-    if tie_break is not None:
-        reps = {
-            "ref_rep": np.asarray(adata_ref.obsm[tie_break], np.float64),
-            "query_rep": np.asarray(adata_query.obsm[tie_break], np.float64),
-        }
-    idx, dist = hamming_knn(ref_keys, q_keys, k, **reps)
-    elapsed = time.perf_counter() - t0
+    return columns
 
-    adata = adata_query.copy() if copy else adata_query
-    adata.obsm[f"{key_added}_indices"] = idx
-    adata.obsm[f"{key_added}_hamming"] = dist
-    for col in columns:
-        # object → str keeps missing labels as "nan" (pandas 3 would keep them missing under astype(str))
-        codes, cats = pd.factorize(adata_ref.obs[col].to_numpy(dtype=object).astype(str))
-        counts = np.zeros((idx.shape[0], len(cats)), dtype=np.int32)
-        np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), codes[idx].ravel()), 1)
-        adata.obs[f"{col}_{key_added}"] = pd.Categorical(np.asarray(cats)[counts.argmax(1)], categories=sorted(cats))
-    adata.uns[key_added] = {
-        "params": {"k": int(k), "codes_key": codes_key, "threshold": float(threshold), "tie_break": tie_break or ""},
-        "n_ref": int(adata_ref.n_obs),
-        "n_ref_codes": int(len(np.unique(ref_keys, axis=0))),
-        "query_s": elapsed,
+
+def _tie_break_reps(adata_ref: AnnData, adata_query: AnnData, tie_break: str | None) -> dict[str, np.ndarray]:
+    """The ``ref_rep`` and ``query_rep`` arguments of :func:`hamming_knn` (none without ``tie_break``)."""
+    if tie_break is None:
+        return {}
+    return {
+        "ref_rep": np.asarray(adata_ref.obsm[tie_break], np.float64),
+        "query_rep": np.asarray(adata_query.obsm[tie_break], np.float64),
     }
-    logger.info("scae query: %d query cells × %d reference cells in %.2fs", adata.n_obs, adata_ref.n_obs, elapsed)
-    return adata if copy else None
+
+
+def _majority_labels(ref_labels: pd.Series, idx: np.ndarray) -> pd.Categorical:
+    """The most frequent of ``ref_labels`` among each query cell's neighbours (rows of ``idx``)."""
+    # object → str keeps missing labels as "nan" (pandas 3 would keep them missing under astype(str))
+    codes, cats = pd.factorize(ref_labels.to_numpy(dtype=object).astype(str))
+    counts = np.zeros((idx.shape[0], len(cats)), dtype=np.int32)
+    np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), codes[idx].ravel()), 1)
+    return pd.Categorical(np.asarray(cats)[counts.argmax(1)], categories=sorted(cats))

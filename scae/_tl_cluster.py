@@ -76,6 +76,29 @@ def cluster(
     4
     """
     _settings.check_cluster(adata, locals())
+    options = {"n_clusters": n_clusters, "merge_threshold": merge_threshold, "min_cluster_size": min_cluster_size}
+    labels = _cut_stored_codes(adata, key_added, threshold=threshold, **options)
+    adata = adata.copy() if copy else adata
+    _write_labels(adata, labels, key_added, threshold=threshold, **options)
+    cluster_stats(adata, layer=_fit_params(adata, key_added).get("layer"), key_added=key_added)
+    return adata if copy else None
+
+
+def _fit_params(adata: AnnData, key_added: str) -> dict:
+    """The ``params`` that :func:`scae.tl.fit` recorded in ``uns[key_added]`` (empty when it recorded none)."""
+    return adata.uns[key_added].get("params", {})
+
+
+def _cut_stored_codes(
+    adata: AnnData,
+    key_added: str,
+    *,
+    threshold: float,
+    min_cluster_size: int | None,
+    merge_threshold: float | None,
+    n_clusters: int | None,
+) -> np.ndarray:
+    """Cluster labels cut from the codes and reconstruction that :func:`scae.tl.fit` stored under ``key_added``."""
     codes_key, imputed_key = f"X_{key_added}_codes", f"{key_added}_imputed"
     if codes_key not in adata.obsm or key_added not in adata.uns:
         msg = f"adata.obsm[{codes_key!r}] not found: run `scae.tl.fit(adata)` first"
@@ -83,9 +106,8 @@ def cluster(
     if imputed_key not in adata.layers:
         msg = f"adata.layers[{imputed_key!r}] not found: run `scae.tl.fit(adata, impute=True)` first"
         raise KeyError(msg)
-    params = adata.uns[key_added].get("params", {})
-    layer = params.get("layer")
-    X = get_matrix(adata, layer)
+    params = _fit_params(adata, key_added)
+    X = get_matrix(adata, params.get("layer"))
     blocks = _blocks.resolve_blocks(
         adata, likelihood=params.get("likelihood", "mse"), block_key=params.get("block_key"), block_weights=None
     )
@@ -96,7 +118,7 @@ def cluster(
         adata.layers[imputed_key],
         params.get("imputed_units", "counts"),
     )
-    labels = _features.cut(
+    return _features.cut(
         np.asarray(adata.obsm[codes_key]),
         np.asarray(values, dtype=np.float32),
         X,
@@ -109,7 +131,19 @@ def cluster(
         merge_threshold=merge_threshold,
         n_clusters=n_clusters,
     )
-    adata = adata.copy() if copy else adata
+
+
+def _write_labels(
+    adata: AnnData,
+    labels: np.ndarray,
+    key_added: str,
+    *,
+    threshold: float,
+    min_cluster_size: int | None,
+    merge_threshold: float | None,
+    n_clusters: int | None,
+) -> None:
+    """Write the clusters ``labels`` (0 … k - 1), their count and the options that cut them into ``adata``."""
     k = int(labels.max()) + 1
     adata.obs[f"{key_added}_cluster"] = pd.Categorical(labels.astype(str), categories=[str(i) for i in range(k)])
     adata.uns[key_added]["n_clusters"] = k
@@ -119,8 +153,6 @@ def cluster(
         "min_cluster_size": -1 if min_cluster_size is None else int(min_cluster_size),
         "threshold": float(threshold),
     }
-    cluster_stats(adata, layer=layer, key_added=key_added)
-    return adata if copy else None
 
 
 def recut_values(corrected, imputed, imputed_units: str, fallback=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy as _copy
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -142,71 +142,147 @@ def transform(
     params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
     _settings.check_transform(model, adata, params, model_type=SAUCIE)
     t0 = time.perf_counter()
+    cells = _read_new_cells(model, adata, batch_key)
+    state = get_mapping_state(model)
+    net, history = _mapping_net(model, cells, fine_tune_epochs, fine_tune_learning_rate, random_state, progress)
+    t1 = time.perf_counter()
+    mapped = _map_cells(model, state, net, cells, impute=impute, fine_tuned=fine_tune_epochs > 0)
+    record = _uns_entry(model, state, cells, mapped, params, history, key_added=key_added, t0=t0, t1=t1)
+    adata = adata.copy() if copy else adata
+    _write_outputs(adata, mapped, cells.columns, record, key_added)
+    _log_summary(adata.n_obs, mapped.by_code, t0)
+    return adata if copy else None
+
+
+@dataclass
+class _NewCells:
+    """The new cells as the model reads them."""
+
+    X: object  # cells × the model's features, in the model's order
+    columns: np.ndarray | None  # position of each model feature in adata.var_names; None when in the same order
+    batch_codes: np.ndarray  # batch of each cell, 0 … n_batches - 1
+    n_batches: int
+
+
+@dataclass
+class _MappedCells:
+    """What the network and the training clusters give for the new cells (features in the model's order)."""
+
+    embedding: np.ndarray
+    codes: np.ndarray
+    clusters: pd.Categorical  # the training clusters, every one a category
+    by_code: np.ndarray  # True where the cell's code is a training code (else: nearest code centroid)
+    reconstruction: np.ndarray  # float32
+    imputed: np.ndarray | None  # None without `impute`
+    corrected: bool  # the reconstruction is batch-corrected (a model trained with batches, or fine-tuned)
+
+
+def _read_new_cells(model, adata: AnnData, batch_key: str | None) -> _NewCells:
+    """The new cells' matrix in the model's feature order (checked) and their batches."""
     view = data.align_var_names(adata, model.var_names)
     X = data.get_matrix(view, model.layer)
     where = "adata.X" if model.layer is None else f"adata.layers[{model.layer!r}]"
     data.validate_matrix(X, where=where)
+    batch_codes, n_batches = _batch_codes(model, adata, batch_key)
+    columns = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
+    return _NewCells(X=X, columns=columns, batch_codes=batch_codes, n_batches=n_batches)
+
+
+def _batch_codes(model, adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, int]:
+    """Batch of each new cell and the number of batches, by ``batch_key`` (default the model's, when present)."""
     if batch_key is None and model.batch_key is not None and model.batch_key in adata.obs.columns:
         batch_key = model.batch_key
-    if batch_key is not None:
-        if batch_key not in adata.obs.columns:
-            msg = f"batch_key {batch_key!r} not found in adata.obs (columns: {list(adata.obs.columns)})"
-            raise ValueError(msg)
-        batches = data.get_batches(adata, batch_key, min_cells=1)
-        batch_codes, n_new = batches.codes, len(batches.categories)
-    else:
-        batch_codes, n_new = np.zeros(adata.n_obs, dtype=np.int64), 1
-    state = get_mapping_state(model)
+    if batch_key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64), 1
+    if batch_key not in adata.obs.columns:
+        msg = f"batch_key {batch_key!r} not found in adata.obs (columns: {list(adata.obs.columns)})"
+        raise ValueError(msg)
+    batches = data.get_batches(adata, batch_key, min_cells=1)
+    return batches.codes, len(batches.categories)
 
-    net, history = model.net, {}
-    if fine_tune_epochs > 0:
-        net, history = _fine_tuned_net(
-            model, X, batch_codes, n_new, epochs=fine_tune_epochs, learning_rate=fine_tune_learning_rate,
-            seed=random_state, progress=progress,
+
+def _mapping_net(model, cells: _NewCells, epochs: int, learning_rate: float | None, seed: int, progress: bool):
+    """The network that maps the new cells and its fine-tuning history: the model's own without ``epochs``."""
+    if epochs > 0:
+        return _fine_tuned_net(
+            model, cells.X, cells.batch_codes, cells.n_batches, epochs=epochs, learning_rate=learning_rate,
+            seed=seed, progress=progress,
         )  # fmt: skip
-    t1 = time.perf_counter()
-    out = infer(net, data.RowSource(X, model.device))
+    return model.net, {}
+
+
+def _map_cells(model, state, net, cells: _NewCells, *, impute: bool, fine_tuned: bool) -> _MappedCells:
+    """Run ``net`` on the new cells and give them the training clusters (``state``: the model's mapping state)."""
+    out = infer(net, data.RowSource(cells.X, model.device))
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
-    features = _features.absorb_features(out["reconstruction"], X, model.blocks, mean, std)
+    features = _features.absorb_features(out["reconstruction"], cells.X, model.blocks, mean, std)
     labels, by_code = state.clusters.assign(out["codes"], features)
     rec = out["reconstruction"].astype(np.float32)
-    batch_trained = state.batch_categories is not None and model.weights.lambda_b > 0
+    corrected = (state.batch_categories is not None and model.weights.lambda_b > 0) or fine_tuned
     imputed = None
     if impute:
-        imputed = data.restore_batch_moments(rec, X, batch_codes) if batch_trained or fine_tune_epochs > 0 else rec
+        imputed = data.restore_batch_moments(rec, cells.X, cells.batch_codes) if corrected else rec
+    categories = [str(i) for i in range(state.clusters.n_clusters)]
+    return _MappedCells(
+        embedding=out["embedding"],
+        codes=out["codes"],
+        clusters=pd.Categorical(labels.astype(str), categories=categories),
+        by_code=by_code,
+        reconstruction=rec,
+        imputed=imputed,
+        corrected=corrected,
+    )
 
-    cols = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
-    n_clusters = state.clusters.n_clusters
-    cluster_labels = pd.Categorical(labels.astype(str), categories=[str(i) for i in range(n_clusters)])
+
+def _uns_entry(
+    model,
+    state,
+    cells: _NewCells,
+    mapped: _MappedCells,
+    params: dict,
+    history: dict,
+    *,
+    key_added: str,
+    t0: float,
+    t1: float,
+) -> dict:
+    """``uns[key_added]`` of the transform; runtimes from ``t0`` (start) and ``t1`` (after any fine-tuning)."""
     record = uns_record(
         mode="transform",
         params=params,
         history=history,
-        seed=random_state,
+        seed=params["random_state"],
         device=model.device,
         runtime={"fine_tune_s": t1 - t0, "infer_s": time.perf_counter() - t1},
-        n_clusters=n_clusters,
-        input_sparse=sp.issparse(X),
-        n_by_code=int(by_code.sum()),
+        n_clusters=state.clusters.n_clusters,
+        input_sparse=sp.issparse(cells.X),
+        n_by_code=int(mapped.by_code.sum()),
         batch_categories=state.batch_categories,
         reference_batch=state.reference_batch,
         blocks=model.hparams.get("blocks") if model.hparams.get("block_key") is not None else None,
         gene_sets=model.gene_set_names or None,
     )
-    record.update(stats_entries(X, cluster_labels, model.var_names, groupby=f"{key_added}_cluster", layer=model.layer))
+    stats = stats_entries(cells.X, mapped.clusters, model.var_names, groupby=f"{key_added}_cluster", layer=model.layer)
+    record.update(stats)
     record["runtime"]["total_s"] = time.perf_counter() - t0
+    return record
 
-    adata = adata.copy() if copy else adata
-    adata.obsm[f"X_{key_added}"] = out["embedding"].astype(np.float32)
-    adata.obsm[f"X_{key_added}_codes"] = out["codes"].astype(np.float32)
-    adata.obs[f"{key_added}_cluster"] = cluster_labels
-    if imputed is not None:
-        adata.layers[f"{key_added}_imputed"] = _in_adata_order(imputed, cols, adata.n_vars)
-    if batch_trained or fine_tune_epochs > 0:
-        adata.layers[f"{key_added}_corrected"] = _in_adata_order(rec, cols, adata.n_vars)
+
+def _write_outputs(adata: AnnData, mapped: _MappedCells, columns: np.ndarray | None, record: dict, key_added: str):
+    """Write the keys of ``scae.tl.fit`` into ``adata`` (layers back in its feature order, see ``columns``)."""
+    adata.obsm[f"X_{key_added}"] = mapped.embedding.astype(np.float32)
+    adata.obsm[f"X_{key_added}_codes"] = mapped.codes.astype(np.float32)
+    adata.obs[f"{key_added}_cluster"] = mapped.clusters
+    if mapped.imputed is not None:
+        adata.layers[f"{key_added}_imputed"] = _in_adata_order(mapped.imputed, columns, adata.n_vars)
+    if mapped.corrected:
+        adata.layers[f"{key_added}_corrected"] = _in_adata_order(mapped.reconstruction, columns, adata.n_vars)
     adata.uns[key_added] = record
+
+
+def _log_summary(n_cells: int, by_code: np.ndarray, t0: float) -> None:
+    """Log how many cells got their cluster by code and by nearest code centroid, and the time since ``t0``."""
     logger.info(
         "scae transform: %d cells, %d by code, %d by nearest code centroid (%.1fs)",
-        adata.n_obs, int(by_code.sum()), int((~by_code).sum()), time.perf_counter() - t0,
+        n_cells, int(by_code.sum()), int((~by_code).sum()), time.perf_counter() - t0,
     )  # fmt: skip
-    return adata if copy else None
