@@ -46,7 +46,7 @@ def _load(name: str):
 
 def _epochs(n_cells: int, steps: int | None) -> int | None:
     """Epochs giving about ``steps`` minibatch steps; ``None`` keeps scae's default (~3000 steps)."""
-    from scae._model import default_max_epochs
+    from scae._pipeline import default_max_epochs
 
     return None if steps is None else default_max_epochs(n_cells, 256, steps)
 
@@ -141,7 +141,7 @@ def _quality_worker(method: str, dataset: str, seeds: list[int], steps: int | No
             fixed = model.get_clusters(n_clusters=k)
             t_fixed = time.perf_counter() - t2
             if os.environ.get("SCAE_BENCH_SAVE"):  # keep the trained outputs to study clustering offline
-                out = model._infer()
+                out = model.outputs()
                 np.savez(f"{os.environ['SCAE_BENCH_SAVE']}/{dataset}_{seed}.npz", **out)
             rows.append(
                 {"method": "scae (auto)", "seed": seed, "time_s": t_train + t_auto, **_score(adata, auto, dataset)}

@@ -130,9 +130,9 @@ def _finish_streamed(adata, model: SAUCIE, options: dict, params: dict, t0: floa
     """
     key, out_path, impute = options["key_added"], options["out_path"], options["impute"]
     main = model.group is None or model.group.is_main
-    corrected = model.batches is not None and model.weights.lambda_b > 0
+    corrected = model.batches is not None
     rec_units = "counts" if corrected else options["imputed_units"]
-    cut_units = "counts" if (model.batches is not None or not impute) else options["imputed_units"]
+    cut_units = "counts" if (corrected or not impute) else options["imputed_units"]
     std = model.net.feature_std.cpu().numpy()
     acc = ClusterAccumulator(
         model.n_cells, merge_scale=common_scale(std) if model.plain else 1.0, **{k: options[k] for k in CLUSTER_KEYS}
@@ -143,14 +143,16 @@ def _finish_streamed(adata, model: SAUCIE, options: dict, params: dict, t0: floa
         if out_path is not None and main:
             tmp = stack.enter_context(atomic_path(out_path))
             datasets = {"codes": (f"obsm/X_{key}_codes", model.net.code_layer.out_features)}
+            if corrected:
+                datasets["reconstruction"] = (f"layers/{key}_corrected", model.n_features)
             if impute:
-                datasets["reconstruction"] = (
-                    f"layers/{key}_{'corrected' if corrected else 'imputed'}",
-                    model.n_features,
-                )
+                datasets["imputed" if corrected else "reconstruction"] = (f"layers/{key}_imputed", model.n_features)
             sink = FileSink(tmp, adata, datasets=datasets)
             stack.callback(sink.close)
-        embedding, activities, labels = stream_outputs(model, acc, sink=sink, counts=rec_units, cut_units=cut_units)
+        embedding, activities, labels = stream_outputs(
+            model, acc, sink=sink, counts=rec_units, cut_units=cut_units,
+            imputed_units=options["imputed_units"] if (corrected and impute) else None,
+        )  # fmt: skip
         if not main:
             return None
         clusters = categorical_labels(labels)

@@ -217,18 +217,24 @@ def _cluster_chunk(model, item: dict, units: str) -> Chunk:
     return Chunk(item["start"], item["codes"], features, merge)
 
 
-def stream_outputs(model, acc: ClusterAccumulator, *, sink=None, counts: str = "counts", cut_units: str = "counts"):
+def stream_outputs(model, acc: ClusterAccumulator, *, sink=None, counts: str = "counts", cut_units: str = "counts",
+                   imputed_units: str | None = None):  # fmt: skip
     """Streamed outputs of every row (backed data, torchrun): embedding, gene-set activities and labels.
 
     Pass 1 sends codes and the reconstruction (in ``counts`` units) to ``sink`` chunk by chunk and keeps the
-    embedding; passes 2 and 3 re-run the network to feed ``acc`` (reconstruction in ``cut_units``). Only the
-    embedding, gene-set activities and one label per cell are held. Returns ``(embedding, activities or None,
-    labels)`` on rank 0 (labels ``None`` on other ranks).
+    embedding; passes 2 and 3 re-run the network to feed ``acc`` (reconstruction in ``cut_units``). With
+    ``imputed_units`` (batch-corrected fits that also keep imputed values) one more pass sends ``"imputed"``:
+    the reconstruction in those units, each batch put back to its own per-feature mean and spread for
+    all-``mse`` models (as :meth:`scae.SAUCIE.get_reconstruction`). Only the embedding, gene-set activities
+    and one label per cell are held. Returns ``(embedding, activities or None, labels)``; labels are ``None``
+    on ranks other than 0.
     """
     n = model.n_cells
     want_sets = model.gene_set_mask is not None
+    restore = imputed_units is not None and model.plain and model.batches is not None and model.weights.lambda_b != 0
+    moments = _BatchMoments(model) if restore else None
     embedding = activities = None
-    for item in forward_chunks(model, counts=counts, gene_sets=want_sets):
+    for item in forward_chunks(model, counts=counts, gene_sets=want_sets, rows=restore):
         a, m = item["start"], item["codes"].shape[0]
         if embedding is None:
             embedding = np.empty((n, item["embedding"].shape[1]), dtype=np.float32)
@@ -237,9 +243,16 @@ def stream_outputs(model, acc: ClusterAccumulator, *, sink=None, counts: str = "
         if want_sets:
             activities[a : a + m] = item["gene_sets"]
         acc.add_max(item["codes"])
+        if moments is not None:
+            moments.add(a, item["rows"], item["reconstruction"])
         if sink is not None:
             sink.write("codes", a, item["codes"])
             sink.write("reconstruction", a, item["reconstruction"])
+    if imputed_units is not None:
+        for item in forward_chunks(model, counts=imputed_units):
+            rec = item["reconstruction"] if moments is None else moments.restore(item["start"], item["reconstruction"])
+            if sink is not None:
+                sink.write("imputed", item["start"], rec)
     for item in forward_chunks(model, counts=cut_units, rows=True):
         acc.add_codes(_cluster_chunk(model, item, cut_units))
     main = model.group is None or model.group.is_main
@@ -250,6 +263,30 @@ def stream_outputs(model, acc: ClusterAccumulator, *, sink=None, counts: str = "
         for item in forward_chunks(model, counts=cut_units, rows=True):
             acc.absorb(_cluster_chunk(model, item, cut_units))
     return embedding, activities, (acc.labels() if main else None)
+
+
+class _BatchMoments:
+    """Per-batch feature sums of the input and of the reconstruction, to put each batch back to its own moments."""
+
+    def __init__(self, model) -> None:
+        self.codes = model.batches.codes
+        k, p = len(model.batches.categories), model.n_features
+        self.sums = np.zeros((4, k, p))  # input sum, input square sum, output sum, output square sum
+        self.counts = np.bincount(self.codes, minlength=k).astype(np.float64)[:, None]
+
+    def add(self, start: int, rows: np.ndarray, rec: np.ndarray) -> None:
+        """Fold in the cells ``start:start + len(rows)``."""
+        codes = self.codes[start : start + rows.shape[0]]
+        for i, v in enumerate((rows, rows.astype(np.float64) ** 2, rec, rec.astype(np.float64) ** 2)):
+            np.add.at(self.sums[i], codes, v)
+
+    def restore(self, start: int, rec: np.ndarray) -> np.ndarray:
+        """``rec`` of the cells from ``start`` with each batch shifted and scaled to its input moments."""
+        mean = self.sums[[0, 2]] / self.counts
+        std = np.sqrt(np.clip(self.sums[[1, 3]] / self.counts - mean**2, 0, None))
+        std[std < 1e-6] = 1.0
+        c = self.codes[start : start + rec.shape[0]]
+        return ((rec - mean[1][c]) / std[1][c] * std[0][c] + mean[0][c]).astype(np.float32)
 
 
 def categorical_labels(labels: np.ndarray) -> pd.Categorical:

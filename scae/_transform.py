@@ -14,10 +14,10 @@ import torch
 from anndata import AnnData
 
 from . import _features, _settings, data
-from ._contract import stats_entries, uns_record
+from ._contract import stats_entries, uns_record, write_contract
 from ._mapping import get_mapping_state
 from ._model import SAUCIE
-from .train import infer, train_net
+from .train import infer, infer_gene_sets, train_net
 
 logger = logging.getLogger("scae")
 
@@ -175,6 +175,7 @@ class _MappedCells:
     reconstruction: np.ndarray  # float32
     imputed: np.ndarray | None  # None without `impute`
     corrected: bool  # the reconstruction is batch-corrected (a model trained with batches, or fine-tuned)
+    gene_sets: tuple | None = None  # (activities, weights) of a model with a gene-set layer
 
 
 def _read_new_cells(model, adata: AnnData, batch_key: str | None) -> _NewCells:
@@ -223,6 +224,10 @@ def _map_cells(model, state, net, cells: _NewCells, *, impute: bool, fine_tuned:
     if impute:
         imputed = data.restore_batch_moments(rec, cells.X, cells.batch_codes) if corrected else rec
     categories = [str(i) for i in range(state.clusters.n_clusters)]
+    gene_sets = None
+    if model.gene_set_mask is not None:
+        activities = infer_gene_sets(net, data.RowSource(cells.X, model.device)).numpy().astype(np.float32)
+        gene_sets = (activities, model.get_gene_set_weights().to_numpy(np.float32))
     return _MappedCells(
         embedding=out["embedding"],
         codes=out["codes"],
@@ -231,6 +236,7 @@ def _map_cells(model, state, net, cells: _NewCells, *, impute: bool, fine_tuned:
         reconstruction=rec,
         imputed=imputed,
         corrected=corrected,
+        gene_sets=gene_sets,
     )
 
 
@@ -270,14 +276,15 @@ def _uns_entry(
 
 def _write_outputs(adata: AnnData, mapped: _MappedCells, columns: np.ndarray | None, record: dict, key_added: str):
     """Write the keys of ``scae.tl.fit`` into ``adata`` (layers back in its feature order, see ``columns``)."""
-    adata.obsm[f"X_{key_added}"] = mapped.embedding.astype(np.float32)
-    adata.obsm[f"X_{key_added}_codes"] = mapped.codes.astype(np.float32)
-    adata.obs[f"{key_added}_cluster"] = mapped.clusters
+    layers = {}
     if mapped.imputed is not None:
-        adata.layers[f"{key_added}_imputed"] = _in_adata_order(mapped.imputed, columns, adata.n_vars)
+        layers[f"{key_added}_imputed"] = _in_adata_order(mapped.imputed, columns, adata.n_vars)
     if mapped.corrected:
-        adata.layers[f"{key_added}_corrected"] = _in_adata_order(mapped.reconstruction, columns, adata.n_vars)
-    adata.uns[key_added] = record
+        layers[f"{key_added}_corrected"] = _in_adata_order(mapped.reconstruction, columns, adata.n_vars)
+    write_contract(
+        adata, key_added, embedding=mapped.embedding.astype(np.float32), codes=mapped.codes.astype(np.float32),
+        clusters=mapped.clusters, layers=layers, gene_sets=mapped.gene_sets, record=record,
+    )  # fmt: skip
 
 
 def _log_summary(n_cells: int, by_code: np.ndarray, t0: float) -> None:

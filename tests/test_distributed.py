@@ -72,7 +72,7 @@ def test_torchrun_two_processes_matches_single(tmp_path, levine):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--hidden", "64", "0"], "`hidden` must be a non-empty sequence of positive ints, got [64, 0]"),
-    (["--batch-size", "1"], "`batch_size` must be an int >= 2, got 1"),
+    (["--batch-size", "1"], "`batch_size` must be None or an int >= 2, got 1"),
     (["--max-epochs", "0"], "`max_epochs` must be None or an int >= 1, got 0"),
     (["--lambda-c", "nan"], "`lambda_c` must be a finite number >= 0, got nan"),
 ])  # fmt: skip
