@@ -32,6 +32,7 @@ import torch
 from anndata import AnnData
 
 from . import data
+from ._atomic import make_dirs, record_created
 from ._contract import versions as _versions
 from ._mapping import ClusterReference, MappingState, get_mapping_state
 from .train import LossWeights
@@ -89,7 +90,11 @@ def _umask() -> int:
 
 
 def _atomic_dir(path: Path, overwrite: bool):
-    """Context: yields a temporary folder beside ``path`` that replaces ``path`` on success."""
+    """Context: yields a temporary folder beside ``path`` that replaces ``path`` on success.
+
+    Missing parent folders are made by :func:`scae._atomic.make_dirs`, and a new ``path`` is recorded with the
+    files in it (:func:`scae._atomic.record_created`), so that a failed command removes it again.
+    """
 
     class _Ctx:
         def __enter__(self):
@@ -99,7 +104,7 @@ def _atomic_dir(path: Path, overwrite: bool):
             if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / JSON_NAME).is_file())):
                 msg = f"{path} exists and is not a scae model folder; refusing to replace it"
                 raise FileExistsError(msg)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
             return self.tmp
 
@@ -109,14 +114,16 @@ def _atomic_dir(path: Path, overwrite: bool):
                 return False
             mask = _umask()
             os.chmod(self.tmp, 0o777 & ~mask)
-            for f in self.tmp.iterdir():
-                os.chmod(f, 0o666 & ~mask)
-            old = None
-            if path.exists():
-                old = path.parent / f".{path.name}.{os.getpid()}.old"
+            names = sorted(f.name for f in self.tmp.iterdir())
+            for name in names:
+                os.chmod(self.tmp / name, 0o666 & ~mask)
+            old = path.parent / f".{path.name}.{os.getpid()}.old" if path.exists() else None
+            if old is not None:
                 os.replace(path, old)
             os.replace(self.tmp, path)
-            if old is not None:
+            if old is None:
+                record_created(path, *(path / name for name in names))
+            else:
                 shutil.rmtree(old, ignore_errors=True)
             return False
 

@@ -2,7 +2,10 @@
 
 Pipeline contract: exit code 0 only on success; 1 with a one-line message on bad input or a failed run; 2
 on usage errors (unknown flag or config key, wrong value type). Outputs are written to a temporary file
-beside OUT and renamed, so an interrupted run (exception, Ctrl-C, SIGTERM) never leaves a partial OUT.
+beside OUT and renamed, so an interrupted run (exception, Ctrl-C, SIGTERM) never leaves a partial OUT, and
+an earlier OUT stays byte for byte as it was. A run that fails also removes the folders it created (for OUT or
+``--save-model``) and a model folder it wrote where none was; folders that existed before, and files others
+put into the new ones, stay.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from ._atomic import write_h5ad_atomic
+from ._atomic import make_dirs, remove_created_on_failure, write_h5ad_atomic
 
 logger = logging.getLogger("scae")
 
@@ -54,7 +57,7 @@ def _demo(args: argparse.Namespace) -> int:
     pl.embedding(adata, color="scae_cluster", ax=axes[0], show=False, title="scae clusters")
     pl.embedding(adata, color="batch", ax=axes[1], show=False, title="batch (after MMD correction)")
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     fig.savefig(png, dpi=120)
     plt.close(fig)
     print(f"device: {info['device']}")
@@ -69,9 +72,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_writable(out: Path) -> None:
-    """Fail before training, not after, when ``out`` cannot be written."""
+    """Fail before training, not after, when ``out`` cannot be written (missing folders are created)."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(out.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
     except OSError as e:
         msg = f"cannot write to {out.parent}: {e.strerror or e}"
@@ -265,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)  # a killed run cleans up its temporary files
     try:
-        return args.func(args)
+        with remove_created_on_failure():  # a failed run removes the folders and outputs it created
+            return args.func(args)
     except ConfigError as e:
         print(f"scae {args.command}: error: {_first_line(e)}", file=sys.stderr)
         return 2

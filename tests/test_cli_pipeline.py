@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 import scae
 from scae import cli
+from scae._save import save_model
 
 # the CPU: the CLI and the in-process API must agree bit for bit, a promise made for one device type and CPU only
 PARAMS_TOML = 'hidden = [64, 32, 16]\nmax_epochs = 4\nbatch_key = "batch"\nrandom_state = 5\ndevice = "cpu"\n'
@@ -175,3 +177,47 @@ def test_sigterm_during_fit_leaves_no_output(split, tmp_path):
     proc.wait(60)
     assert proc.returncode != 0
     assert os.listdir(tmp_path) == []
+
+
+# a fit that takes seconds: the fault tests below start many of them
+TINY_TOML = 'hidden = [16, 8, 4]\nmax_epochs = 1\nbatch_key = "batch"\ndevice = "cpu"\nprogress = false\n'
+
+
+def _fit_argv(d, out, config, *extra):
+    return [sys.executable, "-m", "scae.cli", "fit", str(d / "train.h5ad"), str(out), "--config", str(config), *extra]
+
+
+def test_failed_fit_removes_the_folders_it_created(split, tmp_path):
+    """A fit that fails after OUT's folder was made (batch key not in obs) leaves no folder behind."""
+    d = split[0]
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    (tmp_path / "old").mkdir()
+    out = tmp_path / "new" / "nested" / "out.h5ad"
+    argv = _fit_argv(d, out, tmp_path / "tiny.toml", "--batch-key", "no_such_column", "--save-model")
+    proc = subprocess.run([*argv, tmp_path / "old" / "deeper" / "model"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "no_such_column" in proc.stderr and proc.stderr.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["old", "tiny.toml"] and os.listdir(tmp_path / "old") == []
+
+
+def test_failed_write_removes_the_new_model_folder(split, tmp_path, monkeypatch, capsys):
+    """The model folder was saved, then writing OUT failed: new folders go, folders that were there stay."""
+    d = split[0]
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("not scae's")
+
+    def broken_writer(self, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\x89HDF half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", broken_writer)
+    saved = []
+    monkeypatch.setattr(scae.SAUCIE, "save", lambda self, path, **kw: saved.append(save_model(self, path, **kw)))
+    out, model = tmp_path / "new" / "a" / "out.h5ad", keep / "b" / "model"
+    argv = ["fit", str(d / "train.h5ad"), str(out), "--config", str(tmp_path / "tiny.toml"), "--save-model", str(model)]
+    assert cli.main(argv) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert saved == [model]  # the model folder had been written before the failure
+    assert sorted(os.listdir(tmp_path)) == ["keep", "tiny.toml"] and os.listdir(keep) == ["mine.txt"]
