@@ -32,7 +32,7 @@ import torch
 from anndata import AnnData
 
 from . import data
-from ._atomic import make_dirs, record_created
+from ._atomic import check_signals, deferred_signals, make_dirs, record_created
 from ._contract import versions as _versions
 from ._mapping import ClusterReference, MappingState, get_mapping_state
 from .train import LossWeights
@@ -92,8 +92,9 @@ def _umask() -> int:
 def _atomic_dir(path: Path, overwrite: bool):
     """Context: yields a temporary folder beside ``path`` that replaces ``path`` on success.
 
-    Missing parent folders are made by :func:`scae._atomic.make_dirs`, and a new ``path`` is recorded with the
-    files in it (:func:`scae._atomic.record_created`), so that a failed command removes it again.
+    Missing parent folders are made by :func:`scae._atomic.make_dirs`; nothing is renamed after a signal was
+    received under :func:`scae._atomic.stop_on_signals`, and a new ``path`` is recorded with the files in it
+    (:func:`scae._atomic.record_created`), so that a failed command removes it again.
     """
 
     class _Ctx:
@@ -105,7 +106,8 @@ def _atomic_dir(path: Path, overwrite: bool):
                 msg = f"{path} exists and is not a scae model folder; refusing to replace it"
                 raise FileExistsError(msg)
             make_dirs(path.parent)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            with deferred_signals():  # a signal now is acted on in __exit__, which removes the folder
+                self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
             return self.tmp
 
         def __exit__(self, exc_type, exc, tb):
@@ -117,13 +119,19 @@ def _atomic_dir(path: Path, overwrite: bool):
             names = sorted(f.name for f in self.tmp.iterdir())
             for name in names:
                 os.chmod(self.tmp / name, 0o666 & ~mask)
-            old = path.parent / f".{path.name}.{os.getpid()}.old" if path.exists() else None
+            with deferred_signals():  # the check and both renames as one step
+                try:
+                    check_signals()
+                except BaseException:
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+                    raise
+                old = path.parent / f".{path.name}.{os.getpid()}.old" if path.exists() else None
+                if old is not None:
+                    os.replace(path, old)
+                os.replace(self.tmp, path)
+                if old is None:
+                    record_created(path, *(path / name for name in names))
             if old is not None:
-                os.replace(path, old)
-            os.replace(self.tmp, path)
-            if old is None:
-                record_created(path, *(path / name for name in names))
-            else:
                 shutil.rmtree(old, ignore_errors=True)
             return False
 
