@@ -32,6 +32,7 @@ import torch
 from anndata import AnnData
 
 from . import data
+from ._atomic import check_signals, deferred_signals, make_dirs, record_created
 from ._contract import versions as _versions
 from ._mapping import ClusterReference, MappingState, get_mapping_state
 from .train import LossWeights
@@ -89,7 +90,12 @@ def _umask() -> int:
 
 
 def _atomic_dir(path: Path, overwrite: bool):
-    """Context: yields a temporary folder beside ``path`` that replaces ``path`` on success."""
+    """Context: yields a temporary folder beside ``path`` that replaces ``path`` on success.
+
+    Missing parent folders are made by :func:`scae._atomic.make_dirs`; nothing is renamed after a signal was
+    received under :func:`scae._atomic.stop_on_signals`, and a new ``path`` is recorded with the files in it
+    (:func:`scae._atomic.record_created`), so that a failed command removes it again.
+    """
 
     class _Ctx:
         def __enter__(self):
@@ -99,8 +105,9 @@ def _atomic_dir(path: Path, overwrite: bool):
             if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / JSON_NAME).is_file())):
                 msg = f"{path} exists and is not a scae model folder; refusing to replace it"
                 raise FileExistsError(msg)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            make_dirs(path.parent)
+            with deferred_signals():  # a signal now is acted on in __exit__, which removes the folder
+                self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
             return self.tmp
 
         def __exit__(self, exc_type, exc, tb):
@@ -109,13 +116,21 @@ def _atomic_dir(path: Path, overwrite: bool):
                 return False
             mask = _umask()
             os.chmod(self.tmp, 0o777 & ~mask)
-            for f in self.tmp.iterdir():
-                os.chmod(f, 0o666 & ~mask)
-            old = None
-            if path.exists():
-                old = path.parent / f".{path.name}.{os.getpid()}.old"
-                os.replace(path, old)
-            os.replace(self.tmp, path)
+            names = sorted(f.name for f in self.tmp.iterdir())
+            for name in names:
+                os.chmod(self.tmp / name, 0o666 & ~mask)
+            with deferred_signals():  # the check and both renames as one step
+                try:
+                    check_signals()
+                except BaseException:
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+                    raise
+                old = path.parent / f".{path.name}.{os.getpid()}.old" if path.exists() else None
+                if old is not None:
+                    os.replace(path, old)
+                os.replace(self.tmp, path)
+                if old is None:
+                    record_created(path, *(path / name for name in names))
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             return False

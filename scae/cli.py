@@ -1,8 +1,15 @@
 """The ``scae`` command: ``scae fit IN.h5ad OUT.h5ad``, ``scae transform MODEL IN.h5ad OUT.h5ad``, ``scae demo``.
 
 Pipeline contract: exit code 0 only on success; 1 with a one-line message on bad input or a failed run; 2
-on usage errors (unknown flag or config key, wrong value type). Outputs are written to a temporary file
-beside OUT and renamed, so an interrupted run (exception, Ctrl-C, SIGTERM) never leaves a partial OUT.
+on usage errors (unknown flag or config key, wrong value type); 130 after Ctrl-C (SIGINT) and 143 (128 + 15)
+after SIGTERM. Outputs are written to a temporary file beside OUT and renamed, so an interrupted run
+(exception, Ctrl-C, SIGTERM) never leaves a partial OUT, and an earlier OUT stays byte for byte as it was. A
+run that fails also removes the folders it created (for OUT or ``--save-model``) and a model folder it wrote
+where none was; folders that existed before, and files others put into the new ones, stay.
+
+A signal stops training at once. One that arrives while OUT is written (where an exception raised inside
+h5py could be swallowed) is recorded and stops the run before the rename; one that arrives after the rename
+comes too late to stop the finished run, which exits 0. The previous signal handlers are restored on exit.
 """
 
 from __future__ import annotations
@@ -13,12 +20,20 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
 
-from ._atomic import write_h5ad_atomic
+from ._atomic import (
+    SignalExit,
+    check_signals,
+    defer_signals,
+    deferred_signals,
+    make_dirs,
+    remove_created_on_failure,
+    stop_on_signals,
+    write_h5ad_atomic,
+)
 from ._dist import launched_by_torchrun
 
 logger = logging.getLogger("scae")
@@ -55,7 +70,7 @@ def _demo(args: argparse.Namespace) -> int:
     pl.embedding(adata, color="scae_cluster", ax=axes[0], show=False, title="scae clusters")
     pl.embedding(adata, color="batch", ax=axes[1], show=False, title="batch (after MMD correction)")
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     fig.savefig(png, dpi=120)
     plt.close(fig)
     print(f"device: {info['device']}")
@@ -70,15 +85,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check_writable(out: Path) -> None:
-    """Fail before training, not after, when ``out`` cannot be written."""
+    """Fail before training, not after, when ``out`` cannot be written (missing folders are created)."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        make_dirs(out.parent)
+        with deferred_signals():  # the probe file is gone before a signal stops the run
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+            os.close(fd)
+            Path(tmp).unlink()
     except OSError as e:
         msg = f"cannot write to {out.parent}: {e.strerror or e}"
         raise OSError(msg) from e
-    os.close(fd)
-    Path(tmp).unlink()
+    check_signals()
 
 
 def _read_input(path: str):
@@ -162,7 +179,9 @@ def _fit(args: argparse.Namespace) -> int:
     if values.get("save_model") is not None:
         _check_writable(Path(values["save_model"]))
     tl.fit(adata, **values)
+    check_signals()  # a signal whose exception was swallowed during training stops the run here
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
+    defer_signals()  # from here a signal is acted on right before OUT is renamed, never inside the writer
     write_h5ad_atomic(adata, out)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
@@ -186,8 +205,10 @@ def _transform(args: argparse.Namespace) -> int:
     _check_writable(out)
     model = SAUCIE.load(args.model, device=args.device or "auto")
     tl.transform(model, adata, **values)
+    check_signals()
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
     adata.uns[values.get("key_added", "scae")]["model"] = str(Path(args.model).resolve())
+    defer_signals()
     write_h5ad_atomic(adata, out)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
@@ -254,27 +275,19 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _on_sigterm(signum, frame):  # pragma: no cover - exercised by pipeline managers
-    raise SystemExit(128 + signum)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns 0 on success, 1 on failure, 2 on usage errors (bad flags or config)."""
+def _run(args: argparse.Namespace) -> int:
+    """Run the subcommand; on failure remove what it created and turn the error into an exit code."""
     from ._config import ConfigError
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = argv
-    level = {0: logging.ERROR, 1: logging.INFO}.get(args.verbosity, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)  # a killed run cleans up its temporary files
     try:
-        return args.func(args)
+        with remove_created_on_failure():
+            return args.func(args)
     except ConfigError as e:
         print(f"scae {args.command}: error: {_first_line(e)}", file=sys.stderr)
         return 2
+    except SignalExit as e:
+        print(f"scae {args.command}: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         print(f"scae {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -283,6 +296,31 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"scae {args.command}: error: {_first_line(e)}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scae`` command.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success, 1 on failure, 2 on usage errors (bad flags or config), 130 after Ctrl-C, 143 after
+        SIGTERM. Signal handlers for SIGTERM and SIGINT are installed for the run (main thread only) and the
+        previous ones restored before returning.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    level = {0: logging.ERROR, 1: logging.INFO}.get(args.verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    with stop_on_signals():  # a stopped run removes its temporary files and the folders it created
+        return _run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

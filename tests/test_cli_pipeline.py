@@ -1,17 +1,20 @@
 """The ``scae`` command as a pipeline step: config files, exit codes, atomic outputs, fit → transform round trip."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 
 import scae
-from scae import cli
+from scae import _atomic, cli
+from scae._save import save_model
 
 # the CPU: the CLI and the in-process API must agree bit for bit, a promise made for one device type and CPU only
 PARAMS_TOML = 'hidden = [64, 32, 16]\nmax_epochs = 4\nbatch_key = "batch"\nrandom_state = 5\ndevice = "cpu"\n'
@@ -175,3 +178,144 @@ def test_sigterm_during_fit_leaves_no_output(split, tmp_path):
     proc.wait(60)
     assert proc.returncode != 0
     assert os.listdir(tmp_path) == []
+
+
+# a fit that takes seconds: the fault tests below start many of them
+TINY_TOML = 'hidden = [16, 8, 4]\nmax_epochs = 1\nbatch_key = "batch"\ndevice = "cpu"\nprogress = false\n'
+
+
+def _fit_argv(d, out, config, *extra):
+    return [sys.executable, "-m", "scae.cli", "fit", str(d / "train.h5ad"), str(out), "--config", str(config), *extra]
+
+
+def test_failed_fit_removes_the_folders_it_created(split, tmp_path):
+    """A fit that fails after OUT's folder was made (batch key not in obs) leaves no folder behind."""
+    d = split[0]
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    (tmp_path / "old").mkdir()
+    out = tmp_path / "new" / "nested" / "out.h5ad"
+    argv = _fit_argv(d, out, tmp_path / "tiny.toml", "--batch-key", "no_such_column", "--save-model")
+    proc = subprocess.run([*argv, tmp_path / "old" / "deeper" / "model"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "no_such_column" in proc.stderr and proc.stderr.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["old", "tiny.toml"] and os.listdir(tmp_path / "old") == []
+
+
+def test_failed_write_removes_the_new_model_folder(split, tmp_path, monkeypatch, capsys):
+    """The model folder was saved, then writing OUT failed: new folders go, folders that were there stay."""
+    d = split[0]
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("not scae's")
+
+    def broken_writer(self, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\x89HDF half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", broken_writer)
+    saved = []
+    monkeypatch.setattr(scae.SAUCIE, "save", lambda self, path, **kw: saved.append(save_model(self, path, **kw)))
+    out, model = tmp_path / "new" / "a" / "out.h5ad", keep / "b" / "model"
+    argv = ["fit", str(d / "train.h5ad"), str(out), "--config", str(tmp_path / "tiny.toml"), "--save-model", str(model)]
+    assert cli.main(argv) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert saved == [model]  # the model folder had been written before the failure
+    assert sorted(os.listdir(tmp_path)) == ["keep", "tiny.toml"] and os.listdir(keep) == ["mine.txt"]
+
+
+def test_swallowed_signal_still_stops_the_rename(tmp_path):
+    """A SIGTERM whose exception a callback swallowed, or that came while writing, refuses the rename."""
+    out = tmp_path / "out.h5ad"
+    out.write_bytes(b"previous")
+    before = signal.getsignal(signal.SIGTERM)
+    for deferred in (False, True):
+        with _atomic.stop_on_signals():
+            with pytest.raises(_atomic.SignalExit) as e, _atomic.atomic_path(out) as tmp:
+                tmp.write_bytes(b"new")
+                try:
+                    with _atomic.deferred_signals() if deferred else contextlib.nullcontext():
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        time.sleep(0.01)  # the handler runs in the main thread between bytecodes
+                except SystemExit:
+                    pass  # what an h5py callback or a destructor does with the exception
+            assert e.value.code == 143
+        assert out.read_bytes() == b"previous" and os.listdir(tmp_path) == ["out.h5ad"]
+        assert signal.getsignal(signal.SIGTERM) is before
+    with _atomic.atomic_path(out) as tmp:  # no signal received: renamed as before
+        tmp.write_bytes(b"new")
+    assert out.read_bytes() == b"new"
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] in "Tt"
+
+
+def _poll(found, proc, timeout=240.0) -> bool:
+    """Wait until ``found()``; False when the process ended first."""
+    end = time.monotonic() + timeout
+    while not found():
+        if proc.poll() is not None or time.monotonic() > end:
+            return False
+        time.sleep(0.0005)
+    return True
+
+
+def _sigterm_while_writing(proc, out, delay) -> bool:
+    """SIGTERM once the temporary file beside ``out`` exists (+ ``delay``); False when the rename came first.
+
+    The process is stopped (SIGSTOP) before the check, so the signal provably arrives before the rename.
+    """
+    if not _poll(lambda: any(out.parent.glob(f".{out.name}.*.tmp")), proc):
+        pytest.fail(f"the fit ended (exit code {proc.poll()}) before writing OUT: {proc.communicate()[1]}")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGSTOP)
+    assert _poll(lambda: _stopped(proc.pid), proc, timeout=30)
+    writing = any(out.parent.glob(f".{out.name}.*.tmp"))
+    if writing:
+        proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    return writing
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process states from /proc")
+def test_sigterm_stress_leaves_out_untouched(split, tmp_path):
+    """SIGTERM at start-up, in training and at four moments of the write: exit != 0 and OUT as it was, each time."""
+    d = split[0]
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    previous = b"previous OUT, not an h5ad file\n"
+    tries = [("start", 0.0), ("training", 0.0)] + [("writing", t) for t in (0.0, 0.003, 0.01, 0.03)]
+    reruns = 2  # for a signal meant for the write that would have come after the rename (not seen so far)
+    i = 0
+    while tries:
+        when, delay = tries.pop(0)
+        i += 1
+        new_folder = i % 2 == 0  # OUT in a folder the run creates, or an earlier OUT in a folder that was there
+        root = tmp_path / f"run{i}"
+        out = root / "nested" / "out.h5ad" if new_folder else root / "out.h5ad"
+        if not new_folder:
+            root.mkdir()
+            out.write_bytes(previous)
+        proc = subprocess.Popen(_fit_argv(d, out, tmp_path / "tiny.toml"), stderr=subprocess.PIPE, text=True)
+        if when == "start":
+            proc.send_signal(signal.SIGTERM)
+        elif when == "training":  # OUT's folder is made right before training starts
+            assert new_folder and _poll(out.parent.is_dir, proc)
+            proc.send_signal(signal.SIGTERM)
+        elif not _sigterm_while_writing(proc, out, delay):
+            proc.communicate(timeout=120)
+            assert proc.returncode == 0  # the run had finished
+            assert ad.read_h5ad(out).n_obs == split[1].n_obs
+            assert reruns > 0, "signals meant for the write keep coming after the rename"
+            reruns -= 1
+            tries.append((when, 0.0))
+            continue
+        err = proc.communicate(timeout=120)[1]
+        assert proc.returncode in ((-signal.SIGTERM, 143) if when == "start" else (143,)), (when, delay, err)
+        if when != "start":
+            assert err.strip().splitlines()[-1] == "scae fit: stopped by SIGTERM", err
+        if new_folder:
+            assert not root.exists(), (when, delay, sorted(root.rglob("*")))
+        else:
+            assert os.listdir(root) == ["out.h5ad"] and out.read_bytes() == previous, (when, delay)
