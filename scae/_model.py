@@ -12,6 +12,7 @@ import torch
 from anndata import AnnData
 
 from . import _blocks, _dist, _fast, _features, _pipeline, _settings, data, genesets
+from ._docs import MODEL_PARAMS, doc_params
 from ._save import load_model, save_model
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.likelihoods import is_plain
@@ -22,6 +23,7 @@ from .train import LossWeights, infer_gene_sets
 logger = logging.getLogger("scae")
 
 
+@doc_params(model_params=MODEL_PARAMS)
 class SAUCIE:
     """SAUCIE-style multi-head autoencoder on an AnnData.
 
@@ -31,87 +33,7 @@ class SAUCIE:
 
     Parameters
     ----------
-    adata
-        Cells × features. Use transformed data: arcsinh for cytometry (:func:`scae.pp.arcsinh`),
-        log-normalized counts for RNA. Features are standardized inside the network and outputs are
-        returned in input units.
-    layer
-        Layer to use instead of ``adata.X``.
-    batch_key
-        Column of ``adata.obs`` with batches to correct; ``None`` for no batch correction.
-    reference_batch
-        Batch the others are moved onto; default the largest.
-    hidden
-        Encoder layer widths; the decoder mirrors them and its last hidden layer is the clustering layer.
-    n_latent
-        Width of the embedding layer.
-    lambda_b
-        Weight of the MMD between batches in the embedding (only with ``batch_key``).
-    lambda_c
-        Weight of the ID regularization (entropy) of the clustering layer; larger → fewer clusters.
-    lambda_d
-        Weight of the within-cluster distance; larger → clusters tighter in input space (more clusters).
-    learning_rate
-        Adam learning rate.
-    batch_size
-        Minibatch size; with ``batch_key`` each minibatch holds equal numbers of cells of every batch.
-        Default 256 on CPU and 4096 on CUDA (see :mod:`scae._fast`).
-    pairwise_cells
-        The pairwise loss terms (MMD, within-cluster distance, ``batch_reconstruction="distance"``) cost
-        O(minibatch²); they are computed on an evenly spaced subset of at most this many cells of each
-        minibatch (every batch equally represented), so large minibatches stay cheap. ``None``: all cells.
-    random_state
-        Seed of weight init and minibatch sampling: same seed and device type → same results.
-    device
-        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    batch_reconstruction
-        With ``batch_key``: the reference batch is reconstructed value for value; a non-reference batch
-        must keep its own structure only: ``"zscore"`` compares per-batch z-scored outputs with z-scored
-        inputs, ``"distance"`` compares within-batch pairwise distances.
-    gene_sets
-        Adds a gene-set layer (GSAE/expiMap): a GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), a dict
-        ``{set name: [genes]}`` or a genes × sets 0/1 DataFrame, matched case-insensitively to ``var_names``
-        (:func:`scae.genesets.gene_set_mask`). One node per set, connected only to its genes.
-    min_genes
-        Sets with fewer genes among ``var_names`` are dropped with a warning.
-    n_free_nodes
-        Unconstrained nodes beside the set nodes (they see every gene; with ``gene_set_layer="encoder"``
-        and none of them, genes outside every set do not reach the embedding).
-    gene_set_layer
-        ``"encoder"`` (GSAE, default: the set layer is the first encoder layer, so an activity is a weighted
-        sum of the set's own genes) or ``"decoder"`` (expiMap style: set nodes before a masked output layer).
-    likelihood
-        Reconstruction model: ``"mse"`` (continuous, e.g. arcsinh CyTOF or log-normalized RNA), ``"nb"`` or
-        ``"zinb"`` (raw integer counts; the encoder sees ``log1p`` counts normalized to 10,000 per cell, the
-        output is ``library size × softmax`` rates with one dispersion per feature, plus dropout logits for
-        ZINB) or ``"bernoulli"`` (0/1 features). With ``block_key``, a mapping ``{block: likelihood}``.
-    block_key
-        Column of ``adata.var`` naming each feature's block (e.g. expression / mutation / cnv for bulk
-        multi-omics); each block gets its own likelihood, library size and weight.
-    block_weights
-        Weight of each block's mean per-entry loss, ``{block: weight}`` (default 1 each).
-    input_dropout
-        Denoising AE: fraction of input entries zeroed at random in training (targets stay clean).
-    input_noise
-        Denoising AE: standard deviation of Gaussian noise added to the standardized input in training.
-    l1_activity
-        Sparse AE: weight of the mean absolute activation of the last encoder layer (history ``"l1_activity"``).
-    contractive
-        Contractive AE: weight of the squared Jacobian norm of the embedding w.r.t. the standardized input
-        (history ``"contractive"``).
-    variational
-        VAE: the embedding is a Gaussian sampled with the reparameterization trick in training (the mean is
-        returned), with ``lambda_kl`` times its KL divergence to ``N(0, I)`` (history ``"kl"``).
-    lambda_kl
-        Weight of the KL term of ``variational=True``.
-    precision
-        ``"32"`` (float32) or ``"bf16"`` (bfloat16 autocast in the training step; falls back to float32
-        with a warning where unsupported).
-    compile
-        Compile the training step with ``torch.compile``; falls back to eager with a warning where that fails.
-    block_rows
-        Rows per block read from disk when ``adata`` is backed (``read_h5ad(..., backed="r")``); default
-        about 64 MB of dense float32 rows. Peak memory of training is one block, whatever the file size.
+    {model_params}
 
     Examples
     --------
@@ -157,7 +79,8 @@ class SAUCIE:
         compile: bool = False,
         block_rows: int | None = None,
     ) -> None:
-        _settings.check_model(locals())
+        args = dict(locals())
+        _settings.check_model(args)
         X = data.get_matrix(adata, layer)
         # under torchrun a backed matrix is split over the ranks (scae._dist); in memory every process is alone
         self.group = _dist.current() if data.is_backed(X) else None
@@ -190,14 +113,8 @@ class SAUCIE:
             pairwise_cells=None if pairwise_cells is None else int(pairwise_cells),
         )
         self.blocks = blocks
-        self.variants = Variants(
-            input_dropout=float(input_dropout),
-            input_noise=float(input_noise),
-            l1_activity=float(l1_activity),
-            contractive=float(contractive),
-            lambda_kl=float(lambda_kl),
-        )
-        self.hparams = _hparams(locals(), self)
+        self.variants = Variants(**{k: float(args[k]) for k in VARIANT_ARGS})
+        self.hparams = _hparams(args, self)
         self.gene_set_mask = set_mask  # genes × sets DataFrame (the net holds it as a buffer) or None
         if set_mask is not None:
             self.hparams.update(
@@ -206,20 +123,7 @@ class SAUCIE:
                 n_free_nodes=int(n_free_nodes),
                 min_genes=int(min_genes),
             )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.random_state)
-            self.net = SAUCIENet(
-                X.shape[1],
-                hidden=hidden,
-                n_latent=n_latent,
-                feature_mean=torch.from_numpy(mean),
-                feature_std=torch.from_numpy(std),
-                gene_set_mask=None if set_mask is None else torch.from_numpy(set_mask.to_numpy()),
-                n_free_nodes=n_free_nodes,
-                gene_set_layer=gene_set_layer,
-                blocks=blocks,
-                variational=variational,
-            ).to(self.device)
+        self.net = _build_net(self, X.shape[1], mean, std, set_mask, args)
         self._source: data.RowSource | None = None
         self._outputs: dict[str, dict[str, np.ndarray]] = {}
         self.history: dict[str, list[float]] = {}
@@ -496,3 +400,25 @@ def _hparams(args: dict, model: SAUCIE) -> dict:
         "variational": bool(args["variational"]),
         "lambda_kl": model.variants.lambda_kl,
     }
+
+
+#: Constructor arguments of the seed variants (:class:`scae.objectives.Variants`).
+VARIANT_ARGS = ("input_dropout", "input_noise", "l1_activity", "contractive", "lambda_kl")
+
+
+def _build_net(model: SAUCIE, n_features: int, mean, std, set_mask, args: dict) -> SAUCIENet:
+    """The network, initialized from the model's seed (without touching the global random state)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model.random_state)
+        return SAUCIENet(
+            n_features,
+            hidden=args["hidden"],
+            n_latent=args["n_latent"],
+            feature_mean=torch.from_numpy(mean),
+            feature_std=torch.from_numpy(std),
+            gene_set_mask=None if set_mask is None else torch.from_numpy(set_mask.to_numpy()),
+            n_free_nodes=args["n_free_nodes"],
+            gene_set_layer=args["gene_set_layer"],
+            blocks=model.blocks,
+            variational=args["variational"],
+        ).to(model.device)

@@ -9,6 +9,7 @@ from typing import Literal
 from anndata import AnnData
 
 from . import _fit, _settings, genesets
+from ._docs import FIT_PARAMS, doc_params
 from ._query import query
 from ._tl_cluster import cluster, cluster_stats
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 
+@doc_params(fit_params=FIT_PARAMS)
 def fit(
     adata: AnnData,
     *,
@@ -77,105 +79,26 @@ def fit(
 
     Parameters
     ----------
-    adata
-        Cells × features, transformed (arcsinh for cytometry, log-normalized for RNA). Dense or sparse.
-    layer
-        Layer to use instead of ``adata.X``.
-    batch_key
-        Column of ``adata.obs`` whose batches are corrected by MMD in the embedding.
-    reference_batch
-        Batch the others are moved onto; default the largest.
-    batch_reconstruction
-        How non-reference batches are reconstructed when correcting batches: ``"zscore"`` (per-batch
-        standardized values) or ``"distance"`` (within-batch pairwise distances); see :class:`scae.SAUCIE`.
-    max_epochs
-        Passes over the data. Default: train until the loss has converged (the mean total loss of the last
-        200 steps less than 0.5% below that of the 200 before, checked every 50 steps after 1,000;
-        :mod:`scae._stopping`), within a step budget that grows with the number of cells (3,000 to 6,000).
-        ``uns[key_added]["runtime"]`` records ``steps``, ``epochs`` and ``stop_reason`` (``"converged"``,
-        ``"max_steps"`` or ``"max_epochs"``).
-    early_stopping
-        Stop when the loss has converged; default on when ``max_epochs`` is not given. With ``max_epochs``,
-        ``True`` makes it an upper bound; ``False`` without ``max_epochs`` trains about 3000 steps.
-    hidden
-        Encoder widths (decoder mirrors them; its last hidden layer is the clustering layer).
-    n_latent
-        Width of the embedding layer (2: the visualization head).
-    lambda_b, lambda_c, lambda_d
-        Weights of MMD batch correction, ID regularization and within-cluster distance (see :class:`scae.SAUCIE`).
-    learning_rate
-        Adam learning rate.
-    batch_size
-        Minibatch size (default 256 on CPU, 4096 on CUDA).
-    pairwise_cells
-        Cells of each minibatch used by the O(minibatch²) pairwise loss terms (see :class:`scae.SAUCIE`).
-    merge_threshold, n_clusters, min_cluster_size
-        Granularity of the clusters (see :func:`scae.tl.cluster`, which re-cuts them without retraining).
-    impute
-        Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix, filled chunk by
-        chunk; sparse input is never densified whole).
-    likelihood
-        ``"mse"`` (continuous input), ``"nb"``/``"zinb"`` (raw integer counts, e.g. ``layer="counts"``),
-        ``"bernoulli"`` (0/1), or ``{block: likelihood}`` with ``block_key`` (see :class:`scae.SAUCIE`).
-    block_key
-        Column of ``adata.var`` naming feature blocks (mixed multi-omics), e.g. from
-        :func:`scae.datasets.tcga_coread` with ``multiomics=True``.
-    block_weights
-        Weight per block of its reconstruction loss.
-    imputed_units
-        Units of count blocks in the imputed layer: ``"counts"`` (expected counts at each cell's observed
-        library size), ``"normalized"`` (per 10,000) or ``"log1p"`` (log1p of normalized). Bernoulli blocks
-        are probabilities; ``mse`` blocks are in input units.
-    input_dropout, input_noise, l1_activity, contractive, variational, lambda_kl
-        Seed autoencoder variants: denoising, sparse, contractive, variational (see :class:`scae.SAUCIE`).
-    random_state
-        Seed; the same seed and device type give the same results.
-    device
-        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-    gene_sets
-        GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), dict ``{set: [genes]}`` or genes × sets 0/1
-        DataFrame: adds one node per set connected only to its genes (GSAE); names are matched
-        case-insensitively to ``var_names``.
-    min_genes
-        Sets with fewer genes among ``var_names`` are dropped with a warning.
-    n_free_nodes
-        Unconstrained nodes beside the set nodes.
-    gene_set_layer
-        ``"encoder"`` (GSAE, default) or ``"decoder"`` (expiMap style); see :class:`scae.SAUCIE`.
-    progress
-        Show a progress bar.
-    save_model
-        Folder to save the trained model in (:meth:`scae.SAUCIE.save`), with these clusters, so that
-        :func:`scae.tl.transform` can place new cells into them later.
-    key_added
-        Prefix of every key written.
-    copy
-        Return a new AnnData instead of writing into ``adata``.
-    precision, compile, block_rows
-        GPU fast path and out-of-core options, see :class:`scae.SAUCIE`.
-    out_path
-        Backed ``adata`` only (``anndata.read_h5ad(path, backed="r")``, dense or CSR): an .h5ad that receives
-        the codes (``obsm``) and, with ``impute``, the reconstruction (``layers``), written chunk by chunk.
-        With backed input only the embedding, clusters and ``uns`` are written into ``adata`` itself.
+    {fit_params}
 
     Returns
     -------
     ``None``, or a new AnnData when ``copy=True``. Writes:
 
-    ``obsm[f"X_{key_added}"]``
+    ``obsm[f"X_{{key_added}}"]``
         2-D embedding (batch-corrected with ``batch_key``).
-    ``obsm[f"X_{key_added}_codes"]``
+    ``obsm[f"X_{{key_added}}_codes"]``
         Clustering-layer activations, float32.
-    ``obs[f"{key_added}_cluster"]``
+    ``obs[f"{{key_added}}_cluster"]``
         Categorical cluster labels.
-    ``layers[f"{key_added}_imputed"]``
+    ``layers[f"{{key_added}}_imputed"]``
         Reconstruction (with ``impute=True``): input units for ``mse`` blocks, probabilities for
         ``bernoulli`` blocks, ``imputed_units`` for ``nb``/``zinb`` blocks.
-    ``layers[f"{key_added}_corrected"]``
+    ``layers[f"{{key_added}}_corrected"]``
         Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
-    ``obsm[f"X_{key_added}_genesets"]``
+    ``obsm[f"X_{{key_added}}_genesets"]``
         Gene-set activities (cells × sets, float32, positive = set up; with ``gene_sets``).
-    ``varm[f"{key_added}_gene_set_weights"]``
+    ``varm[f"{{key_added}}_gene_set_weights"]``
         Oriented weights of each set node on its genes (genes × sets, 0 outside the set; with ``gene_sets``).
     ``uns[key_added]``
         ``params``, ``history`` (per-term loss per epoch; ``reconstruction_<block>`` per block with

@@ -200,11 +200,10 @@ def train_net(
     loss_fn = step_function(compute_losses, device=device, autocast_dtype=autocast_dtype, compile=compile)
     kwargs = {"weights": weights, "reference": reference, "n_batches": n_batches, "variants": variants}
     kwargs["generator"] = generator
-    monitor = Convergence(stop) if stop is not None else None
     reduce = reduce_history or (lambda means: means)
+    check = _StopCheck(stop, reduce) if stop is not None else None
     history: dict[str, list[float]] = {}
     steps, epochs, reason = 0, 0, "max_epochs"
-    window_sum = None
     net.train()
     total_epochs = max_epochs if max_epochs is not None else math.ceil(stop.max_steps / sampler.steps_per_epoch)
     bar = tqdm(total=total_epochs, desc="scae", unit="epoch", disable=not progress, leave=False)
@@ -222,25 +221,10 @@ def train_net(
                 sums[k] = sums.get(k, 0.0) + v.detach()
             steps += 1
             n_epoch_steps += 1
-            if monitor is None:
-                continue
-            window_sum = terms["total"].detach() + (0.0 if window_sum is None else window_sum)
-            if steps % stop.window == 0:
-                mean = reduce({"total": float(window_sum) / stop.window})["total"]
-                window_sum = None
-                if monitor.update(mean, steps):
-                    reason = "converged"
-                    break
-            if steps >= stop.max_steps:
-                reason = "max_steps"
+            if check is not None and (reason := check.after_step(terms["total"], steps)) != "max_epochs":
                 break
         epochs += 1
-        means = reduce({k: float(v) / n_epoch_steps for k, v in sums.items()})
-        for k, v in means.items():
-            history.setdefault(k, []).append(v)
-        if not all(math.isfinite(v) for v in means.values()):
-            msg = f"training diverged (non-finite loss {means}); lower `learning_rate` or check the input transform"
-            raise FloatingPointError(msg)
+        means = _record_epoch(history, sums, n_epoch_steps, reduce)
         bar.update(1)
         bar.set_postfix(loss=f"{means['total']:.4f}", steps=steps)
         if reason != "max_epochs":
@@ -248,6 +232,36 @@ def train_net(
     bar.close()
     net.eval()
     return TrainResult(history=history, steps=steps, epochs=epochs, stop_reason=reason)
+
+
+class _StopCheck:
+    """The convergence rule inside the step loop: the window means of the total loss (averaged over processes)."""
+
+    def __init__(self, stop: StopRule, reduce) -> None:
+        self.stop, self.reduce = stop, reduce
+        self.monitor = Convergence(stop)
+        self.window_sum = None
+
+    def after_step(self, total: torch.Tensor, steps: int) -> str:
+        """``"converged"``/``"max_steps"`` when training must stop after step ``steps``, else ``"max_epochs"``."""
+        self.window_sum = total.detach() + (0.0 if self.window_sum is None else self.window_sum)
+        if steps % self.stop.window == 0:
+            mean = self.reduce({"total": float(self.window_sum) / self.stop.window})["total"]
+            self.window_sum = None
+            if self.monitor.update(mean, steps):
+                return "converged"
+        return "max_steps" if steps >= self.stop.max_steps else "max_epochs"
+
+
+def _record_epoch(history: dict, sums: dict, n_steps: int, reduce) -> dict[str, float]:
+    """Append the epoch's mean of every loss term to ``history``; a non-finite mean stops training."""
+    means = reduce({k: float(v) / n_steps for k, v in sums.items()})
+    for k, v in means.items():
+        history.setdefault(k, []).append(v)
+    if not all(math.isfinite(v) for v in means.values()):
+        msg = f"training diverged (non-finite loss {means}); lower `learning_rate` or check the input transform"
+        raise FloatingPointError(msg)
+    return means
 
 
 @torch.no_grad()

@@ -1,0 +1,188 @@
+"""Parameter documentation shared by docstrings (scanpy's ``_doc_params`` pattern): filled in at import time.
+
+Keeps :class:`scae.SAUCIE` and :func:`scae.tl.fit` readable in the source while ``help()`` and the API pages show
+every parameter.
+"""
+
+from __future__ import annotations
+
+from textwrap import indent
+
+
+def doc_params(**params: str):
+    """Decorator: format ``{name}`` fields of the docstring with ``params`` (indented to the docstring's level)."""
+
+    def decorate(obj):
+        if obj.__doc__:  # None under python -OO
+            obj.__doc__ = obj.__doc__.format(**{k: indent(v, "    ").lstrip() for k, v in params.items()})
+        return obj
+
+    return decorate
+
+
+MODEL_PARAMS = """\
+adata
+    Cells × features. Use transformed data: arcsinh for cytometry (:func:`scae.pp.arcsinh`),
+    log-normalized counts for RNA. Features are standardized inside the network and outputs are
+    returned in input units.
+layer
+    Layer to use instead of ``adata.X``.
+batch_key
+    Column of ``adata.obs`` with batches to correct; ``None`` for no batch correction.
+reference_batch
+    Batch the others are moved onto; default the largest.
+hidden
+    Encoder layer widths; the decoder mirrors them and its last hidden layer is the clustering layer.
+n_latent
+    Width of the embedding layer.
+lambda_b
+    Weight of the MMD between batches in the embedding (only with ``batch_key``).
+lambda_c
+    Weight of the ID regularization (entropy) of the clustering layer; larger → fewer clusters.
+lambda_d
+    Weight of the within-cluster distance; larger → clusters tighter in input space (more clusters).
+learning_rate
+    Adam learning rate.
+batch_size
+    Minibatch size; with ``batch_key`` each minibatch holds equal numbers of cells of every batch.
+    Default 256 on CPU and 4096 on CUDA (see :mod:`scae._fast`).
+pairwise_cells
+    The pairwise loss terms (MMD, within-cluster distance, ``batch_reconstruction="distance"``) cost
+    O(minibatch²); they are computed on an evenly spaced subset of at most this many cells of each
+    minibatch (every batch equally represented), so large minibatches stay cheap. ``None``: all cells.
+random_state
+    Seed of weight init and minibatch sampling: same seed and device type → same results.
+device
+    ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+batch_reconstruction
+    With ``batch_key``: the reference batch is reconstructed value for value; a non-reference batch
+    must keep its own structure only: ``"zscore"`` compares per-batch z-scored outputs with z-scored
+    inputs, ``"distance"`` compares within-batch pairwise distances.
+gene_sets
+    Adds a gene-set layer (GSAE/expiMap): a GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), a dict
+    ``{set name: [genes]}`` or a genes × sets 0/1 DataFrame, matched case-insensitively to ``var_names``
+    (:func:`scae.genesets.gene_set_mask`). One node per set, connected only to its genes.
+min_genes
+    Sets with fewer genes among ``var_names`` are dropped with a warning.
+n_free_nodes
+    Unconstrained nodes beside the set nodes (they see every gene; with ``gene_set_layer="encoder"``
+    and none of them, genes outside every set do not reach the embedding).
+gene_set_layer
+    ``"encoder"`` (GSAE, default: the set layer is the first encoder layer, so an activity is a weighted
+    sum of the set's own genes) or ``"decoder"`` (expiMap style: set nodes before a masked output layer).
+likelihood
+    Reconstruction model: ``"mse"`` (continuous, e.g. arcsinh CyTOF or log-normalized RNA), ``"nb"`` or
+    ``"zinb"`` (raw integer counts; the encoder sees ``log1p`` counts normalized to 10,000 per cell, the
+    output is ``library size × softmax`` rates with one dispersion per feature, plus dropout logits for
+    ZINB) or ``"bernoulli"`` (0/1 features). With ``block_key``, a mapping ``{block: likelihood}``.
+block_key
+    Column of ``adata.var`` naming each feature's block (e.g. expression / mutation / cnv for bulk
+    multi-omics); each block gets its own likelihood, library size and weight.
+block_weights
+    Weight of each block's mean per-entry loss, ``{block: weight}`` (default 1 each).
+input_dropout
+    Denoising AE: fraction of input entries zeroed at random in training (targets stay clean).
+input_noise
+    Denoising AE: standard deviation of Gaussian noise added to the standardized input in training.
+l1_activity
+    Sparse AE: weight of the mean absolute activation of the last encoder layer (history ``"l1_activity"``).
+contractive
+    Contractive AE: weight of the squared Jacobian norm of the embedding w.r.t. the standardized input
+    (history ``"contractive"``).
+variational
+    VAE: the embedding is a Gaussian sampled with the reparameterization trick in training (the mean is
+    returned), with ``lambda_kl`` times its KL divergence to ``N(0, I)`` (history ``"kl"``).
+lambda_kl
+    Weight of the KL term of ``variational=True``.
+precision
+    ``"32"`` (float32) or ``"bf16"`` (bfloat16 autocast in the training step; falls back to float32
+    with a warning where unsupported).
+compile
+    Compile the training step with ``torch.compile``; falls back to eager with a warning where that fails.
+block_rows
+    Rows per block read from disk when ``adata`` is backed (``read_h5ad(..., backed="r")``); default
+    about 64 MB of dense float32 rows. Peak memory of training is one block, whatever the file size.
+"""
+
+FIT_PARAMS = """\
+adata
+    Cells × features, transformed (arcsinh for cytometry, log-normalized for RNA). Dense or sparse.
+layer
+    Layer to use instead of ``adata.X``.
+batch_key
+    Column of ``adata.obs`` whose batches are corrected by MMD in the embedding.
+reference_batch
+    Batch the others are moved onto; default the largest.
+batch_reconstruction
+    How non-reference batches are reconstructed when correcting batches: ``"zscore"`` (per-batch
+    standardized values) or ``"distance"`` (within-batch pairwise distances); see :class:`scae.SAUCIE`.
+max_epochs
+    Passes over the data. Default: train until the loss has converged (the mean total loss of the last
+    200 steps less than 0.5% below that of the 200 before, checked every 50 steps after 1,000;
+    :mod:`scae._stopping`), within a step budget that grows with the number of cells (3,000 to 6,000).
+    ``uns[key_added]["runtime"]`` records ``steps``, ``epochs`` and ``stop_reason`` (``"converged"``,
+    ``"max_steps"`` or ``"max_epochs"``).
+early_stopping
+    Stop when the loss has converged; default on when ``max_epochs`` is not given. With ``max_epochs``,
+    ``True`` makes it an upper bound; ``False`` without ``max_epochs`` trains about 3000 steps.
+hidden
+    Encoder widths (decoder mirrors them; its last hidden layer is the clustering layer).
+n_latent
+    Width of the embedding layer (2: the visualization head).
+lambda_b, lambda_c, lambda_d
+    Weights of MMD batch correction, ID regularization and within-cluster distance (see :class:`scae.SAUCIE`).
+learning_rate
+    Adam learning rate.
+batch_size
+    Minibatch size (default 256 on CPU, 4096 on CUDA).
+pairwise_cells
+    Cells of each minibatch used by the O(minibatch²) pairwise loss terms (see :class:`scae.SAUCIE`).
+merge_threshold, n_clusters, min_cluster_size
+    Granularity of the clusters (see :func:`scae.tl.cluster`, which re-cuts them without retraining).
+impute
+    Write ``layers[f"{key_added}_imputed"]`` (a dense cells × features float32 matrix, filled chunk by
+    chunk; sparse input is never densified whole).
+likelihood
+    ``"mse"`` (continuous input), ``"nb"``/``"zinb"`` (raw integer counts, e.g. ``layer="counts"``),
+    ``"bernoulli"`` (0/1), or ``{block: likelihood}`` with ``block_key`` (see :class:`scae.SAUCIE`).
+block_key
+    Column of ``adata.var`` naming feature blocks (mixed multi-omics), e.g. from
+    :func:`scae.datasets.tcga_coread` with ``multiomics=True``.
+block_weights
+    Weight per block of its reconstruction loss.
+imputed_units
+    Units of count blocks in the imputed layer: ``"counts"`` (expected counts at each cell's observed
+    library size), ``"normalized"`` (per 10,000) or ``"log1p"`` (log1p of normalized). Bernoulli blocks
+    are probabilities; ``mse`` blocks are in input units.
+input_dropout, input_noise, l1_activity, contractive, variational, lambda_kl
+    Seed autoencoder variants: denoising, sparse, contractive, variational (see :class:`scae.SAUCIE`).
+random_state
+    Seed; the same seed and device type give the same results.
+device
+    ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+gene_sets
+    GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), dict ``{set: [genes]}`` or genes × sets 0/1
+    DataFrame: adds one node per set connected only to its genes (GSAE); names are matched
+    case-insensitively to ``var_names``.
+min_genes
+    Sets with fewer genes among ``var_names`` are dropped with a warning.
+n_free_nodes
+    Unconstrained nodes beside the set nodes.
+gene_set_layer
+    ``"encoder"`` (GSAE, default) or ``"decoder"`` (expiMap style); see :class:`scae.SAUCIE`.
+progress
+    Show a progress bar.
+save_model
+    Folder to save the trained model in (:meth:`scae.SAUCIE.save`), with these clusters, so that
+    :func:`scae.tl.transform` can place new cells into them later.
+key_added
+    Prefix of every key written.
+copy
+    Return a new AnnData instead of writing into ``adata``.
+precision, compile, block_rows
+    GPU fast path and out-of-core options, see :class:`scae.SAUCIE`.
+out_path
+    Backed ``adata`` only (``anndata.read_h5ad(path, backed="r")``, dense or CSR): an .h5ad that receives
+    the codes (``obsm``) and, with ``impute``, the reconstruction (``layers``), written chunk by chunk.
+    With backed input only the embedding, clusters and ``uns`` are written into ``adata`` itself.
+"""
