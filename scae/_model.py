@@ -211,6 +211,7 @@ class SAUCIE:
         With ``counts`` other than ``"counts"`` only the reconstruction (count blocks in those units) is kept.
         """
         self._check_trained()
+        self.row_source()  # a clear error for a model loaded without data
         if counts not in self._outputs:
             t0 = time.perf_counter()
             out = _pipeline.infer_arrays(self, counts=counts)
