@@ -13,9 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 import scae
-from scae import data
-from scae._outofcore import write_resampled_h5ad
 from scae._accumulator import ClusterAccumulator
+from scae._outofcore import write_resampled_h5ad
 from scae._pipeline import stream_outputs
 
 

@@ -132,7 +132,8 @@ def test_every_mode_same_contract_and_clusters(cellbench_small, option, tmp_path
     assert {m: results[m].uns["scae"]["mode"] for m in modes} == modes
     assert torchrun.uns["scae"]["world_size"] == 2
     if option == "n_clusters":
-        assert {m: results[m].obs["scae_cluster"].nunique() for m in ("memory", "backed", "torchrun")} == dict.fromkeys(("memory", "backed", "torchrun"), 3)
+        fits = ("memory", "backed", "torchrun")
+        assert {m: results[m].obs["scae_cluster"].nunique() for m in fits} == dict.fromkeys(fits, 3)
     if option == "gene_sets":
         assert all(a.obsm["X_scae_genesets"].shape == (data.n_obs, 4) for a in results.values())
     # identical clusters where the computation is the same: the streamed clustering of backed fits and torchrun,
