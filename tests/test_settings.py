@@ -83,6 +83,7 @@ _FIT_ONLY = [
 ROWS = (
     [("model", *r) for r in _MODEL_ROWS]
     + [("model", "n_latent", 2.0, TypeError, S), ("model", "n_latent", 0, ValueError, S)]
+    + [("fit", "n_latent", 2.0, TypeError, S), ("fit", "n_latent", 0, ValueError, S)]
     + [("fit", *r) for r in _MODEL_ROWS + _FIT_ONLY]
     + [("train", "max_epochs", 1.5, TypeError, S), ("train", "max_epochs", "3", TypeError, S),
        ("train", "max_epochs", 0, ValueError, S), ("train", "early_stopping", "no", TypeError, S),
@@ -210,7 +211,7 @@ def _call(target, param, value, *, tiny, trained, fitted, monkeypatch):
 @pytest.mark.parametrize(("target", "param", "value", "exc", "stage"), ROWS, ids=lambda v: repr(v)[:24])
 def test_bad_value_refused_before_work(target, param, value, exc, stage, tiny, trained, fitted, guard, monkeypatch):
     adata, call = _call(target, param, value, tiny=tiny, trained=trained, fitted=fitted, monkeypatch=monkeypatch)
-    monkeypatch.setattr(scae._model, "train_net", _blocked)
+    monkeypatch.setattr(scae._pipeline, "train_net", _blocked)
     monkeypatch.setattr(scae._transform, "train_net", _blocked)
     monkeypatch.setattr(scae._transform, "infer", _blocked)
     monkeypatch.setattr(scae._query, "hamming_knn", _blocked)
@@ -238,7 +239,7 @@ def test_backed_out_path_refused_before_training(tmp_path, tiny, monkeypatch):
     path = tmp_path / "in.h5ad"
     tiny.write_h5ad(path)
     backed = ad.read_h5ad(path, backed="r")
-    monkeypatch.setattr(scae._model, "train_net", _blocked)
+    monkeypatch.setattr(scae._pipeline, "train_net", _blocked)
     with pytest.raises(ValueError, match="`out_path` must differ from the backed input file"):
         scae.tl.fit(backed, out_path=str(path), progress=False)
     with pytest.raises(ValueError, match="`out_path` must be in an existing folder.*missing"):
