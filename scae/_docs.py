@@ -182,7 +182,37 @@ copy
 precision, compile, block_rows
     GPU fast path and out-of-core options, see :class:`scae.SAUCIE`.
 out_path
-    Backed ``adata`` only (``anndata.read_h5ad(path, backed="r")``, dense or CSR): an .h5ad that receives
-    the codes (``obsm``) and, with ``impute``, the reconstruction (``layers``), written chunk by chunk.
-    With backed input only the embedding, clusters and ``uns`` are written into ``adata`` itself.
+    Backed ``adata`` only (``anndata.read_h5ad(path, backed="r")``, dense or CSR): an .h5ad written
+    atomically that holds every output of the fit (the input's ``obs``/``var``, embedding, clusters, codes,
+    the imputed and corrected layers filled chunk by chunk, gene-set activities, ``uns``), everything but
+    the input matrix. Into the backed ``adata`` itself go the embedding, clusters, gene-set activities and
+    ``uns``. Under torchrun (``torchrun ... -m scae fit IN OUT``) every rank trains on its shard of the
+    rows and rank 0 writes ``out_path`` (see :mod:`scae.distributed`).
+"""
+
+FIT_RETURNS = """\
+``None``, or a new AnnData when ``copy=True``. Writes:
+
+``obsm[f"X_{key_added}"]``
+    2-D embedding (batch-corrected with ``batch_key``).
+``obsm[f"X_{key_added}_codes"]``
+    Clustering-layer activations, float32.
+``obs[f"{key_added}_cluster"]``
+    Categorical cluster labels.
+``layers[f"{key_added}_imputed"]``
+    Reconstruction (with ``impute=True``): input units for ``mse`` blocks, probabilities for
+    ``bernoulli`` blocks, ``imputed_units`` for ``nb``/``zinb`` blocks.
+``layers[f"{key_added}_corrected"]``
+    Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
+``obsm[f"X_{key_added}_genesets"]``
+    Gene-set activities (cells × sets, float32, positive = set up; with ``gene_sets``).
+``varm[f"{key_added}_gene_set_weights"]``
+    Oriented weights of each set node on its genes (genes × sets, 0 outside the set; with ``gene_sets``).
+``uns[key_added]``
+    ``params``, ``history`` (per-term loss per epoch; ``reconstruction_<block>`` per block with
+    ``block_key``, ``l1_activity``/``contractive``/``kl`` for those variants), ``versions``, ``seed``,
+    ``device``, ``runtime``; ``blocks`` (block → likelihood) with ``block_key``; with ``gene_sets`` also
+    ``gene_sets`` (names of the kept sets, the columns of the two arrays above); per-cluster
+    ``cluster_means``/``cluster_medians`` (DataFrames, clusters × features, of the input values) and
+    ``cluster_sizes`` (see :func:`scae.tl.cluster_stats`).
 """

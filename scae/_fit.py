@@ -10,51 +10,48 @@ model, training loop, forward pass, cluster accumulator and contract writer of :
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import time
 
 import numpy as np
 import scipy.sparse as sp
 
-from . import _dist, _features, _mapping
+from . import _dist, _features, _mapping, data
 from ._accumulator import ClusterAccumulator
 from ._atomic import atomic_path
 from ._contract import stats_entries, uns_record, write_contract
 from ._model import SAUCIE
+from ._options import FitSettings
 from ._pipeline import FileSink, categorical_labels, stream_outputs
 from ._tl_cluster import recut_values
 from .cluster import common_scale
 
 logger = logging.getLogger("scae")
 
-#: Arguments of ``tl.fit`` that configure the model (passed on to :class:`scae.SAUCIE`).
-MODEL_KEYS = tuple(k for k in inspect.signature(SAUCIE).parameters if k != "adata")
-#: Arguments of ``tl.fit`` that configure the clusters.
-CLUSTER_KEYS = ("merge_threshold", "n_clusters", "min_cluster_size")
 
-
-def run(adata, options: dict, params: dict):
-    """Fit ``adata`` with the checked ``options`` (every argument of ``tl.fit``); ``params`` go to ``uns``."""
+def run(adata, settings: FitSettings, params: dict):
+    """Fit ``adata`` with the checked ``settings`` (every argument of ``tl.fit``, grouped); ``params`` go to ``uns``."""
     t0 = time.perf_counter()
     backed = bool(getattr(adata, "isbacked", False))
     group = _dist.current()
-    if group is not None and not backed:
+    if group is not None and not (backed and data.is_backed(data.get_matrix(adata, settings.data.layer))):
         msg = (
             f"under torchrun ({group.world} processes) every rank trains on its own rows of a backed AnnData: "
-            "open the input with `anndata.read_h5ad(path, backed='r')` (or run `scae fit IN OUT` under torchrun)"
+            "open the input with `anndata.read_h5ad(path, backed='r')` and use `X` or a layer stored as a dense or "
+            "CSR matrix (or run `scae fit IN OUT` under torchrun)"
         )
         raise ValueError(msg)
-    model = SAUCIE(adata, **{k: options[k] for k in MODEL_KEYS})
+    model = SAUCIE(adata, **settings.model_kwargs())
     if not backed:
-        _check_output_memory(model, impute=options["impute"])
-    model.train(options["max_epochs"], progress=options["progress"], early_stopping=options["early_stopping"])
+        _check_output_memory(model, impute=settings.output.impute)
+    schedule = settings.schedule
+    model.train(schedule.max_epochs, progress=schedule.progress, early_stopping=schedule.early_stopping)
     if backed:
-        return _finish_streamed(adata, model, options, params, t0)
-    return _finish_in_memory(adata, model, options, params, t0)
+        return _finish_streamed(adata, model, settings, params, t0)
+    return _finish_in_memory(adata, model, settings, params, t0)
 
 
-def _record(model, options, params, runtime: dict, n_clusters: int, *, mode: str, labels, out_path=None) -> dict:
+def _record(model, settings, params, runtime: dict, n_clusters: int, *, mode: str, labels, out_path=None) -> dict:
     """``uns[key_added]`` of a fit, cluster statistics included (see :mod:`scae._contract`)."""
     batches = model.batches
     record = uns_record(
@@ -70,18 +67,18 @@ def _record(model, options, params, runtime: dict, n_clusters: int, *, mode: str
         world_size=1 if model.group is None else model.group.world,
         batch_categories=None if batches is None else batches.categories,
         reference_batch=None if batches is None else batches.categories[batches.reference],
-        blocks=model.hparams["blocks"] if options["block_key"] is not None else None,
+        blocks=model.hparams["blocks"] if settings.network.block_key is not None else None,
         gene_sets=model.gene_set_names or None,
     )
-    key = options["key_added"]
-    record.update(stats_entries(model.X, labels, model.var_names, groupby=f"{key}_cluster", layer=options["layer"]))
+    key = settings.output.key_added
+    record.update(stats_entries(model.X, labels, model.var_names, groupby=f"{key}_cluster", layer=settings.data.layer))
     return record
 
 
-def _finish_in_memory(adata, model: SAUCIE, options: dict, params: dict, t0: float):
+def _finish_in_memory(adata, model: SAUCIE, settings: FitSettings, params: dict, t0: float):
     """Outputs of an in-memory fit: every array held once, clusters cut on the layer ``tl.cluster`` re-cuts."""
     outputs = model.outputs()
-    impute, units = options["impute"], options["imputed_units"]
+    impute, units = settings.output.impute, settings.output.imputed_units
     imputed = model.reconstruction_array(corrected=False, counts=units) if impute else None
     corrected = model.reconstruction_array(corrected=True) if model.batches is not None else None
     if corrected is not None and corrected is imputed:  # two layers must not share one array
@@ -91,25 +88,25 @@ def _finish_in_memory(adata, model: SAUCIE, options: dict, params: dict, t0: flo
     labels = _features.cut(
         outputs["codes"], values, model.X, blocks=model.blocks, mean=model.net.feature_mean.cpu().numpy(),
         std=model.net.feature_std.cpu().numpy(), units=cut_units,
-        **{k: options[k] for k in CLUSTER_KEYS},
+        **settings.cluster_kwargs(),
     )  # fmt: skip
     t_cluster = time.perf_counter() - t_cluster
-    if options["save_model"] is not None:
-        model.mapping_state = _mapping.build_mapping_state(model, labels, **{k: options[k] for k in CLUSTER_KEYS})
-        model.save(options["save_model"])
+    if settings.output.save_model is not None:
+        model.mapping_state = _mapping.build_mapping_state(model, labels, **settings.cluster_kwargs())
+        model.save(settings.output.save_model)
     runtime = dict(model.runtime, cluster_s=t_cluster)
     clusters = categorical_labels(labels)
-    record = _record(model, options, params, runtime, len(clusters.categories), mode="memory", labels=clusters)
+    record = _record(model, settings, params, runtime, len(clusters.categories), mode="memory", labels=clusters)
     record["runtime"]["total_s"] = time.perf_counter() - t0
-    key = options["key_added"]
+    key = settings.output.key_added
     layers = {f"{key}_imputed": imputed, f"{key}_corrected": corrected}
-    target = adata.copy() if options["copy"] else adata
+    target = adata.copy() if settings.output.copy else adata
     write_contract(
         target, key, embedding=outputs["embedding"], codes=outputs["codes"], clusters=clusters,
         layers={k: v for k, v in layers.items() if v is not None}, gene_sets=_gene_set_outputs(model), record=record,
     )  # fmt: skip
     logger.info("scae: %d clusters in %.1fs", len(clusters.categories), record["runtime"]["total_s"])
-    return target if options["copy"] else None
+    return target if settings.output.copy else None
 
 
 def _gene_set_outputs(model: SAUCIE, activities=None):
@@ -121,21 +118,21 @@ def _gene_set_outputs(model: SAUCIE, activities=None):
     return activities, model.get_gene_set_weights().to_numpy(np.float32)
 
 
-def _finish_streamed(adata, model: SAUCIE, options: dict, params: dict, t0: float):
+def _finish_streamed(adata, model: SAUCIE, settings: FitSettings, params: dict, t0: float):
     """Outputs of a backed (or torchrun) fit, streamed chunk by chunk; ``out_path`` written atomically.
 
     ``out_path`` is written to a temporary file beside it and renamed once everything succeeded; ``adata``
     receives its outputs only then, so a failure leaves neither a partial ``out_path`` nor a changed ``adata``.
     Under torchrun only rank 0 clusters and writes; the other ranks return after the last collective pass.
     """
-    key, out_path, impute = options["key_added"], options["out_path"], options["impute"]
+    key, out_path, impute = settings.output.key_added, settings.output.out_path, settings.output.impute
     main = model.group is None or model.group.is_main
     corrected = model.batches is not None
-    rec_units = "counts" if corrected else options["imputed_units"]
-    cut_units = "counts" if (corrected or not impute) else options["imputed_units"]
+    rec_units = "counts" if corrected else settings.output.imputed_units
+    cut_units = "counts" if (corrected or not impute) else settings.output.imputed_units
     std = model.net.feature_std.cpu().numpy()
     acc = ClusterAccumulator(
-        model.n_cells, merge_scale=common_scale(std) if model.plain else 1.0, **{k: options[k] for k in CLUSTER_KEYS}
+        model.n_cells, merge_scale=common_scale(std) if model.plain else 1.0, **settings.cluster_kwargs()
     )
     t1 = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -151,18 +148,18 @@ def _finish_streamed(adata, model: SAUCIE, options: dict, params: dict, t0: floa
             stack.callback(sink.close)
         embedding, activities, labels = stream_outputs(
             model, acc, sink=sink, counts=rec_units, cut_units=cut_units,
-            imputed_units=options["imputed_units"] if (corrected and impute) else None,
+            imputed_units=settings.output.imputed_units if (corrected and impute) else None,
         )  # fmt: skip
         if not main:
             return None
         clusters = categorical_labels(labels)
         runtime = dict(model.runtime, infer_cluster_s=time.perf_counter() - t1)
         mode = "backed" if model.group is None else "distributed"
-        record = _record(model, options, params, runtime, len(clusters.categories), mode=mode, labels=clusters,
+        record = _record(model, settings, params, runtime, len(clusters.categories), mode=mode, labels=clusters,
                          out_path=out_path)  # fmt: skip
-        if options["save_model"] is not None:
+        if settings.output.save_model is not None:
             model.mapping_state = _mapping.mapping_state(model, _mapping.ClusterReference.from_accumulator(acc))
-            model.save(options["save_model"])
+            model.save(settings.output.save_model)
         record["runtime"]["total_s"] = time.perf_counter() - t0
         gene_sets = _gene_set_outputs(model, activities)
         if sink is not None:

@@ -11,12 +11,11 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _blocks, _dist, _fast, _features, _pipeline, _settings, data, genesets
+from . import _fast, _features, _pipeline, _settings, _setup, data, genesets
 from ._docs import MODEL_PARAMS, doc_params
 from ._save import load_model, save_model
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.likelihoods import is_plain
-from .nn.network import SAUCIENet
 from .objectives import Variants
 from .train import LossWeights, infer_gene_sets
 
@@ -81,49 +80,27 @@ class SAUCIE:
     ) -> None:
         args = dict(locals())
         _settings.check_model(args)
-        X = data.get_matrix(adata, layer)
-        # under torchrun a backed matrix is split over the ranks (scae._dist); in memory every process is alone
-        self.group = _dist.current() if data.is_backed(X) else None
-        self.device = self.group.device if self.group is not None and device == "auto" else data.resolve_device(device)
+        inputs = _setup.read_inputs(adata, args)
+        self.adata, self.X, self.group, self.device = adata, inputs.X, inputs.group, inputs.device
         self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
-        self.compile = bool(compile)
-        self.block_rows = block_rows
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        data.validate_matrix(X, where=where)
-        blocks = _blocks.resolve_blocks(adata, likelihood=likelihood, block_key=block_key, block_weights=block_weights)
-        batches, batch_size = _batches_and_minibatch(adata, batch_key, reference_batch, batch_size, self.device)
-        mean, std = _blocks.validate_and_moments(X, blocks, where=where)
-        set_mask = _gene_set_mask(adata, gene_sets, min_genes, n_free_nodes, gene_set_layer)
-
-        self.adata = adata
-        self.X = X
-        self.layer = layer
-        self.batch_key = batch_key
-        self.batches = batches
+        self.compile, self.block_rows = bool(compile), block_rows
+        self.layer, self.batch_key, self.batches, self.blocks = layer, batch_key, inputs.batches, inputs.blocks
         self.var_names = list(map(str, adata.var_names))
-        self.shard = (0, X.shape[0]) if self.group is None else self.group.shard(X.shape[0])
+        self.shard = (0, self.X.shape[0]) if self.group is None else self.group.shard(self.X.shape[0])
         self.random_state = int(random_state)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(inputs.batch_size)
         self.learning_rate = float(learning_rate)
         self.weights = LossWeights(
-            lambda_b=lambda_b if batches is not None else 0.0,
+            lambda_b=lambda_b if self.batches is not None else 0.0,
             lambda_c=lambda_c,
             lambda_d=lambda_d,
             nonref_loss=batch_reconstruction,
             pairwise_cells=None if pairwise_cells is None else int(pairwise_cells),
         )
-        self.blocks = blocks
-        self.variants = Variants(**{k: float(args[k]) for k in VARIANT_ARGS})
-        self.hparams = _hparams(args, self)
-        self.gene_set_mask = set_mask  # genes × sets DataFrame (the net holds it as a buffer) or None
-        if set_mask is not None:
-            self.hparams.update(
-                gene_set_names=list(set_mask.columns),
-                gene_set_layer=gene_set_layer,
-                n_free_nodes=int(n_free_nodes),
-                min_genes=int(min_genes),
-            )
-        self.net = _build_net(self, X.shape[1], mean, std, set_mask, args)
+        self.variants = Variants(**{k: float(args[k]) for k in _setup.VARIANT_ARGS})
+        self.gene_set_mask = inputs.set_mask  # genes × sets DataFrame (the net holds it as a buffer) or None
+        self.hparams = _setup.hparams(args, self)
+        self.net = _setup.build_net(self, inputs, args)
         self._source: data.RowSource | None = None
         self._outputs: dict[str, dict[str, np.ndarray]] = {}
         self.history: dict[str, list[float]] = {}
@@ -353,73 +330,3 @@ class SAUCIE:
         with torch.no_grad():
             w = self.net.gene_set_weights().cpu().numpy()
         return pd.DataFrame(w, index=self.var_names, columns=self.gene_set_names)
-
-
-def _gene_set_mask(adata: AnnData, gene_sets, min_genes: int, n_free_nodes: int, gene_set_layer: str):
-    """The genes × sets mask (``None`` without ``gene_sets``); the options were checked by :mod:`scae._settings`."""
-    if gene_sets is None:
-        return None
-    return genesets.gene_set_mask(gene_sets, adata.var_names, min_genes=min_genes)
-
-
-def _batches_and_minibatch(adata: AnnData, batch_key, reference_batch, batch_size, device: torch.device):
-    """The batches (``None`` without ``batch_key``) and the minibatch size (default: the device's)."""
-    if batch_size is not None:
-        return data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size), batch_size
-    batch_size = _fast.default_batch_size(device)
-    if batch_key is None:
-        return None, batch_size
-    # the default minibatch of a GPU (4096) must not refuse batches that the CPU default (256) accepts:
-    # check with the CPU default, then shrink the GPU minibatch to what the smallest batch can fill
-    cpu_default = _fast.default_batch_size(torch.device("cpu"))
-    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=min(batch_size, cpu_default))
-    return batches, _fast.batch_size_for_batches(batch_size, cpu_default, np.bincount(batches.codes))
-
-
-def _hparams(args: dict, model: SAUCIE) -> dict:
-    """The model's settings as saved in ``model.json`` (``args``: the constructor's arguments)."""
-    likelihood, block_key = args["likelihood"], args["block_key"]
-    return {
-        "hidden": list(args["hidden"]),
-        "n_latent": int(args["n_latent"]),
-        "lambda_b": float(args["lambda_b"]),
-        "lambda_c": float(args["lambda_c"]),
-        "lambda_d": float(args["lambda_d"]),
-        "learning_rate": model.learning_rate,
-        "batch_size": model.batch_size,
-        "pairwise_cells": model.weights.pairwise_cells,
-        "random_state": model.random_state,
-        "batch_reconstruction": args["batch_reconstruction"],
-        "likelihood": likelihood if isinstance(likelihood, str) else dict(likelihood),
-        "block_key": block_key,
-        "blocks": {b.name: b.likelihood for b in model.blocks},
-        "block_weights": {b.name: b.weight for b in model.blocks} if block_key is not None else None,
-        "input_dropout": model.variants.input_dropout,
-        "input_noise": model.variants.input_noise,
-        "l1_activity": model.variants.l1_activity,
-        "contractive": model.variants.contractive,
-        "variational": bool(args["variational"]),
-        "lambda_kl": model.variants.lambda_kl,
-    }
-
-
-#: Constructor arguments of the seed variants (:class:`scae.objectives.Variants`).
-VARIANT_ARGS = ("input_dropout", "input_noise", "l1_activity", "contractive", "lambda_kl")
-
-
-def _build_net(model: SAUCIE, n_features: int, mean, std, set_mask, args: dict) -> SAUCIENet:
-    """The network, initialized from the model's seed (without touching the global random state)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(model.random_state)
-        return SAUCIENet(
-            n_features,
-            hidden=args["hidden"],
-            n_latent=args["n_latent"],
-            feature_mean=torch.from_numpy(mean),
-            feature_std=torch.from_numpy(std),
-            gene_set_mask=None if set_mask is None else torch.from_numpy(set_mask.to_numpy()),
-            n_free_nodes=args["n_free_nodes"],
-            gene_set_layer=args["gene_set_layer"],
-            blocks=model.blocks,
-            variational=args["variational"],
-        ).to(model.device)

@@ -20,78 +20,25 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 
+from . import _options
 from ._checks import (
     Check,
-    batch_name,
-    block_weights,
-    choice,
-    device,
     flag,
     flag_or_none,
-    gene_sets,
-    hidden_widths,
     integer,
     key_name,
-    likelihood,
     name_or_none,
     names,
-    path_or_none,
     real,
 )
 
-#: The tables (parameter → check), one per entry point; first :class:`scae.SAUCIE` (``adata`` is checked apart).
-POSITIVE_WEIGHT = real(0)
-MODEL = {
-    "layer": name_or_none,
-    "batch_key": name_or_none,
-    "reference_batch": batch_name,
-    "hidden": hidden_widths,
-    "n_latent": integer(1),
-    "lambda_b": POSITIVE_WEIGHT,
-    "lambda_c": POSITIVE_WEIGHT,
-    "lambda_d": POSITIVE_WEIGHT,
-    "learning_rate": real(0, lo_open=True),
-    "batch_size": integer(2, optional=True),
-    "pairwise_cells": integer(2, optional=True),
-    "random_state": integer(0, hi=2**63 - 1),
-    "device": device,
-    "batch_reconstruction": choice(("zscore", "distance")),
-    "gene_sets": gene_sets,
-    "min_genes": integer(1),
-    "n_free_nodes": integer(0),
-    "gene_set_layer": choice(("encoder", "decoder"), note=" ('encoder' (GSAE) or 'decoder' (expiMap style))"),
-    "likelihood": likelihood,
-    "block_key": name_or_none,
-    "block_weights": block_weights,
-    "input_dropout": real(0, 1, hi_open=True),
-    "input_noise": POSITIVE_WEIGHT,
-    "l1_activity": POSITIVE_WEIGHT,
-    "contractive": POSITIVE_WEIGHT,
-    "variational": flag,
-    "lambda_kl": POSITIVE_WEIGHT,
-    "precision": choice(("32", "bf16")),
-    "compile": flag,
-    "block_rows": integer(1, optional=True),
-}
-MAX_EPOCHS = integer(1, optional=True)
-CLUSTERING = {
-    "merge_threshold": real(0, optional=True),
-    "n_clusters": integer(1, optional=True),
-    "min_cluster_size": integer(1, optional=True),
-}
+#: The tables (parameter → check), one per entry point. Those of :class:`scae.SAUCIE` and ``scae.tl.fit`` are
+#: built from the option groups of :mod:`scae._options`, where each option is declared with its default and check.
+MODEL = _options.table(*_options.MODEL_GROUPS)
+MAX_EPOCHS = _options.table(_options.Schedule)["max_epochs"]
+CLUSTERING = _options.table(_options.Clustering)
 #: ``scae.tl.fit``; ``adata`` is checked apart, ``progress`` accepts anything truthy.
-FIT = {
-    **MODEL,
-    **CLUSTERING,
-    "max_epochs": MAX_EPOCHS,
-    "early_stopping": flag_or_none,
-    "impute": flag,
-    "imputed_units": choice(("counts", "normalized", "log1p")),
-    "save_model": path_or_none,
-    "key_added": key_name,
-    "copy": flag,
-    "out_path": path_or_none,
-}
+FIT = _options.table(*_options.FIT_GROUPS)
 TRANSFORM = {
     "batch_key": name_or_none,
     "fine_tune_epochs": integer(0),

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from . import _dist
-from ._atomic import atomic_path
+from ._atomic import atomic_path, make_dirs
 from ._dist import shard_bounds
 
 __all__ = ["build_parser", "fit_file", "main", "run", "shard_bounds"]
@@ -57,7 +57,7 @@ def fit_file(input_path, output_path, values: dict, *, backend: str = "auto", co
         if adata.n_obs < 2 * world:
             msg = f"{adata.n_obs} cells cannot be split over {world} ranks"
             raise ValueError(msg)
-        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(Path(output_path).parent)
         tl.fit(adata, **{**values, "out_path": str(output_path)})
         if group is not None and not group.is_main:
             return {}

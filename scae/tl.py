@@ -9,7 +9,8 @@ from typing import Literal
 from anndata import AnnData
 
 from . import _fit, _settings, genesets
-from ._docs import FIT_PARAMS, doc_params
+from ._docs import FIT_PARAMS, FIT_RETURNS, doc_params
+from ._options import FitSettings
 from ._query import query
 from ._tl_cluster import cluster, cluster_stats
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-@doc_params(fit_params=FIT_PARAMS)
+@doc_params(fit_params=FIT_PARAMS, fit_returns=FIT_RETURNS)
 def fit(
     adata: AnnData,
     *,
@@ -83,30 +84,7 @@ def fit(
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``. Writes:
-
-    ``obsm[f"X_{{key_added}}"]``
-        2-D embedding (batch-corrected with ``batch_key``).
-    ``obsm[f"X_{{key_added}}_codes"]``
-        Clustering-layer activations, float32.
-    ``obs[f"{{key_added}}_cluster"]``
-        Categorical cluster labels.
-    ``layers[f"{{key_added}}_imputed"]``
-        Reconstruction (with ``impute=True``): input units for ``mse`` blocks, probabilities for
-        ``bernoulli`` blocks, ``imputed_units`` for ``nb``/``zinb`` blocks.
-    ``layers[f"{{key_added}}_corrected"]``
-        Batch-corrected reconstruction in the reference batch's units (with ``batch_key``).
-    ``obsm[f"X_{{key_added}}_genesets"]``
-        Gene-set activities (cells × sets, float32, positive = set up; with ``gene_sets``).
-    ``varm[f"{{key_added}}_gene_set_weights"]``
-        Oriented weights of each set node on its genes (genes × sets, 0 outside the set; with ``gene_sets``).
-    ``uns[key_added]``
-        ``params``, ``history`` (per-term loss per epoch; ``reconstruction_<block>`` per block with
-        ``block_key``, ``l1_activity``/``contractive``/``kl`` for those variants), ``versions``, ``seed``,
-        ``device``, ``runtime``; ``blocks`` (block → likelihood) with ``block_key``; with ``gene_sets`` also
-        ``gene_sets`` (names of the kept sets, the columns of the two arrays above); per-cluster
-        ``cluster_means``/``cluster_medians`` (DataFrames, clusters × features, of the input values) and
-        ``cluster_sizes`` (see :func:`scae.tl.cluster_stats`).
+    {fit_returns}
 
     Examples
     --------
@@ -119,7 +97,7 @@ def fit(
     _settings.check_fit(locals())
     options = dict(locals())
     adata = options.pop("adata")
-    return _fit.run(adata, options, _params(options))
+    return _fit.run(adata, FitSettings.from_flat(options), _params(options))
 
 
 def _params(options: dict) -> dict:

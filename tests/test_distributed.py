@@ -13,6 +13,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+import scae
 from scae.distributed import build_parser, run, shard_bounds
 
 ARGS = ["--max-epochs", "10", "--hidden", "64", "32", "16", "--batch-size", "256", "--seed", "0"]
@@ -80,3 +81,26 @@ def test_bad_settings_refused_before_reading(tmp_path, flags, message):
     args = build_parser().parse_args([str(tmp_path / "missing.h5ad"), str(tmp_path / "out.h5ad"), *flags])
     with pytest.raises(ValueError, match=re.escape(message)):
         run(args)  # the input does not exist: the settings are checked before it is opened
+
+
+def test_in_memory_data_refused_under_torchrun(small, monkeypatch):
+    """Under a process group every rank trains on a shard of a backed matrix: in-memory data is refused at once."""
+    import torch
+
+    from scae import _dist, _fit
+
+    fake = _dist.ProcessGroup(rank=0, world=2, device=torch.device("cpu"))
+    monkeypatch.setattr(_fit._dist, "current", lambda: fake)
+    before = small.copy()
+    with pytest.raises(ValueError, match=r"under torchrun \(2 processes\) every rank trains on its own rows"):
+        scae.tl.fit(small, max_epochs=1, progress=False)
+    assert set(small.obsm) == set(before.obsm) and "scae" not in small.uns
+
+
+def test_shard_of_a_process_group():
+    import torch
+
+    from scae._dist import ProcessGroup
+
+    shards = [ProcessGroup(rank=r, world=3, device=torch.device("cpu")).shard(10) for r in range(3)]
+    assert shards == [(0, 3), (3, 6), (6, 10)]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import scae
-from scae import _settings
+from scae import _options, _settings
 
 NAN, INF = math.nan, math.inf
 S, U = "settings", "setup"
@@ -276,3 +276,19 @@ def test_get_clusters_options_checked(trained):
         trained.get_clusters(n_clusters="3")
     with pytest.raises(ValueError, match=r"`threshold` must be a finite number in \[0, 1\), got 1.5"):
         trained.get_clusters(threshold=1.5)
+
+
+@pytest.mark.parametrize(("func", "groups"), [
+    (scae.tl.fit, _options.FIT_GROUPS),
+    (scae.SAUCIE, _options.MODEL_GROUPS),
+])  # fmt: skip
+def test_flat_signatures_are_the_declared_options(func, groups):
+    """tl.fit and SAUCIE keep flat keywords for scanpy users; every one is an option of scae._options, same default."""
+    signature = {n: p.default for n, p in inspect.signature(func).parameters.items() if n != "adata"}
+    declared = _options.defaults(*groups)
+    assert set(signature) == set(declared), sorted(set(signature) ^ set(declared))
+    differing = {k: (signature[k], declared[k]) for k in declared if signature[k] != declared[k]}
+    assert not differing, differing
+    # the grouped settings round-trip the flat keywords
+    flat = _options.FitSettings.from_flat(signature).flat() if func is scae.tl.fit else None
+    assert flat is None or flat == signature

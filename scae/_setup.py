@@ -1,0 +1,130 @@
+"""Setting a model up from an AnnData: matrix, device, blocks, batches, moments, gene-set mask, network.
+
+What :class:`scae.SAUCIE` reads from the data before it trains, and the settings it saves (``hparams``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from . import _blocks, _dist, _fast, data, genesets
+from .nn.network import SAUCIENet
+
+
+@dataclass
+class ModelInputs:
+    """What the model takes from the AnnData (all checked)."""
+
+    X: object  # cells × features: numpy, scipy sparse or a backed dataset
+    group: _dist.ProcessGroup | None  # the torchrun job this process belongs to (backed input only)
+    device: torch.device
+    blocks: list
+    batches: data.BatchInfo | None
+    batch_size: int
+    mean: np.ndarray
+    std: np.ndarray
+    set_mask: pd.DataFrame | None
+
+
+def read_inputs(adata: AnnData, args: dict) -> ModelInputs:
+    """Matrix, device, blocks, batches, minibatch size, feature moments and gene-set mask of the model's data."""
+    layer, device = args["layer"], args["device"]
+    X = data.get_matrix(adata, layer)
+    # under torchrun a backed matrix is split over the ranks (scae._dist); in memory every process is alone
+    group = _dist.current() if data.is_backed(X) else None
+    device = group.device if group is not None and device == "auto" else data.resolve_device(device)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    data.validate_matrix(X, where=where)
+    blocks = _blocks.resolve_blocks(
+        adata, likelihood=args["likelihood"], block_key=args["block_key"], block_weights=args["block_weights"]
+    )
+    batches, batch_size = _batches_and_minibatch(
+        adata, args["batch_key"], args["reference_batch"], args["batch_size"], device
+    )
+    mean, std = _blocks.validate_and_moments(X, blocks, where=where)
+    set_mask = _gene_set_mask(adata, args["gene_sets"], args["min_genes"])
+    return ModelInputs(X, group, device, blocks, batches, batch_size, mean, std, set_mask)
+
+
+def _gene_set_mask(adata: AnnData, gene_sets, min_genes: int):
+    """The genes × sets mask (``None`` without ``gene_sets``); the options were checked by :mod:`scae._settings`."""
+    if gene_sets is None:
+        return None
+    return genesets.gene_set_mask(gene_sets, adata.var_names, min_genes=min_genes)
+
+
+def _batches_and_minibatch(adata: AnnData, batch_key, reference_batch, batch_size, device: torch.device):
+    """The batches (``None`` without ``batch_key``) and the minibatch size (default: the device's)."""
+    if batch_size is not None:
+        return data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size), batch_size
+    batch_size = _fast.default_batch_size(device)
+    if batch_key is None:
+        return None, batch_size
+    # the default minibatch of a GPU (4096) must not refuse batches that the CPU default (256) accepts:
+    # check with the CPU default, then shrink the GPU minibatch to what the smallest batch can fill
+    cpu_default = _fast.default_batch_size(torch.device("cpu"))
+    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=min(batch_size, cpu_default))
+    return batches, _fast.batch_size_for_batches(batch_size, cpu_default, np.bincount(batches.codes))
+
+
+def hparams(args: dict, model) -> dict:
+    """The model's settings as saved in ``model.json`` (``args``: the constructor's arguments)."""
+    likelihood, block_key = args["likelihood"], args["block_key"]
+    out = {
+        "hidden": list(args["hidden"]),
+        "n_latent": int(args["n_latent"]),
+        "lambda_b": float(args["lambda_b"]),
+        "lambda_c": float(args["lambda_c"]),
+        "lambda_d": float(args["lambda_d"]),
+        "learning_rate": model.learning_rate,
+        "batch_size": model.batch_size,
+        "pairwise_cells": model.weights.pairwise_cells,
+        "random_state": model.random_state,
+        "batch_reconstruction": args["batch_reconstruction"],
+        "likelihood": likelihood if isinstance(likelihood, str) else dict(likelihood),
+        "block_key": block_key,
+        "blocks": {b.name: b.likelihood for b in model.blocks},
+        "block_weights": {b.name: b.weight for b in model.blocks} if block_key is not None else None,
+        "input_dropout": model.variants.input_dropout,
+        "input_noise": model.variants.input_noise,
+        "l1_activity": model.variants.l1_activity,
+        "contractive": model.variants.contractive,
+        "variational": bool(args["variational"]),
+        "lambda_kl": model.variants.lambda_kl,
+    }
+    if model.gene_set_mask is not None:
+        out.update(
+            gene_set_names=list(model.gene_set_mask.columns),
+            gene_set_layer=args["gene_set_layer"],
+            n_free_nodes=int(args["n_free_nodes"]),
+            min_genes=int(args["min_genes"]),
+        )
+    return out
+
+
+#: Constructor arguments of the seed variants (:class:`scae.objectives.Variants`).
+VARIANT_ARGS = ("input_dropout", "input_noise", "l1_activity", "contractive", "lambda_kl")
+
+
+def build_net(model, inputs: ModelInputs, args: dict) -> SAUCIENet:
+    """The network, initialized from the model's seed (without touching the global random state)."""
+    set_mask = inputs.set_mask
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model.random_state)
+        return SAUCIENet(
+            inputs.X.shape[1],
+            hidden=args["hidden"],
+            n_latent=args["n_latent"],
+            feature_mean=torch.from_numpy(inputs.mean),
+            feature_std=torch.from_numpy(inputs.std),
+            gene_set_mask=None if set_mask is None else torch.from_numpy(set_mask.to_numpy()),
+            n_free_nodes=args["n_free_nodes"],
+            gene_set_layer=args["gene_set_layer"],
+            blocks=model.blocks,
+            variational=args["variational"],
+        ).to(model.device)
