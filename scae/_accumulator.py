@@ -48,11 +48,20 @@ class Chunk:
     merge_features: object = None  # (m, g) dense or sparse merge features; None: the absorb features
 
 
-def _grow_add(total: np.ndarray, part: np.ndarray) -> np.ndarray:
-    """``total + part`` where ``part`` may have more rows (new codes) than ``total``."""
-    if total.shape[0] < part.shape[0]:
-        total = np.pad(total, ((0, part.shape[0] - total.shape[0]), (0, part.shape[1] - total.shape[1])))
-    total += part
+def _add_by_label(total: np.ndarray, labels: np.ndarray, values, n_labels: int, sign: float = 1.0) -> np.ndarray:
+    """``total[label] += sign * value`` for every row; ``total`` grows to ``n_labels`` rows (returned).
+
+    Summed over the labels present in the chunk only, so the temporaries are (labels in the chunk × features),
+    not (all codes × features).
+    """
+    if total.shape[0] < n_labels:
+        grown = np.zeros((max(n_labels, total.shape[0] + total.shape[0] // 4), values.shape[1]))
+        if total.size:
+            grown[: total.shape[0]] = total
+        total = grown
+    present, inverse = np.unique(labels, return_inverse=True)
+    sums = label_sums(inverse.ravel(), values, present.size)
+    total[present] += sums if sign == 1.0 else sign * sums
     return total
 
 
@@ -132,9 +141,9 @@ class ClusterAccumulator:
         lab = ids[np.asarray(local)]
         self.code_ids[chunk.start : chunk.start + len(lab)] = lab
         k = len(self._keys)
-        self._feature_sums = _grow_add(self._feature_sums, label_sums(lab, chunk.features, k))
+        self._feature_sums = _add_by_label(self._feature_sums, lab, chunk.features, k)
         merge = chunk.features if chunk.merge_features is None else chunk.merge_features
-        self._merge_sums = _grow_add(self._merge_sums, label_sums(lab, merge, k))
+        self._merge_sums = _add_by_label(self._merge_sums, lab, merge, k)
 
     # ------------------------------------------------------------------ pass 3
     def needs_absorb(self) -> bool:
@@ -167,7 +176,8 @@ class ClusterAccumulator:
         merge = chunk.features if chunk.merge_features is None else chunk.merge_features
         merge = merge[rows]
         k = len(self._keys)
-        self._merge_sums += label_sums(target, merge, k) - label_sums(lab[rows], merge, k)
+        self._merge_sums = _add_by_label(self._merge_sums, target, merge, k)
+        self._merge_sums = _add_by_label(self._merge_sums, lab[rows], merge, k, sign=-1.0)
 
     # ------------------------------------------------------------------ result
     def labels(self) -> np.ndarray:

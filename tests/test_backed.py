@@ -129,8 +129,10 @@ def _fit_under_cap(tmp_path, data_dir, n_cells, ratio, sparse):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS is read from /proc/self/status")
 def test_backed_memory_cap_fast(tmp_path, data_dir):
-    # 2.5: the streamed pipeline of scae._pipeline grew this fit from +73 MB to +106 MB of the 305 MB matrix
-    # (per-code sums of the accumulator and the complete out_path file); see the notes of issue 16
+    # 2.5: since the one streamed pipeline (scae._pipeline) this fit peaks 20-30 MB higher than before (+110 to
+    # +120 MB over the imports for the 305 MB matrix, was +80 to +100): per-chunk temporaries of the clustering
+    # passes (rows, features and their float64 sums, a few × 4 MB at 256 rows × 4,000 genes) and the writing of
+    # the complete out_path file; constant in the number of cells (the slow tests check 763 MB files)
     _fit_under_cap(tmp_path, data_dir, 20_000, 2.5, False)
 
 
