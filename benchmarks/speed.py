@@ -132,7 +132,7 @@ def _scae_backed(path, device, epochs, batch_size, precision, compile_, hidden=N
     out = {
         "train_cells_per_s": rt["train_cells_per_s"],
         "embed_cluster_s": rt["infer_cluster_s"],
-        "batch": adata.uns["scae"]["params"]["batch_size"] or scae._fast.default_batch_size(dev),
+        "batch": adata.uns["scae"]["params"].get("batch_size") or scae._fast.default_batch_size(dev),
     }
     return out | _peaks(dev)
 

@@ -148,7 +148,9 @@ def _finish_streamed(adata, model: SAUCIE, settings: FitSettings, params: dict, 
             stack.callback(sink.close)
         embedding, activities, labels = stream_outputs(
             model, acc, sink=sink, counts=rec_units, cut_units=cut_units,
-            imputed_units=settings.output.imputed_units if (corrected and impute) else None,
+            # the imputed layer of batch-corrected fits is another pass: only when a file receives it (the same
+            # decision on every rank: out_path is the same everywhere)
+            imputed_units=settings.output.imputed_units if (corrected and impute and out_path is not None) else None,
         )  # fmt: skip
         if not main:
             return None
