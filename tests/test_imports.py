@@ -73,3 +73,32 @@ def test_no_import_cycle():
 def test_cycle_finder_finds_a_planted_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+#: The project's size rules: no module over 400 lines, no function over 80 (``def`` to the end, docstring included).
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def _too_long(paths) -> list[str]:
+    found = []
+    for path in paths:
+        source = path.read_text()
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{path.name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.name}: {node.name} {length} lines")
+    return found
+
+
+def test_modules_and_functions_are_short():
+    assert _too_long(sorted(PACKAGE.rglob("*.py"))) == []
+
+
+def test_size_check_finds_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "long.py").write_text(f"def f():\n{body}\n")
+    assert _too_long([tmp_path / "long.py"]) == [f"long.py: f {MAX_FUNCTION_LINES + 1} lines"]
