@@ -120,3 +120,21 @@ def check(values: dict, func, *, source: str) -> dict:
             msg = f"{source}: {key!r} must be {_type_name(hint)}, got {type(value).__name__} {value!r}"
             raise ConfigError(msg)
     return values
+
+
+def resolve(config_path, func, flags: dict, table) -> tuple[dict, dict]:
+    """The options of a command: the config file's values overridden by the ``flags`` given (not ``None``).
+
+    Both checked against ``func``'s signature, then every setting against ``table`` (:mod:`scae._settings`),
+    before any input is read; a problem raises :class:`ConfigError`. Returns ``(values, config values)``.
+    """
+    from . import _settings
+
+    cfg = check(read_config(config_path), func, source=config_path) if config_path else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+    values = check({**cfg, **given}, func, source="the command line")
+    try:
+        _settings.check_given(table, func, values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    return values, cfg

@@ -22,7 +22,8 @@ from ._atomic import atomic_path
 from ._contract import stats_entries, uns_record, write_contract
 from ._model import SAUCIE
 from ._options import FitSettings
-from ._pipeline import FileSink, categorical_labels, stream_outputs
+from ._outofcore import FileSink
+from ._pipeline import categorical_labels, stream_outputs
 from ._tl_cluster import recut_values
 from .cluster import common_scale
 

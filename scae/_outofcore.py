@@ -1,6 +1,8 @@
-"""Data larger than memory for the scale tests and benchmarks: real cells resampled with noise into an .h5ad.
+"""Files of backed fits: the ``out_path`` sink, and real cells resampled with noise for the scale tests.
 
-(Backed fits themselves run the streamed pipeline of :mod:`scae._pipeline` through :mod:`scae._fit`.)
+Backed fits run the streamed pipeline of :mod:`scae._pipeline` through :mod:`scae._fit`; what they write to
+``out_path`` goes through :class:`FileSink`. :func:`write_resampled_h5ad` grows real data past memory for
+the scale tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -11,6 +13,52 @@ import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
+
+
+class FileSink:
+    """The ``out_path`` of a backed fit: an .h5ad with the input's ``obs``/``var``, filled chunk by chunk.
+
+    ``datasets`` maps an output name to ``("obsm/X_scae_codes", width)``; :meth:`finish` then adds what is
+    held in memory (embedding, clusters, gene sets, ``uns``), so the file is a complete result without ``X``.
+    """
+
+    def __init__(self, path: Path, adata, *, datasets: dict[str, tuple[str, int]]) -> None:
+        ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy()).write_h5ad(path)
+        self.path = path
+        self.file = h5py.File(path, "a")
+        self.targets = {}
+        for name, (where, width) in datasets.items():
+            group, key = where.split("/")
+            rows = max(1, min(adata.n_obs, 2**20 // max(1, width)))
+            dset = self.file.require_group(group).create_dataset(
+                key, shape=(adata.n_obs, width), dtype="float32", chunks=(rows, width)
+            )
+            dset.attrs["encoding-type"] = "array"
+            dset.attrs["encoding-version"] = "0.2.0"
+            self.targets[name] = dset
+
+    def write(self, name: str, start: int, block: np.ndarray) -> None:
+        """Rows ``start:start + len(block)`` of the output ``name`` (ignored when it is not kept)."""
+        if name in self.targets:
+            self.targets[name][start : start + block.shape[0]] = block
+
+    def finish(self, outputs: dict) -> None:
+        """Write the outputs held in memory: ``{"obs": {...}, "obsm": {...}, "varm": {...}, "uns": {...}}``."""
+        from anndata.io import write_elem
+
+        obs = ad.io.read_elem(self.file["obs"])
+        for k, v in outputs.get("obs", {}).items():
+            obs[k] = v
+        del self.file["obs"]
+        write_elem(self.file, "obs", obs)
+        for kind in ("obsm", "varm", "uns"):
+            for k, v in outputs.get(kind, {}).items():
+                write_elem(self.file.require_group(kind), k, v)
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self.file.id.valid:
+            self.file.close()
 
 
 def write_resampled_h5ad(

@@ -10,7 +10,8 @@
 - **Cluster accumulator** (:class:`scae._accumulator.ClusterAccumulator`): fed with slices of the arrays in
   memory (:func:`scae._features.cut`) or, for backed data, with the chunks of repeated forward passes
   (:func:`stream_outputs`).
-- **Sinks**: the arrays of an in-memory fit (:func:`infer_arrays`), or :class:`FileSink` for ``out_path``.
+- **Sinks**: the arrays of an in-memory fit (:func:`infer_arrays`), or :class:`scae._outofcore.FileSink` for
+  ``out_path`` (AnnData I/O stays out of this torch module).
 
 The AnnData contract is written by :mod:`scae._contract` from what the pipeline returns.
 """
@@ -20,10 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -31,7 +29,7 @@ import torch
 from . import _features
 from ._accumulator import Chunk, ClusterAccumulator
 from ._stopping import StopRule, step_budget
-from .train import INFER_CHUNK_ROWS, train_net
+from .train import INFER_CHUNK_ROWS, chunk_outputs, fill_arrays, train_net
 
 #: Optimizer steps of a fit with ``early_stopping=False`` and no ``max_epochs`` (the fixed budget before the
 #: convergence rule of :mod:`scae._stopping`).
@@ -125,19 +123,8 @@ def forward_chunks(model, *, counts: str = "counts", rows: bool = False, gene_se
     def local():
         start = model.shard[0]
         for x in source.chunks(chunk_rows):
-            out = net(x)
-            item = {
-                "start": start,
-                "embedding": out.embedding.float().cpu().numpy(),
-                "codes": out.codes.float().cpu().numpy(),
-                "reconstruction": net.predict(x, out, counts=counts).float().cpu().numpy(),
-            }
-            if rows:
-                item["rows"] = x.float().cpu().numpy()
-            if gene_sets:
-                item["gene_sets"] = net.gene_set_activities(x).float().cpu().numpy()
+            yield {"start": start, **chunk_outputs(net, x, counts=counts, rows=rows, gene_sets=gene_sets)}
             start += x.shape[0]
-            yield item
 
     group = model.group
     if group is None:
@@ -153,61 +140,8 @@ def forward_chunks(model, *, counts: str = "counts", rows: bool = False, gene_se
 
 def infer_arrays(model, *, counts: str = "counts") -> dict[str, np.ndarray]:
     """Embedding, codes and reconstruction of every row, float32, each allocated once and filled chunk by chunk."""
-    n = model.n_cells
-    arrays: dict[str, np.ndarray] = {}
-    for item in forward_chunks(model, counts=counts):
-        start = item.pop("start")
-        for k, v in item.items():
-            if k not in arrays:
-                arrays[k] = np.empty((n, v.shape[1]), dtype=np.float32)
-            arrays[k][start : start + v.shape[0]] = v
-    return arrays
-
-
-class FileSink:
-    """The ``out_path`` of a backed fit: an .h5ad with the input's ``obs``/``var``, filled chunk by chunk.
-
-    ``datasets`` maps an output name to ``("obsm/X_scae_codes", width)``; :meth:`finish` then adds what is
-    held in memory (embedding, clusters, gene sets, ``uns``), so the file is a complete result without ``X``.
-    """
-
-    def __init__(self, path: Path, adata, *, datasets: dict[str, tuple[str, int]]) -> None:
-        ad.AnnData(obs=adata.obs.copy(), var=adata.var.copy()).write_h5ad(path)
-        self.path = path
-        self.file = h5py.File(path, "a")
-        self.targets = {}
-        for name, (where, width) in datasets.items():
-            group, key = where.split("/")
-            rows = max(1, min(adata.n_obs, 2**20 // max(1, width)))
-            dset = self.file.require_group(group).create_dataset(
-                key, shape=(adata.n_obs, width), dtype="float32", chunks=(rows, width)
-            )
-            dset.attrs["encoding-type"] = "array"
-            dset.attrs["encoding-version"] = "0.2.0"
-            self.targets[name] = dset
-
-    def write(self, name: str, start: int, block: np.ndarray) -> None:
-        """Rows ``start:start + len(block)`` of the output ``name`` (ignored when it is not kept)."""
-        if name in self.targets:
-            self.targets[name][start : start + block.shape[0]] = block
-
-    def finish(self, outputs: dict) -> None:
-        """Write the outputs held in memory: ``{"obs": {...}, "obsm": {...}, "varm": {...}, "uns": {...}}``."""
-        from anndata.io import write_elem
-
-        obs = ad.io.read_elem(self.file["obs"])
-        for k, v in outputs.get("obs", {}).items():
-            obs[k] = v
-        del self.file["obs"]
-        write_elem(self.file, "obs", obs)
-        for kind in ("obsm", "varm", "uns"):
-            for k, v in outputs.get(kind, {}).items():
-                write_elem(self.file.require_group(kind), k, v)
-
-    def close(self) -> None:
-        """Close the file (idempotent)."""
-        if self.file.id.valid:
-            self.file.close()
+    chunks = ((item.pop("start"), item) for item in forward_chunks(model, counts=counts))
+    return fill_arrays(chunks, model.n_cells)
 
 
 def _cluster_chunk(model, item: dict, units: str) -> Chunk:

@@ -115,17 +115,10 @@ def _read_input(path: str):
 def _options(args: argparse.Namespace, func, flags: dict) -> tuple[dict, dict]:
     """Config file values overridden by the flags that were given; returns (values, config values)."""
     from . import _settings
-    from ._config import ConfigError, check, read_config
+    from ._config import resolve
 
-    cfg = check(read_config(args.config), func, source=args.config) if args.config else {}
-    given = {k: v for k, v in flags.items() if v is not None}
-    values = check({**cfg, **given}, func, source="the command line")
     table = _settings.FIT if args.command == "fit" else _settings.TRANSFORM
-    try:  # every setting, before the input is read (exit code 2, as for a wrong type)
-        _settings.check_given(table, func, values)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from e
-    return values, cfg
+    return resolve(args.config, func, flags, table)  # exit code 2 on a problem, as for a wrong type
 
 
 def _log(adata, key: str, args, cfg: dict, started: float, t0: float) -> None:

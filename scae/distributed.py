@@ -116,13 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 def options(args: argparse.Namespace) -> dict:
     """The checked ``tl.fit`` arguments of parsed flags and ``--config`` (flags win), before any data is read."""
     from . import _settings, tl
-    from ._config import check, read_config
+    from ._config import resolve
 
-    cfg = check(read_config(args.config), tl.fit, source=args.config) if args.config else {}
-    flags = {FLAGS[k]: v for k, v in vars(args).items() if k in FLAGS and v is not None}
-    values = check({**cfg, **flags}, tl.fit, source="the command line")
+    flags = {FLAGS[k]: v for k, v in vars(args).items() if k in FLAGS}
+    values, _ = resolve(args.config, tl.fit, flags, _settings.FIT)
     values.setdefault("progress", False)
-    _settings.check_given(_settings.FIT, tl.fit, values)
     return values
 
 

@@ -265,29 +265,57 @@ def _record_epoch(history: dict, sums: dict, n_steps: int, reduce) -> dict[str, 
 
 
 @torch.no_grad()
+def chunk_outputs(
+    net: SAUCIENet, x: torch.Tensor, *, counts: str = "counts", rows: bool = False, gene_sets: bool = False
+) -> dict[str, np.ndarray]:
+    """The network on one chunk of rows ``x``: float32 ``embedding``, ``codes`` and ``reconstruction``.
+
+    ``reconstruction`` is in input units (count blocks as ``counts``: see :meth:`SAUCIENet.predict`); with
+    ``rows`` also the input rows, with ``gene_sets`` the oriented gene-set activities.
+    """
+    out = net(x)
+    item = {
+        "embedding": out.embedding.float().cpu().numpy(),
+        "codes": out.codes.float().cpu().numpy(),
+        "reconstruction": net.predict(x, out, counts=counts).float().cpu().numpy(),
+    }
+    if rows:
+        item["rows"] = x.float().cpu().numpy()
+    if gene_sets:
+        item["gene_sets"] = net.gene_set_activities(x).float().cpu().numpy()
+    return item
+
+
+def fill_arrays(chunks, n_rows: int) -> dict[str, np.ndarray]:
+    """Arrays of ``n_rows`` rows from ``(start, {name: rows})`` chunks, each allocated once and filled in place.
+
+    No list of chunks to concatenate, which would hold every output twice at the end.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for start, item in chunks:
+        for k, v in item.items():
+            if k not in arrays:
+                arrays[k] = np.empty((n_rows, v.shape[1]), dtype=np.float32)
+            arrays[k][start : start + v.shape[0]] = v
+    return arrays
+
+
 def infer(
     net: SAUCIENet, source, *, chunk_size: int = INFER_CHUNK_ROWS, counts: str = "counts"
 ) -> dict[str, np.ndarray]:
-    """Embedding, codes and reconstruction of every row, as float32 numpy arrays filled chunk by chunk.
+    """Embedding, codes and reconstruction of every row of ``source`` (:func:`chunk_outputs`, :func:`fill_arrays`).
 
-    Each output is allocated once at its full size and filled in place (no list of chunks to concatenate,
-    which would hold every output twice at the end). ``reconstruction`` is in input units (count blocks as
-    ``counts``: see :meth:`SAUCIENet.predict`). Clustering features are derived from ``reconstruction``
-    (:mod:`scae._features`), so nothing else is kept.
+    Clustering features are derived from ``reconstruction`` (:mod:`scae._features`), so nothing else is kept.
     """
     net.eval()
-    n = len(source)
-    parts: dict[str, np.ndarray] = {}
-    start = 0
-    for x in source.chunks(chunk_size):
-        out = net(x)
-        blocks = {"embedding": out.embedding, "codes": out.codes, "reconstruction": net.predict(x, out, counts=counts)}
-        for k, v in blocks.items():
-            if k not in parts:
-                parts[k] = np.empty((n, v.shape[1]), dtype=np.float32)
-            parts[k][start : start + v.shape[0]] = v.float().cpu().numpy()
-        start += x.shape[0]
-    return parts
+
+    def chunks():
+        start = 0
+        for x in source.chunks(chunk_size):
+            yield start, chunk_outputs(net, x, counts=counts)
+            start += x.shape[0]
+
+    return fill_arrays(chunks(), len(source))
 
 
 @torch.no_grad()
