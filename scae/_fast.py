@@ -16,14 +16,28 @@ logger = logging.getLogger("scae")
 
 #: Default minibatch size per device type (the network is tiny: on a GPU, a step costs about the same
 #: for 256 and for several thousand cells, so larger batches give proportionally more cells/s).
-DEFAULT_BATCH_SIZE = {"cpu": 256, "cuda": 4096}
+DEFAULT_BATCH_SIZE = {"cpu": 512, "cuda": 4096}
+
+#: With ``batch_key``, a default minibatch shrinks to what the smallest batch can fill, but not below this
+#: (so the default accepts every batch holding at least ``256 // n_batches`` cells).
+MIN_DEFAULT_BATCH_SIZE = 256
 
 PRECISIONS = ("32", "bf16")
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Minibatch size used when ``batch_size=None``: 256 on CPU, 4096 on CUDA."""
-    return DEFAULT_BATCH_SIZE.get(device.type, 256)
+    """Minibatch size used when ``batch_size=None``: 512 on CPU, 4096 on CUDA."""
+    return DEFAULT_BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE["cpu"])
+
+
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused update (one kernel for all parameters) on CPU and CUDA, the loop elsewhere.
+
+    On two CPU cores the fused step is ~0.3 ms faster than the per-parameter loop (~5-20% of a step of the
+    default network); on a GPU it removes most of the optimizer's kernel launches.
+    """
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
 def batch_size_for_batches(batch_size: int, floor: int, batch_counts) -> int:

@@ -50,7 +50,7 @@ class Data:
 class Network:
     """Shape of the network and its reconstruction model."""
 
-    hidden: tuple = option((512, 256, 128), c.hidden_widths)
+    hidden: tuple = option((256, 128, 64), c.hidden_widths)
     n_latent: int = option(2, c.integer(1))
     likelihood: object = option("mse", c.likelihood)
     block_key: str | None = option(None, c.name_or_none)
@@ -84,7 +84,7 @@ class Losses:
 class Training:
     """Optimizer, seed and where and how the steps run."""
 
-    learning_rate: float = option(1e-3, c.real(0, lo_open=True))
+    learning_rate: float = option(3e-3, c.real(0, lo_open=True))
     batch_size: int | None = option(None, c.integer(2, optional=True))
     random_state: int = option(0, _SEED)
     device: str = option("auto", c.device)

@@ -28,19 +28,19 @@ import torch
 
 from . import _features
 from ._accumulator import Chunk, ClusterAccumulator
-from ._stopping import StopRule, step_budget
+from ._stopping import StopRule, step_budget, steps_per_epoch
 from .train import INFER_CHUNK_ROWS, chunk_outputs, fill_arrays, train_net
 
-#: Optimizer steps of a fit with ``early_stopping=False`` and no ``max_epochs`` (the fixed budget before the
-#: convergence rule of :mod:`scae._stopping`).
-DEFAULT_STEPS = 3000
 MAX_AUTO_EPOCHS = 1000
 
 
-def default_max_epochs(n_cells: int, batch_size: int, n_steps: int = DEFAULT_STEPS) -> int:
-    """Epochs giving about ``n_steps`` optimizer steps (at least 1, at most ``MAX_AUTO_EPOCHS``)."""
-    steps_per_epoch = max(1, math.ceil(n_cells / max(1, min(batch_size, n_cells))))
-    return int(min(MAX_AUTO_EPOCHS, max(1, round(n_steps / steps_per_epoch))))
+def default_max_epochs(n_cells: int, batch_size: int, n_steps: int | None = None) -> int:
+    """Epochs giving about ``n_steps`` optimizer steps (default the step budget of :func:`scae._stopping.step_budget`;
+    at least 1, at most ``MAX_AUTO_EPOCHS``): the length of a fit with ``early_stopping=False`` and no ``max_epochs``.
+    """
+    if n_steps is None:
+        n_steps = step_budget(n_cells, batch_size)
+    return int(min(MAX_AUTO_EPOCHS, max(1, round(n_steps / steps_per_epoch(n_cells, batch_size)))))
 
 
 def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping: bool | None) -> dict:
@@ -52,7 +52,13 @@ def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping
     n_cells = model.n_cells
     if early_stopping is None:
         early_stopping = max_epochs is None
-    stop = StopRule(max_steps=step_budget(n_cells, model.batch_size)) if early_stopping else None
+    stop = None
+    if early_stopping:  # the user's max_epochs bounds the steps; without it, the data-sized budget does
+        if max_epochs is None:
+            budget = step_budget(n_cells, model.batch_size)
+        else:
+            budget = max_epochs * steps_per_epoch(n_cells, model.batch_size)
+        stop = StopRule(max_steps=budget)
     if stop is None and max_epochs is None:
         max_epochs = default_max_epochs(n_cells, model.batch_size)
     t0 = time.perf_counter()
@@ -90,6 +96,9 @@ def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping
         stop=stop,
     )
     t_train = time.perf_counter() - t1
+    reason = result.stop_reason
+    if reason == "max_steps" and max_epochs is not None and result.epochs == max_epochs:
+        reason = "max_epochs"  # the user's bound and the step bound coincide: name the user's
     for k, v in result.history.items():
         model.history.setdefault(k, []).extend(v)
     batch = int(min(model.batch_size, n_cells))
@@ -98,7 +107,7 @@ def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping
         "train_s": t_train,
         "epochs": int(result.epochs),
         "steps": int(result.steps),
-        "stop_reason": result.stop_reason,
+        "stop_reason": reason,
         "max_steps": int(stop.max_steps) if stop is not None else int(result.steps),
         "batch_size": batch,
         "train_cells_per_s": result.steps * batch / max(t_train, 1e-9),

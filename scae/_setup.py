@@ -65,11 +65,11 @@ def _batches_and_minibatch(adata: AnnData, batch_key, reference_batch, batch_siz
     batch_size = _fast.default_batch_size(device)
     if batch_key is None:
         return None, batch_size
-    # the default minibatch of a GPU (4096) must not refuse batches that the CPU default (256) accepts:
-    # check with the CPU default, then shrink the GPU minibatch to what the smallest batch can fill
-    cpu_default = _fast.default_batch_size(torch.device("cpu"))
-    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=min(batch_size, cpu_default))
-    return batches, _fast.batch_size_for_batches(batch_size, cpu_default, np.bincount(batches.codes))
+    # a default minibatch (512 on CPU, 4096 on GPU) must not refuse batches that a minibatch of 256 accepts:
+    # check with 256, then shrink the default to what the smallest batch can fill
+    floor = min(batch_size, _fast.MIN_DEFAULT_BATCH_SIZE)
+    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=floor)
+    return batches, _fast.batch_size_for_batches(batch_size, floor, np.bincount(batches.codes))
 
 
 def hparams(args: dict, model) -> dict:

@@ -186,13 +186,13 @@ def train_net(
     ``torch.compile`` on the loss (see :mod:`scae._fast`). ``reduce_history(dict) -> dict`` averages loss
     values across processes (distributed training), so every process takes the same decisions.
     """
-    from ._fast import step_function
+    from ._fast import adam, step_function
 
     if max_epochs is None and stop is None:
         msg = "train_net needs `max_epochs`, a stop rule, or both"
         raise ValueError(msg)
     device = next(net.parameters()).device
-    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    optimizer = adam(net.parameters(), learning_rate, device)
     make_sampler = getattr(source, "make_sampler", Sampler)
     sampler = make_sampler(
         len(source), batch_size, batch_codes=batch_codes, n_batches=n_batches, generator=generator, device=device

@@ -139,7 +139,10 @@ def test_backed_memory_cap_fast(tmp_path, data_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("sparse", [False, True])
 def test_backed_memory_cap_large(tmp_path, data_dir, sparse):
-    _fit_under_cap(tmp_path, data_dir, 50_000, 6, sparse)
+    # 5 (was 6): the 763 MB file's fit grows +100 to +135 MB over the imports from run to run since the default
+    # minibatch became 512 (4 runs; +102 to +112 before), against +110 to +120 MB for the 305 MB file of the fast
+    # test: a constant overhead, not a share of the matrix
+    _fit_under_cap(tmp_path, data_dir, 50_000, 5, sparse)
 
 
 @pytest.fixture(scope="module")

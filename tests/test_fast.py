@@ -11,7 +11,7 @@ from scae import _fast
 
 
 def test_default_batch_size_by_device():
-    assert _fast.default_batch_size(torch.device("cpu")) == 256
+    assert _fast.default_batch_size(torch.device("cpu")) == 512
     assert _fast.default_batch_size(torch.device("cuda")) == 4096
 
 

@@ -24,7 +24,7 @@ CONTRACT_OBSM = ["X_scae", "X_scae_codes"]
 def test_fit_writes_contract(flow_fitted, flow):
     a = flow_fitted
     assert a.obsm["X_scae"].shape == (a.n_obs, 2) and a.obsm["X_scae"].dtype == np.float32
-    assert a.obsm["X_scae_codes"].shape == (a.n_obs, 512) and a.obsm["X_scae_codes"].dtype == np.float32
+    assert a.obsm["X_scae_codes"].shape == (a.n_obs, 256) and a.obsm["X_scae_codes"].dtype == np.float32
     assert isinstance(a.obs["scae_cluster"].dtype, pd.CategoricalDtype)
     assert a.layers["scae_imputed"].shape == a.shape
     assert "scae_corrected" not in a.layers  # no batch_key

@@ -1,5 +1,6 @@
 """When a fit stops: the convergence rule, the step budget, max_epochs, reruns."""
 
+import anndata
 import numpy as np
 import pytest
 
@@ -43,11 +44,12 @@ def test_rule_waits_for_min_steps_and_for_two_blocks():
 
 
 def test_step_budget_grows_with_cells_within_bounds():
-    assert step_budget(450, 256) == 3000  # 2 steps per epoch: the floor
-    assert step_budget(19_225, 256) == 3000  # 30 epochs of 76 steps: below the floor
-    assert step_budget(50_000, 256) == 30 * 196
-    assert step_budget(10**6, 256) == 6000
-    assert step_budget(10**5, 256) > step_budget(10**4, 256)
+    assert step_budget(450, 512) == 150  # 1 step per epoch: the floor
+    assert step_budget(3_000, 512) == 150  # levine3k: 15 epochs of 6 steps are below the floor
+    assert step_budget(19_225, 512) == 15 * 38  # flowsom_bal_flow: 15 passes
+    assert step_budget(50_000, 512) == 15 * 98
+    assert step_budget(10**6, 512) == 6000  # the ceiling
+    assert step_budget(10**5, 512) > step_budget(10**4, 512)
 
 
 BAD_RULES = [("window", 0), ("span", -1), ("min_steps", 1.5), ("max_steps", True), ("tol", float("nan")), ("tol", -0.1)]
@@ -59,27 +61,46 @@ def test_rule_refuses_bad_settings(field, value):
         StopRule(**{field: value})
 
 
-#: a small network keeps the default-length fits below (up to 3,000 steps) to seconds
+#: a small network keeps the fits below to seconds
 FAST = {"hidden": (64, 32, 16), "progress": False, "device": "cpu"}
 
 
-def test_default_fit_converges_on_real_data_and_says_why(small):
+def _grown(adata, n: int, seed: int = 0):
+    """``adata`` grown to ``n`` cells by resampling its cells with small Gaussian noise (0.05 per marker)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, adata.n_obs, n)
+    x = np.asarray(adata.X)[idx] + rng.normal(0, 0.05, (n, adata.n_vars)).astype(np.float32)
+    return anndata.AnnData(x.astype(np.float32), var=adata.var.copy())
+
+
+def test_default_fit_converges_on_real_data_and_says_why(levine):
+    # levine3k grown to 100,000 cells: a budget of 15 passes (2,940 steps of 512), the loss flattens long before
+    a = _grown(levine, 100_000)
+    scae.tl.fit(a, random_state=0, **FAST)
+    rt = a.uns["scae"]["runtime"]
+    assert rt["max_steps"] == step_budget(100_000, 512) == 2940
+    assert rt["stop_reason"] == "converged"
+    assert StopRule().min_steps <= rt["steps"] < rt["max_steps"]
+    assert rt["epochs"] == len(a.uns["scae"]["history"]["total"])
+    # the loss went down before it flattened
+    total = a.uns["scae"]["history"]["total"]
+    assert total[-1] < 0.8 * total[0]
+
+
+def test_small_data_trains_its_budget(small):
     scae.tl.fit(small, random_state=0, **FAST)
     rt = small.uns["scae"]["runtime"]
-    assert rt["stop_reason"] == "converged"
-    assert 1000 <= rt["steps"] < rt["max_steps"] == 3000
-    assert rt["epochs"] == len(small.uns["scae"]["history"]["total"])
-    # the loss went down before it flattened
-    total = small.uns["scae"]["history"]["total"]
-    assert total[-1] < 0.8 * total[0]
+    assert rt["stop_reason"] == "max_steps" and rt["steps"] == rt["max_steps"] == step_budget(small.n_obs, 512)
+    assert rt["epochs"] == rt["steps"] // 2 == len(small.uns["scae"]["history"]["total"])  # 600 cells: 2 steps/pass
 
 
 def test_stopping_decision_is_identical_across_reruns(small):
     runs = []
     for _ in range(2):
         a = small.copy()
-        scae.tl.fit(a, random_state=3, **FAST)
+        scae.tl.fit(a, random_state=3, max_epochs=2000, early_stopping=True, **FAST)  # the rule decides
         runs.append(a)
+    assert runs[0].uns["scae"]["runtime"]["stop_reason"] == "converged"
     assert runs[0].uns["scae"]["runtime"]["steps"] == runs[1].uns["scae"]["runtime"]["steps"]
     np.testing.assert_array_equal(runs[0].uns["scae"]["history"]["total"], runs[1].uns["scae"]["history"]["total"])
     np.testing.assert_array_equal(runs[0].obs["scae_cluster"], runs[1].obs["scae_cluster"])
@@ -88,7 +109,7 @@ def test_stopping_decision_is_identical_across_reruns(small):
 def test_max_epochs_runs_exactly_that_many(small):
     scae.tl.fit(small, max_epochs=7, random_state=0, **FAST)
     rt = small.uns["scae"]["runtime"]
-    steps_per_epoch = int(np.ceil(small.n_obs / 256))
+    steps_per_epoch = int(np.ceil(small.n_obs / 512))
     assert rt["epochs"] == 7 and rt["steps"] == 7 * steps_per_epoch and rt["stop_reason"] == "max_epochs"
     assert len(small.uns["scae"]["history"]["total"]) == 7
 
@@ -109,6 +130,6 @@ def test_backed_fit_uses_the_same_rule(small, tmp_path):
 
     backed = ad.read_h5ad(path, backed="r")
     out = tmp_path / "out.h5ad"
-    scae.tl.fit(backed, random_state=0, out_path=str(out), **FAST)
+    scae.tl.fit(backed, random_state=0, out_path=str(out), max_epochs=2000, early_stopping=True, **FAST)
     rt = backed.uns["scae"]["runtime"]
-    assert rt["stop_reason"] == "converged" and rt["steps"] < rt["max_steps"]
+    assert rt["stop_reason"] == "converged" and StopRule().min_steps <= rt["steps"] < rt["max_steps"] == 2000 * 2

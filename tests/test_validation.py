@@ -105,15 +105,15 @@ def test_unknown_device(small):
 
 
 def test_outputs_larger_than_memory_fail_before_training(small, guard, monkeypatch):
-    # 600 cells x (512 codes + 2 + 2 x 33 features) x 4 bytes = 1.39 MB of outputs; pretend 1 MB is left
-    monkeypatch.setattr(scae._fit, "_available_memory", lambda: 2**20)
+    # 600 cells x (256 codes + 2 + 2 x 33 features) x 4 bytes = 0.78 MB of outputs; pretend 0.5 MB is left
+    monkeypatch.setattr(scae._fit, "_available_memory", lambda: 2**19)
     check = guard(small)
-    with pytest.raises(MemoryError, match=r"600 × 512 float32 .* backed='r'.*out_path="):
+    with pytest.raises(MemoryError, match=r"600 × 256 float32 .* backed='r'.*out_path="):
         scae.tl.fit(small, max_epochs=1000, progress=False)
     check()
     monkeypatch.setattr(scae._fit, "_available_memory", lambda: 2 * 2**20)
     scae.tl.fit(small, max_epochs=1, progress=False)
-    assert small.obsm["X_scae_codes"].shape == (600, 512)
+    assert small.obsm["X_scae_codes"].shape == (600, 256)
     monkeypatch.undo()
     available = scae._fit._available_memory()  # MemAvailable + SwapFree on Linux, None elsewhere
     assert available is None or 2**20 < available < 2**50

@@ -70,7 +70,7 @@ class SAUCIENet(nn.Module):
         self,
         n_features: int,
         *,
-        hidden: Sequence[int] = (512, 256, 128),
+        hidden: Sequence[int] = (256, 128, 64),
         n_latent: int = 2,
         feature_mean: torch.Tensor | None = None,
         feature_std: torch.Tensor | None = None,
