@@ -11,7 +11,7 @@ three passes:
 3. only when some code has fewer than ``min_cluster_size`` cells: those cells join the nearest frequent
    code by centroid of the absorb features (:meth:`~ClusterAccumulator.absorb`).
 
-Then the code clusters are merged by the average-linkage tree of their merge-feature centroids
+Then the code clusters are merged, closest count-weighted means first, on their merge-feature centroids
 (:func:`scae.cluster.group_centroids`) in :meth:`~ClusterAccumulator.labels`. Only per-code sums and one
 integer per cell are held, so the same code serves arrays in memory (chunks are slices, see
 :func:`cluster_arrays`), backed files (the network is re-run for every pass) and torchrun (rank 0 receives
@@ -78,7 +78,7 @@ class ClusterAccumulator:
         Codes with fewer cells join the nearest frequent code; default
         :func:`scae.cluster.default_min_cluster_size`.
     merge_threshold, n_clusters
-        Cut of the merge tree (see :func:`scae.cluster.merge_clusters`).
+        Merge distance of the code clusters (see :func:`scae.cluster.merge_clusters`).
     merge_scale
         Unit of the merge distances (:func:`scae.cluster.common_scale` of the input's standard deviations).
     """

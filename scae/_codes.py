@@ -1,4 +1,4 @@
-"""Primitives of the clustering: binarize and pack codes, hash them, per-label sums, the merge tree."""
+"""Primitives of the clustering: binarize and pack codes, hash them, per-label sums, the merge of code clusters."""
 
 from __future__ import annotations
 

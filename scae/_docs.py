@@ -42,10 +42,12 @@ lambda_c
 lambda_d
     Weight of the within-cluster distance; larger → clusters tighter in input space (more clusters).
 learning_rate
-    Adam learning rate.
+    Adam learning rate; default 3e-3 up to a minibatch of 512, growing with the square root of larger
+    minibatches (8.5e-3 at 4,096), at most 1e-2 (:func:`scae._fast.default_learning_rate`).
 batch_size
     Minibatch size; with ``batch_key`` each minibatch holds equal numbers of cells of every batch.
-    Default 256 on CPU and 4096 on CUDA (see :mod:`scae._fast`).
+    Default 512 on CPU and 4096 on CUDA, shrunk with ``batch_key`` to what the smallest batch can fill (not
+    below 256; see :mod:`scae._fast`).
 pairwise_cells
     The pairwise loss terms (MMD, within-cluster distance, ``batch_reconstruction="distance"``) cost
     O(minibatch²); they are computed on an evenly spaced subset of at most this many cells of each
@@ -117,14 +119,14 @@ batch_reconstruction
     How non-reference batches are reconstructed when correcting batches: ``"zscore"`` (per-batch
     standardized values) or ``"distance"`` (within-batch pairwise distances); see :class:`scae.SAUCIE`.
 max_epochs
-    Passes over the data. Default: train until the loss has converged (the mean total loss of the last
-    200 steps less than 0.5% below that of the 200 before, checked every 50 steps after 1,000;
-    :mod:`scae._stopping`), within a step budget that grows with the number of cells (3,000 to 6,000).
+    Passes over the data. Default: a budget of 15 passes (at least 150 and at most 6,000 optimizer steps),
+    ended earlier when the loss has converged (the mean total loss of the last 100 steps less than 2% below
+    that of the 100 before, checked every 25 steps after 150; :mod:`scae._stopping`).
     ``uns[key_added]["runtime"]`` records ``steps``, ``epochs`` and ``stop_reason`` (``"converged"``,
     ``"max_steps"`` or ``"max_epochs"``).
 early_stopping
     Stop when the loss has converged; default on when ``max_epochs`` is not given. With ``max_epochs``,
-    ``True`` makes it an upper bound; ``False`` without ``max_epochs`` trains about 3000 steps.
+    ``True`` makes it an upper bound; ``False`` without ``max_epochs`` trains the whole budget.
 hidden
     Encoder widths (decoder mirrors them; its last hidden layer is the clustering layer).
 n_latent
@@ -132,9 +134,10 @@ n_latent
 lambda_b, lambda_c, lambda_d
     Weights of MMD batch correction, ID regularization and within-cluster distance (see :class:`scae.SAUCIE`).
 learning_rate
-    Adam learning rate.
+    Adam learning rate; default 3e-3 up to a minibatch of 512, growing with the square root of larger
+    minibatches (8.5e-3 at 4,096), at most 1e-2 (:func:`scae._fast.default_learning_rate`).
 batch_size
-    Minibatch size (default 256 on CPU, 4096 on CUDA).
+    Minibatch size (default 512 on CPU, 4096 on CUDA).
 pairwise_cells
     Cells of each minibatch used by the O(minibatch²) pairwise loss terms (see :class:`scae.SAUCIE`).
 merge_threshold, n_clusters, min_cluster_size

@@ -9,6 +9,7 @@ amortizes and ``torch.compile`` reduces (kernel fusion, fewer launches).
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -28,6 +29,16 @@ PRECISIONS = ("32", "bf16")
 def default_batch_size(device: torch.device) -> int:
     """Minibatch size used when ``batch_size=None``: 512 on CPU, 4096 on CUDA."""
     return DEFAULT_BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE["cpu"])
+
+
+def default_learning_rate(batch_size: int) -> float:
+    """Adam learning rate used when ``learning_rate=None``: 3e-3 up to a minibatch of 512, then growing with the
+    square root of the minibatch (8.5e-3 at 4,096), at most 1e-2.
+
+    Larger minibatches take fewer, less noisy steps per pass. Measured on the CPU on flowsom_bal_flow (seeds
+    0-2, 150 steps of 4,096 cells, the CUDA default): k=7 F1 0.938-0.970 at 8.5e-3 against 0.894-0.967 at 3e-3.
+    """
+    return float(min(1e-2, 3e-3 * math.sqrt(max(int(batch_size), 512) / 512)))
 
 
 def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:

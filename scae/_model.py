@@ -55,7 +55,7 @@ class SAUCIE:
         lambda_b: float = 0.1,
         lambda_c: float = 0.1,
         lambda_d: float = 0.2,
-        learning_rate: float = 3e-3,
+        learning_rate: float | None = None,
         batch_size: int | None = None,
         pairwise_cells: int | None = 256,
         random_state: int = 0,
@@ -89,7 +89,8 @@ class SAUCIE:
         self.shard = (0, self.X.shape[0]) if self.group is None else self.group.shard(self.X.shape[0])
         self.random_state = int(random_state)
         self.batch_size = int(inputs.batch_size)
-        self.learning_rate = float(learning_rate)
+        lr = _fast.default_learning_rate(self.batch_size) if learning_rate is None else learning_rate
+        self.learning_rate = float(lr)
         self.weights = LossWeights(
             lambda_b=lambda_b if self.batches is not None else 0.0,
             lambda_c=lambda_c,
@@ -150,14 +151,14 @@ class SAUCIE:
         Parameters
         ----------
         max_epochs
-            Passes over the data. Default: train until the loss has converged (:mod:`scae._stopping`), at most
-            :func:`scae._stopping.step_budget` optimizer steps. Given, exactly this many passes (unless
-            ``early_stopping=True``, which makes it an upper bound).
+            Passes over the data. Default: the budget of :func:`scae._stopping.step_budget` (15 passes, 150 to
+            6,000 optimizer steps), ended earlier when the loss has converged (:mod:`scae._stopping`). Given,
+            exactly this many passes (unless ``early_stopping=True``, which makes it an upper bound).
         progress
             Show a tqdm progress bar.
         early_stopping
             Stop when the loss has converged. Default: on when ``max_epochs`` is not given. ``False`` without
-            ``max_epochs`` trains about 3000 steps (the fixed budget of earlier versions).
+            ``max_epochs`` trains the whole budget.
 
         Returns
         -------
@@ -224,11 +225,11 @@ class SAUCIE:
             Codes with fewer cells join the nearest cluster; default
             :func:`scae.cluster.default_min_cluster_size` (20 cells between 2,000 and 20,000 cells).
         merge_threshold
-            Code clusters whose centres (mean input values) lie closer than about this (Euclidean, in units of
-            the root mean square of the features' standard deviations; average linkage) are merged; larger →
-            fewer clusters; ``None``/0 disables merging.
+            Groups of code clusters whose mean input values lie closer than this (Euclidean, in units of the
+            root mean square of the features' standard deviations) are merged, closest first; larger → fewer
+            clusters; ``None``/0 disables merging.
         n_clusters
-            Cut the same tree of the code-cluster centres into exactly this many clusters instead of using
+            Merge the code clusters the same way until exactly this many clusters remain instead of using
             ``merge_threshold`` (groups with < 1% of the cells do not count; see :func:`scae.cluster.merge_clusters`).
         """
         _settings.check_table(_settings.CLUSTER_OPTIONS, locals())

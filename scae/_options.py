@@ -84,7 +84,7 @@ class Losses:
 class Training:
     """Optimizer, seed and where and how the steps run."""
 
-    learning_rate: float = option(3e-3, c.real(0, lo_open=True))
+    learning_rate: float | None = option(None, c.real(0, lo_open=True, optional=True))
     batch_size: int | None = option(None, c.integer(2, optional=True))
     random_state: int = option(0, _SEED)
     device: str = option("auto", c.device)

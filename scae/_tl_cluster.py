@@ -31,13 +31,12 @@ def cluster(
 
     How to steer granularity:
 
-    - ``merge_threshold`` (default 2.8): code clusters whose mean marker values lie closer than about this
-      (Euclidean distance over all markers, on average between the groups of an average-linkage tree) are
-      merged; the unit is the root mean square of the markers' standard deviations, about 1 for arcsinh
-      CyTOF. Larger → fewer, coarser clusters; the count it gives is data-driven and varies a little between
-      seeds.
-    - ``n_clusters``: cut the same tree of the code-cluster centres into exactly this many clusters (e.g. the
-      number of manual gates, as FlowSOM's metaclustering does with its SOM nodes); groups holding less
+    - ``merge_threshold`` (default 2.4): groups of code clusters whose mean marker values lie closer than
+      this (Euclidean distance over all markers, between the count-weighted means) are merged, closest first;
+      the unit is the root mean square of the markers' standard deviations, about 1 for arcsinh CyTOF.
+      Larger → fewer, coarser clusters; the count it gives is data-driven and varies a little between seeds.
+    - ``n_clusters``: merge the same way until exactly this many clusters remain (e.g. the number of manual
+      gates, as FlowSOM's metaclustering does with its SOM nodes); groups holding less
       than 1% of the cells do not count as one of them. The count is then identical across seeds.
     - ``lambda_c`` in :func:`scae.tl.fit` (needs retraining): stronger ID regularization → fewer units fire
       → fewer distinct codes before merging.

@@ -44,7 +44,7 @@ def fit(
     lambda_b: float = 0.1,
     lambda_c: float = 0.1,
     lambda_d: float = 0.2,
-    learning_rate: float = 3e-3,
+    learning_rate: float | None = None,
     batch_size: int | None = None,
     pairwise_cells: int | None = 256,
     merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,

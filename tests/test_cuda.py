@@ -13,12 +13,13 @@ from scae.metrics import cluster_scores
 
 pytestmark = pytest.mark.cuda
 
-# CUDA defaults (minibatch 4096, 3000 steps) on flowsom_bal_flow, one H100 (torch 2.11, 2026-11-26,
-# benchmarks/gpu.py), seeds 0/1/2: automatic F1 0.950/0.937/0.932 (ARI 0.988/0.983/0.980, 8/7/7 clusters),
-# n_clusters=7 F1 0.949/0.947/0.939; the floors are the CPU floors of test_fit.py.
+# CUDA defaults on flowsom_bal_flow: minibatch 4096, learning rate 8.5e-3, 150 steps (the budget's floor).
+# The same algorithm on the CPU (tests/test_cluster_stability.py::test_cuda_defaults_on_the_cpu, 2026-11-27),
+# seeds 0/1/2: automatic F1 0.953/0.970/0.914, n_clusters=7 F1 0.953/0.970/0.938. (The earlier defaults, 512-wide
+# codes, lr 1e-3, 3000 steps, gave on one H100 automatic F1 0.950/0.937/0.932 and k=7 0.949/0.947/0.939.)
 CUDA_F1_FLOOR = 0.78
 CUDA_ARI_FLOOR = 0.95
-CUDA_K7_F1_FLOOR = 0.90
+CUDA_K7_F1_FLOOR = 0.93
 #: Two CUDA fits with one seed may differ by the order of floating-point atomics (scatter/index_add in the
 #: backward pass): outputs agree to this absolute tolerance, clusters to this ARI.
 RERUN_ATOL = 5e-2
@@ -46,7 +47,7 @@ def test_cuda_fit_writes_contract(flow_cuda, tmp_path):
     assert info["device"].startswith("cuda")
     assert info["params"]["batch_size"] is None and info["runtime"]["batch_size"] == 4096
     assert a.obsm["X_scae"].shape == (a.n_obs, 2) and a.obsm["X_scae"].dtype == np.float32
-    assert a.obsm["X_scae_codes"].shape == (a.n_obs, 512)
+    assert a.obsm["X_scae_codes"].shape == (a.n_obs, 256)
     assert isinstance(a.obs["scae_cluster"].dtype, pd.CategoricalDtype)
     assert a.layers["scae_imputed"].shape == a.shape
     assert all(np.isfinite(v).all() for v in info["history"].values())
