@@ -45,10 +45,10 @@ def _load(name: str):
 
 
 def _epochs(n_cells: int, steps: int | None) -> int | None:
-    """Epochs giving about ``steps`` minibatch steps; ``None`` keeps scae's default (~3000 steps)."""
+    """Epochs giving about ``steps`` minibatch steps of 512 cells; ``None`` keeps scae's default (its step budget)."""
     from scae._pipeline import default_max_epochs
 
-    return None if steps is None else default_max_epochs(n_cells, 256, steps)
+    return None if steps is None else default_max_epochs(n_cells, 512, steps)
 
 
 def flowsom_input(adata):
