@@ -8,9 +8,14 @@ One line per measurement, printed as soon as it is measured (sized for a few min
 * ``speed``: ``SAUCIE(...).train(max_epochs=1)`` on CytoNorm CyTOF resampled to ``--cells`` cells with
   N(0, 0.05) noise (37 markers, 3 batches, MMD on), after an untimed epoch of the same configuration;
   training cells/s, then ``get_embedding()`` + ``get_clusters()`` time and peak GPU memory, for the default
-  network at minibatch 4096 and 65536, float32 and bf16.
+  network at minibatch 4096 and 65536 and the 128-64-32 network at 65536, float32 and bf16.
+* ``scvi``: scVI (``gene_likelihood="normal"``) one epoch on the same cells on the same device, at its default
+  minibatch 128 and at 4096 and 65536 (skipped with a line where scvi-tools is not installed:
+  ``../shared/tools/gpu-wheels.sh --scvi`` adds its wheels).
+* ``big``: default ``scae.tl.fit`` (training by the default budget and rule, embedding, clusters, imputed
+  values into the AnnData) on ``--big`` resampled CytoNorm cells (10^7 by default), end to end.
 
-    python benchmarks/gpu.py [--cells 1000000] [--skip-flow] [--skip-speed]
+    python benchmarks/gpu.py [--cells 1000000] [--big 10000000] [--skip-flow] [--skip-speed] [--skip-scvi]
 """
 
 from __future__ import annotations
@@ -54,11 +59,19 @@ def _flow(seeds) -> None:
         )
 
 
+#: (network, minibatch) rows of ``speed``: the default network at the CUDA default and a large minibatch, and
+#: the narrow throughput network
+SPEED_ROWS = ((None, 4096), (None, 65536), ((128, 64, 32), 65536))
+
+
 def _speed(n_cells: int) -> None:
     adata = _resampled(n_cells)
-    for batch_size in (4096, 65536):
+    for hidden, batch_size in SPEED_ROWS:
         for precision in ("32", "bf16"):
-            model = scae.SAUCIE(adata, batch_key="batch", batch_size=batch_size, precision=precision, random_state=0)
+            net = {} if hidden is None else {"hidden": hidden}
+            model = scae.SAUCIE(
+                adata, batch_key="batch", batch_size=batch_size, precision=precision, random_state=0, **net
+            )
             model.train(max_epochs=1, progress=False)  # warm-up epoch, untimed
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
@@ -71,12 +84,61 @@ def _speed(n_cells: int) -> None:
             t_out = time.perf_counter() - t0
             peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
             print(
-                f"speed cells={n_cells} net=default batch={batch_size} precision={precision} device={model.device} "
+                f"speed cells={n_cells} net={'default' if hidden is None else '-'.join(map(str, hidden))} "
+                f"batch={batch_size} precision={precision} device={model.device} "
                 f"train_cells_per_s={rate:,.0f} embed_cluster_s={t_out:.2f} clusters={int(labels.max()) + 1} "
                 f"peak_gpu_mb={peak:,.0f}",
                 flush=True,
             )
             del model
+
+
+def _scvi(n_cells: int, batch_sizes=(128, 4096, 65536)) -> None:
+    try:
+        import scvi
+    except ImportError:
+        print("scvi skipped: scvi-tools is not installed (../shared/tools/gpu-wheels.sh --scvi)", flush=True)
+        return
+    import logging
+
+    for name in ("scvi", "lightning", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    quiet = {"accelerator": accelerator, "devices": 1, "train_size": 1.0, "enable_progress_bar": False,
+             "enable_model_summary": False, "logger": False, "enable_checkpointing": False}
+    adata = _resampled(n_cells)
+    warm = adata[:2000].copy()
+    scvi.model.SCVI.setup_anndata(warm, batch_key="batch")
+    scvi.model.SCVI(warm, gene_likelihood="normal").train(max_epochs=1, **quiet)  # untimed warm-up
+    for batch_size in batch_sizes:
+        scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
+        model = scvi.model.SCVI(adata, gene_likelihood="normal")
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.train(max_epochs=1, batch_size=batch_size, **quiet)
+        wall = time.perf_counter() - t0
+        print(f"scvi cells={n_cells} batch={batch_size} device={accelerator} train_cells_per_s={n_cells / wall:,.0f}",
+              flush=True)
+        del model
+
+
+def _big(n_cells: int) -> None:
+    adata = _resampled(n_cells)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    scae.tl.fit(adata, batch_key="batch", random_state=0, progress=False)
+    wall = time.perf_counter() - t0
+    rt = adata.uns["scae"]["runtime"]
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+    print(
+        f"big cells={n_cells} device={adata.uns['scae']['device']} batch={rt['batch_size']} steps={rt['steps']} "
+        f"stop={rt['stop_reason']} fit_s={wall:.1f} train_s={rt['train_s']:.1f} infer_s={rt['infer_s']:.1f} "
+        f"cluster_s={rt['cluster_s']:.1f} clusters={adata.obs['scae_cluster'].nunique()} peak_gpu_mb={peak:,.0f}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -85,6 +147,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--skip-flow", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-scvi", action="store_true")
+    p.add_argument("--big", type=int, default=10_000_000, help="cells of the end-to-end default fit (0: skip)")
     args = p.parse_args()
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device (CPU)"
     print(f"device: {dev}; torch {torch.__version__}", flush=True)
@@ -92,6 +156,10 @@ def main() -> None:
         _flow(args.seeds)
     if not args.skip_speed:
         _speed(args.cells)
+    if not args.skip_scvi:
+        _scvi(args.cells)
+    if args.big:
+        _big(args.big)
 
 
 if __name__ == "__main__":
