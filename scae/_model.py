@@ -89,7 +89,8 @@ class SAUCIE:
         self.shard = (0, self.X.shape[0]) if self.group is None else self.group.shard(self.X.shape[0])
         self.random_state = int(random_state)
         self.batch_size = int(inputs.batch_size)
-        lr = _fast.default_learning_rate(self.batch_size) if learning_rate is None else learning_rate
+        effective = min(self.batch_size, self.X.shape[0])  # a minibatch larger than the data is all of it
+        lr = _fast.default_learning_rate(effective) if learning_rate is None else learning_rate
         self.learning_rate = float(lr)
         self.weights = LossWeights(
             lambda_b=lambda_b if self.batches is not None else 0.0,

@@ -110,6 +110,7 @@ def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping
         "stop_reason": reason,
         "max_steps": int(stop.max_steps) if stop is not None else int(result.steps),
         "batch_size": batch,
+        "learning_rate": float(model.learning_rate),
         "train_cells_per_s": result.steps * batch / max(t_train, 1e-9),
     }
 

@@ -78,3 +78,65 @@ def test_n_clusters_counts_only_groups_with_one_percent_of_cells():
     assert adjusted_rand_score(truth[:1500], merged[:1500]) < 0.99  # a big population was split to make the 4th
     merged = cluster.merge_clusters(labels, feats, n_clusters=4, min_share=0.001)
     assert adjusted_rand_score(truth, merged) > 0.99  # with a lower bar the rare population is one of the 4
+
+
+def _closest_means_first(centroids, counts, *, threshold=None, n_clusters=None, min_share=0.01):
+    """Reference of cluster.group_centroids, written plainly: recompute every pair distance at every merge."""
+    means = {i: np.asarray(c, float) for i, c in enumerate(centroids)}
+    weight = {i: float(n) for i, n in enumerate(counts)}
+    owner = np.arange(len(centroids))
+
+    def closest():
+        keys = sorted(means)
+        pairs = [(float(((means[i] - means[j]) ** 2).sum()), i, j) for a, i in enumerate(keys) for j in keys[a + 1 :]]
+        return min(pairs)
+
+    def merge(i, j):
+        means[i] = (means[i] * weight[i] + means[j] * weight[j]) / (weight[i] + weight[j])
+        weight[i] += weight.pop(j)
+        del means[j]
+        owner[owner == j] = i
+
+    bar = min_share * float(np.sum(counts))
+    if n_clusters is None:
+        while len(means) > 1 and closest()[0] < threshold**2:
+            merge(*closest()[1:])
+    elif sum(w >= bar for w in weight.values()) < n_clusters:
+        while len(means) > n_clusters:
+            merge(*closest()[1:])
+    else:
+        while sum(w >= bar for w in weight.values()) > n_clusters:
+            merge(*closest()[1:])
+        big = [i for i in means if weight[i] >= bar]
+        for g in [i for i in means if weight[i] < bar]:
+            owner[owner == g] = min(big, key=lambda b: ((means[b] - means[g]) ** 2).sum())
+    return np.unique(owner, return_inverse=True)[1]
+
+
+def test_group_centroids_merges_closest_weighted_means_first():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        g, d = int(rng.integers(2, 40)), int(rng.integers(1, 8))
+        centroids = rng.normal(size=(g, d)) * rng.uniform(0.5, 4)
+        counts = rng.integers(1, 500, g).astype(float)
+        k = int(rng.integers(1, g + 1))
+        for kw in ({"merge_threshold": 2.4}, {"n_clusters": k}):
+            got = cluster.group_centroids(centroids, counts, **kw)
+            want = _closest_means_first(
+                centroids, counts, threshold=kw.get("merge_threshold"), n_clusters=kw.get("n_clusters")
+            )
+            assert adjusted_rand_score(want, got) == 1.0, kw
+            if "n_clusters" in kw:
+                assert got.max() + 1 == k
+
+
+def test_group_means_are_count_weighted():
+    # A at 0 and C at 4.5 hold 1,000 cells each, B at 2 one cell: B joins A first; the merged mean stays at
+    # ~0.002, 4.5 from C, so C stays apart at a threshold of 3.6. Unweighted (each code one point) the merged
+    # centre would sit at 1.0, 3.5 from C, and everything would merge, as it does with equal counts.
+    centroids = np.array([[0.0], [2.0], [4.5]])
+    groups = cluster.group_centroids(centroids, np.array([1000.0, 1.0, 1000.0]), merge_threshold=3.6)
+    assert groups[0] == groups[1] != groups[2]
+    assert (cluster.group_centroids(centroids, np.ones(3), merge_threshold=3.6) == 0).all()
