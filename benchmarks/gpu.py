@@ -33,6 +33,7 @@ from scae.metrics import cluster_scores
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import _resampled  # noqa: E402
+from speed import _scvi as scvi_speed  # noqa: E402
 
 
 def _flow(seeds) -> None:
@@ -95,32 +96,16 @@ def _speed(n_cells: int) -> None:
 
 def _scvi(n_cells: int, batch_sizes=(128, 4096, 65536)) -> None:
     try:
-        import scvi
+        import scvi  # noqa: F401
     except ImportError:
         print("scvi skipped: scvi-tools is not installed (../shared/tools/gpu-wheels.sh --scvi)", flush=True)
         return
-    import logging
-
-    for name in ("scvi", "lightning", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    quiet = {"accelerator": accelerator, "devices": 1, "train_size": 1.0, "enable_progress_bar": False,
-             "enable_model_summary": False, "logger": False, "enable_checkpointing": False}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     adata = _resampled(n_cells)
-    warm = adata[:2000].copy()
-    scvi.model.SCVI.setup_anndata(warm, batch_key="batch")
-    scvi.model.SCVI(warm, gene_likelihood="normal").train(max_epochs=1, **quiet)  # untimed warm-up
     for batch_size in batch_sizes:
-        scvi.model.SCVI.setup_anndata(adata, batch_key="batch")
-        model = scvi.model.SCVI(adata, gene_likelihood="normal")
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model.train(max_epochs=1, batch_size=batch_size, **quiet)
-        wall = time.perf_counter() - t0
-        print(f"scvi cells={n_cells} batch={batch_size} device={accelerator} train_cells_per_s={n_cells / wall:,.0f}",
-              flush=True)
-        del model
+        r = scvi_speed(n_cells, 1, batch_size, device, adata=adata)
+        print(f"scvi cells={n_cells} batch={batch_size} device={device} train_cells_per_s="
+              f"{r['train_cells_per_s']:,.0f} peak_gpu_mb={r['peak_gpu_mb']:,.0f}", flush=True)
 
 
 def _big(n_cells: int) -> None:

@@ -122,8 +122,11 @@ def group_centroids(
         return np.arange(n)
     merger = _Merger(centroids, counts)
     if n_clusters is None:
-        while merger.n_alive > 1 and merger.closest()[2] < merge_threshold**2:
-            merger.merge(*merger.closest()[:2])
+        while merger.n_alive > 1:
+            i, j, d2 = merger.closest()
+            if d2 >= merge_threshold**2:
+                break
+            merger.merge(i, j)
         return merger.groups()
     weights = np.asarray(counts, dtype=np.float64)
     bar = min_share * weights.sum()
