@@ -7,10 +7,15 @@ One line per measurement, printed as soon as it is measured (sized for a few min
   embedding, clusters into the AnnData), automatic and ``n_clusters=7`` F1/ARI (Unlabeled cells not scored).
 * ``speed``: ``SAUCIE(...).train(max_epochs=1)`` on CytoNorm CyTOF resampled to ``--cells`` cells with
   N(0, 0.05) noise (37 markers, 3 batches, MMD on), after an untimed epoch of the same configuration;
-  training cells/s, then ``get_embedding()`` + ``get_clusters()`` time and peak GPU memory, for the default
-  network at minibatch 4096 and 65536 and the 128-64-32 network at 65536, float32 and bf16.
-* ``scvi``: scVI (``gene_likelihood="normal"``) one epoch on the same cells on the same device, at its default
-  minibatch 128 and at 4096 and 65536 (skipped with a line where scvi-tools is not installed:
+  training cells/s of one epoch (``train_cells_per_s``: warm-up steps and graph captures included) and of
+  steady training (``steady_cells_per_s``: the two extra epochs of a 3-epoch run over a 1-epoch run), then
+  ``get_embedding()`` + ``get_clusters()`` time and peak GPU memory, for the default
+  network at minibatch 4096 and 65536 and the 128-64-32 network at 65536, float32 and bf16, steps replayed
+  from CUDA graphs (the default), and the default network in float32 with eager steps
+  (``SCAE_CUDA_GRAPHS=0``) for comparison.
+* ``scvi``: scVI (``gene_likelihood="normal"``) one epoch on the same cells on the same device at minibatch
+  4096 and 65536, and at its default minibatch 128 on the first 50,000 of them (one epoch of 10^6 cells at
+  128 takes minutes) (skipped with a line where scvi-tools is not installed:
   ``../shared/tools/gpu-wheels.sh --scvi`` adds its wheels).
 * ``big``: default ``scae.tl.fit`` (training by the default budget and rule, embedding, clusters, imputed
   values into the AnnData) on ``--big`` resampled CytoNorm cells (10^7 by default), end to end.
@@ -54,47 +59,60 @@ def _flow(seeds) -> None:
         rt = a.uns["scae"]["runtime"]
         print(
             f"flow seed={seed} device={a.uns['scae']['device']} batch={rt['batch_size']} steps={rt['steps']} "
-            f"fit_s={wall:.2f} train_s={rt['train_s']:.2f} auto_f1={auto['f1']:.3f} auto_ari={auto['ari']:.3f} "
+            f"graphs={rt['cuda_graphs']} fit_s={wall:.2f} train_s={rt['train_s']:.2f} infer_s={rt['infer_s']:.2f} "
+            f"cluster_s={rt['cluster_s']:.2f} auto_f1={auto['f1']:.3f} auto_ari={auto['ari']:.3f} "
             f"auto_k={auto['n_clusters']} k7_f1={s7['f1']:.3f} k7_ari={s7['ari']:.3f}",
             flush=True,
         )
 
 
-#: (network, minibatch) rows of ``speed``: the default network at the CUDA default and a large minibatch, and
-#: the narrow throughput network
-SPEED_ROWS = ((None, 4096), (None, 65536), ((128, 64, 32), 65536))
+#: (network, minibatch, precision, CUDA graphs) rows of ``speed``: the default network at the CUDA default and a
+#: large minibatch, the narrow throughput network, and eager steps of the default network for comparison
+SPEED_ROWS = tuple(
+    (hidden, batch, precision, True)
+    for hidden, batch in ((None, 4096), (None, 65536), ((128, 64, 32), 65536))
+    for precision in ("32", "bf16")
+) + ((None, 4096, "32", False), (None, 65536, "32", False))
 
 
 def _speed(n_cells: int) -> None:
+    import os
+
     adata = _resampled(n_cells)
-    for hidden, batch_size in SPEED_ROWS:
-        for precision in ("32", "bf16"):
-            net = {} if hidden is None else {"hidden": hidden}
-            model = scae.SAUCIE(
-                adata, batch_key="batch", batch_size=batch_size, precision=precision, random_state=0, **net
-            )
-            model.train(max_epochs=1, progress=False)  # warm-up epoch, untimed
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            model.train(max_epochs=1, progress=False)
-            rate = model.runtime["train_cells_per_s"]
-            t0 = time.perf_counter()
-            model.get_embedding()
-            labels = model.get_clusters()
-            t_out = time.perf_counter() - t0
-            peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
-            print(
-                f"speed cells={n_cells} net={'default' if hidden is None else '-'.join(map(str, hidden))} "
-                f"batch={batch_size} precision={precision} device={model.device} "
-                f"train_cells_per_s={rate:,.0f} embed_cluster_s={t_out:.2f} clusters={int(labels.max()) + 1} "
-                f"peak_gpu_mb={peak:,.0f}",
-                flush=True,
-            )
-            del model
+    for hidden, batch_size, precision, graphs in SPEED_ROWS:
+        os.environ["SCAE_CUDA_GRAPHS"] = "1" if graphs else "0"
+        net = {} if hidden is None else {"hidden": hidden}
+        model = scae.SAUCIE(adata, batch_key="batch", batch_size=batch_size, precision=precision, random_state=0, **net)
+        model.train(max_epochs=1, progress=False)  # warm-up epoch, untimed
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        model.train(max_epochs=1, progress=False)
+        rate, t1, steps1 = model.runtime["train_cells_per_s"], model.runtime["train_s"], model.runtime["steps"]
+        model.train(max_epochs=3, progress=False)  # the extra 2 epochs give the rate once the graphs are captured
+        steady = (model.runtime["steps"] - steps1) * model.runtime["batch_size"] / (model.runtime["train_s"] - t1)
+        t0 = time.perf_counter()
+        model.get_embedding()
+        labels = model.get_clusters()
+        t_out = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+        print(
+            f"speed cells={n_cells} net={'default' if hidden is None else '-'.join(map(str, hidden))} "
+            f"batch={batch_size} precision={precision} graphs={model.runtime['cuda_graphs']} device={model.device} "
+            f"train_cells_per_s={rate:,.0f} steady_cells_per_s={steady:,.0f} step_ms={1e3 * batch_size / steady:.3f} "
+            f"embed_cluster_s={t_out:.2f} "
+            f"clusters={int(labels.max()) + 1} peak_gpu_mb={peak:,.0f}",
+            flush=True,
+        )
+        del model
+    os.environ.pop("SCAE_CUDA_GRAPHS", None)
 
 
-def _scvi(n_cells: int, batch_sizes=(128, 4096, 65536)) -> None:
+#: (minibatch, at most this many cells) of the ``scvi`` rows
+SCVI_ROWS = ((4096, None), (65536, None), (128, 50_000))
+
+
+def _scvi(n_cells: int) -> None:
     try:
         import scvi  # noqa: F401
     except ImportError:
@@ -102,9 +120,10 @@ def _scvi(n_cells: int, batch_sizes=(128, 4096, 65536)) -> None:
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     adata = _resampled(n_cells)
-    for batch_size in batch_sizes:
-        r = scvi_speed(n_cells, 1, batch_size, device, adata=adata)
-        print(f"scvi cells={n_cells} batch={batch_size} device={device} train_cells_per_s="
+    for batch_size, most in SCVI_ROWS:
+        cells = n_cells if most is None else min(n_cells, most)
+        r = scvi_speed(cells, 1, batch_size, device, adata=adata if cells == n_cells else adata[:cells].copy())
+        print(f"scvi cells={cells} batch={batch_size} device={device} train_cells_per_s="
               f"{r['train_cells_per_s']:,.0f} peak_gpu_mb={r['peak_gpu_mb']:,.0f}", flush=True)
 
 
@@ -118,10 +137,12 @@ def _big(n_cells: int) -> None:
     wall = time.perf_counter() - t0
     rt = adata.uns["scae"]["runtime"]
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+    other = wall - sum(rt.get(k, 0.0) for k in ("load_s", "train_s", "infer_s", "cluster_s"))
     print(
         f"big cells={n_cells} device={adata.uns['scae']['device']} batch={rt['batch_size']} steps={rt['steps']} "
-        f"stop={rt['stop_reason']} fit_s={wall:.1f} train_s={rt['train_s']:.1f} infer_s={rt['infer_s']:.1f} "
-        f"cluster_s={rt['cluster_s']:.1f} clusters={adata.obs['scae_cluster'].nunique()} peak_gpu_mb={peak:,.0f}",
+        f"stop={rt['stop_reason']} graphs={rt['cuda_graphs']} fit_s={wall:.1f} train_s={rt['train_s']:.1f} "
+        f"infer_s={rt['infer_s']:.1f} cluster_s={rt['cluster_s']:.1f} other_s={other:.1f} "
+        f"clusters={adata.obs['scae_cluster'].nunique()} peak_gpu_mb={peak:,.0f}",
         flush=True,
     )
 

@@ -145,6 +145,31 @@ class ClusterAccumulator:
         merge = chunk.features if chunk.merge_features is None else chunk.merge_features
         self._merge_sums = _add_by_label(self._merge_sums, lab, merge, k)
 
+    def set_codes(
+        self,
+        unit_max: np.ndarray,
+        code_ids: np.ndarray,
+        words: np.ndarray,
+        feature_sums: np.ndarray,
+        merge_sums: np.ndarray,
+    ) -> None:
+        """Passes 1 and 2 done elsewhere (on the training device, :mod:`scae._device_cut`): their results.
+
+        ``code_ids`` numbers the codes by first appearance (as :meth:`add_codes`), ``words`` holds the packed
+        uint64 words of every code id, the sums one row per code id.
+        """
+        code_ids = np.asarray(code_ids, dtype=np.int64)
+        words = np.asarray(words, dtype=np.uint64)
+        if code_ids.shape != (self.n_cells,) or feature_sums.shape[0] != words.shape[0]:
+            msg = f"set_codes: {code_ids.shape} code ids and {words.shape[0]} codes for {self.n_cells} cells"
+            raise ValueError(msg)
+        self.unit_max = np.asarray(unit_max, dtype=np.float32)
+        self.code_ids = code_ids
+        self._words = list(words)
+        self._keys = {tuple(w): i for i, w in enumerate(words.tolist())}
+        self._feature_sums = np.asarray(feature_sums, dtype=np.float64)
+        self._merge_sums = np.asarray(merge_sums, dtype=np.float64)
+
     # ------------------------------------------------------------------ pass 3
     def needs_absorb(self) -> bool:
         """Whether some cells have a rare code (then every chunk must go through :meth:`absorb`)."""

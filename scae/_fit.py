@@ -16,14 +16,14 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from . import _dist, _features, _mapping, data
+from . import _dist, _mapping, data
 from ._accumulator import ClusterAccumulator
 from ._atomic import atomic_path
 from ._contract import stats_entries, uns_record, write_contract
 from ._model import SAUCIE
 from ._options import FitSettings
 from ._outofcore import FileSink
-from ._pipeline import categorical_labels, stream_outputs
+from ._pipeline import categorical_labels, cut_labels, stream_outputs
 from ._tl_cluster import recut_values
 from .cluster import common_scale
 
@@ -86,11 +86,7 @@ def _finish_in_memory(adata, model: SAUCIE, settings: FitSettings, params: dict,
         corrected = corrected.copy()
     t_cluster = time.perf_counter()
     values, cut_units = recut_values(corrected, imputed, units, fallback=outputs["reconstruction"])
-    labels = _features.cut(
-        outputs["codes"], values, model.X, blocks=model.blocks, mean=model.net.feature_mean.cpu().numpy(),
-        std=model.net.feature_std.cpu().numpy(), units=cut_units,
-        **settings.cluster_kwargs(),
-    )  # fmt: skip
+    labels = cut_labels(model, outputs["codes"], values, units=cut_units, **settings.cluster_kwargs())
     t_cluster = time.perf_counter() - t_cluster
     if settings.output.save_model is not None:
         model.mapping_state = _mapping.build_mapping_state(model, labels, **settings.cluster_kwargs())

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _fast, _features, _pipeline, _settings, _setup, data, genesets
+from . import _fast, _pipeline, _settings, _setup, data, genesets
 from ._docs import MODEL_PARAMS, doc_params
 from ._save import load_model, save_model
 from .cluster import DEFAULT_MERGE_THRESHOLD
@@ -235,18 +235,10 @@ class SAUCIE:
         """
         _settings.check_table(_settings.CLUSTER_OPTIONS, locals())
         out = self.outputs()
-        return _features.cut(
-            out["codes"],
-            out["reconstruction"],
-            self.X,
-            blocks=self.blocks,
-            mean=self.net.feature_mean.cpu().numpy(),
-            std=self.net.feature_std.cpu().numpy(),
-            threshold=threshold,
-            min_cluster_size=min_cluster_size,
-            merge_threshold=merge_threshold,
-            n_clusters=n_clusters,
-        )
+        return _pipeline.cut_labels(
+            self, out["codes"], out["reconstruction"], threshold=threshold, min_cluster_size=min_cluster_size,
+            merge_threshold=merge_threshold, n_clusters=n_clusters,
+        )  # fmt: skip
 
     def get_reconstruction(self, *, corrected: bool = False, counts: str = "counts") -> np.ndarray:
         """Reconstruction = imputed/denoised values, in input units.

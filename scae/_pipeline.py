@@ -111,19 +111,23 @@ def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping
         "max_steps": int(stop.max_steps) if stop is not None else int(result.steps),
         "batch_size": batch,
         "learning_rate": float(model.learning_rate),
+        "cuda_graphs": bool(result.graphs),
         "train_cells_per_s": result.steps * batch / max(t_train, 1e-9),
     }
 
 
 @torch.no_grad()
-def forward_chunks(model, *, counts: str = "counts", rows: bool = False, gene_sets: bool = False) -> Iterator[dict]:
+def forward_chunks(
+    model, *, counts: str = "counts", rows: bool = False, gene_sets: bool = False, numpy: bool = True
+) -> Iterator[dict]:
     """The network over the model's rows in order: one dict of float32 arrays per chunk of rows.
 
     Keys: ``start`` (first row), ``embedding``, ``codes``, ``reconstruction`` (input units; count blocks in
     ``counts`` units, see :meth:`scae.nn.network.SAUCIENet.predict`), with ``rows`` the input rows, with
     ``gene_sets`` the oriented gene-set activities. Under torchrun every rank runs its shard and rank 0 yields
     every rank's chunks (rank by rank within a step; ``start`` places them); other ranks yield nothing but
-    must iterate to the end, as the gathers are collective.
+    must iterate to the end, as the gathers are collective. ``numpy=False`` (one process only) yields float32
+    tensors on the device instead of arrays.
     """
     net = model.net
     net.eval()
@@ -133,7 +137,7 @@ def forward_chunks(model, *, counts: str = "counts", rows: bool = False, gene_se
     def local():
         start = model.shard[0]
         for x in source.chunks(chunk_rows):
-            yield {"start": start, **chunk_outputs(net, x, counts=counts, rows=rows, gene_sets=gene_sets)}
+            yield {"start": start, **chunk_outputs(net, x, counts=counts, rows=rows, gene_sets=gene_sets, numpy=numpy)}
             start += x.shape[0]
 
     group = model.group
@@ -150,8 +154,27 @@ def forward_chunks(model, *, counts: str = "counts", rows: bool = False, gene_se
 
 def infer_arrays(model, *, counts: str = "counts") -> dict[str, np.ndarray]:
     """Embedding, codes and reconstruction of every row, float32, each allocated once and filled chunk by chunk."""
-    chunks = ((item.pop("start"), item) for item in forward_chunks(model, counts=counts))
+    local = model.group is None  # in one process the rows go from the device straight into the arrays
+    chunks = ((item.pop("start"), item) for item in forward_chunks(model, counts=counts, numpy=not local))
     return fill_arrays(chunks, model.n_cells)
+
+
+def cut_labels(model, codes: np.ndarray, values: np.ndarray, *, units: str = "counts", on_device: bool | None = None,
+               **options) -> np.ndarray:  # fmt: skip
+    """Cluster labels of an in-memory model from its ``codes`` and the reconstruction ``values``.
+
+    On a CUDA model the codes are binarized, packed and hashed on the device (:func:`scae._device_cut.device_cut`,
+    the same labels), elsewhere on the host (:func:`scae._features.cut`); ``on_device`` forces either.
+    ``options``: ``threshold``, ``min_cluster_size``, ``merge_threshold``, ``n_clusters``.
+    """
+    if on_device is None:
+        on_device = model.device.type == "cuda" and model.group is None
+    if on_device:
+        from ._device_cut import device_cut
+
+        return device_cut(model, values, units=units, **options)
+    mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
+    return _features.cut(codes, values, model.X, blocks=model.blocks, mean=mean, std=std, units=units, **options)
 
 
 def _cluster_chunk(model, item: dict, units: str) -> Chunk:

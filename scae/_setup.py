@@ -62,7 +62,7 @@ def _batches_and_minibatch(adata: AnnData, batch_key, reference_batch, batch_siz
     """The batches (``None`` without ``batch_key``) and the minibatch size (default: the device's)."""
     if batch_size is not None:
         return data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size), batch_size
-    batch_size = _fast.default_batch_size(device)
+    batch_size = _fast.default_batch_size(device, adata.n_obs)
     if batch_key is None:
         return None, batch_size
     # a default minibatch (512 on CPU, 4096 on GPU) must not refuse batches that a minibatch of 256 accepts:

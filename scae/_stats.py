@@ -37,7 +37,6 @@ def group_stats(X, labels, var_names) -> dict[str, pd.DataFrame | pd.Series]:
     if _backed.is_backed(X):
         return _chunked_stats(X, cat.codes, present, groups, var_names)
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
-    X = X.astype(np.float64, copy=False)
     means = np.empty((present.size, X.shape[1]))
     medians = np.empty_like(means)
     sizes = np.empty(present.size, dtype=np.int64)
@@ -46,8 +45,9 @@ def group_stats(X, labels, var_names) -> dict[str, pd.DataFrame | pd.Series]:
     for j, code in enumerate(present):
         rows = order[np.searchsorted(sorted_codes, code) : np.searchsorted(sorted_codes, code, side="right")]
         sizes[j] = rows.size
-        means[j] = X[rows].mean(0)
-        medians[j] = np.median(X[rows], axis=0)
+        block = X[rows].astype(np.float64)  # one group at a time: no float64 copy of the whole matrix
+        means[j] = block.mean(0)
+        medians[j] = np.median(block, axis=0, overwrite_input=True)
     cols = pd.Index([str(v) for v in var_names])
     idx = pd.Index(groups)
     return {

@@ -332,12 +332,38 @@ def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
     return adata[:, idx]
 
 
-def restore_batch_moments(rec: np.ndarray, X, codes: np.ndarray) -> np.ndarray:
-    """Shift and scale each batch of ``rec`` to the per-feature mean/std that batch has in ``X``."""
+def restore_batch_moments(rec: np.ndarray, X, codes: np.ndarray, *, chunk_rows: int = 65536) -> np.ndarray:
+    """Shift and scale each batch of ``rec`` to the per-feature mean/std that batch has in ``X``.
+
+    One pass over row chunks for the moments (:func:`batch_moments`) and one to write the result, so no
+    copy of a whole batch is made (10^7 cells: seconds instead of a minute of float64 copies).
+    """
+    codes = np.asarray(codes)
+    k = int(codes.max()) + 1 if codes.size else 0
+    mean_in, std_in = batch_moments(X, codes, k, chunk_rows=chunk_rows)
+    mean_out, std_out = batch_moments(rec, codes, k, chunk_rows=chunk_rows)
     out = np.empty_like(rec)
-    for b in np.unique(codes):
-        rows = np.flatnonzero(codes == b)
-        mean_in, std_in = feature_moments(X[rows])
-        mean_out, std_out = feature_moments(rec[rows])
-        out[rows] = (rec[rows] - mean_out) / std_out * std_in + mean_in
+    for a in range(0, rec.shape[0], chunk_rows):
+        c = codes[a : a + chunk_rows]
+        out[a : a + chunk_rows] = (rec[a : a + chunk_rows] - mean_out[c]) / std_out[c] * std_in[c] + mean_in[c]
     return out
+
+
+def batch_moments(X, codes: np.ndarray, k: int, *, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-batch feature means and standard deviations (``k × n_features`` float32; constant features get std 1)
+    of ``X`` (dense or sparse) with batch code ``codes`` per row, summed in float64 over row chunks.
+    """
+    sums = np.zeros((2, k, X.shape[1]))
+    for a in range(0, X.shape[0], chunk_rows):
+        c = np.asarray(codes[a : a + chunk_rows])
+        block = X[a : a + chunk_rows]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = block.astype(np.float64)
+        onehot = sp.csr_matrix((np.ones(c.size), (c, np.arange(c.size))), shape=(k, c.size))
+        sums[0] += onehot @ block
+        sums[1] += onehot @ (block * block)
+    counts = np.maximum(np.bincount(codes, minlength=k), 1).astype(np.float64)[:, None]
+    mean = sums[0] / counts
+    std = np.sqrt(np.clip(sums[1] / counts - mean**2, 0, None))
+    std[std < 1e-6] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -45,12 +45,23 @@ def pairwise_subset(n_rows: int, pairwise_cells: int | None) -> slice:
     return slice(None, None, math.ceil(n_rows / pairwise_cells))
 
 
+def host_generator(generator: torch.Generator) -> torch.Generator:
+    """``generator`` itself on the CPU; elsewhere a CPU generator with the same seed (see :class:`Sampler`)."""
+    if generator.device.type == "cpu":
+        return generator
+    return torch.Generator().manual_seed(generator.initial_seed())
+
+
 class Sampler:
-    """Draws minibatch indices on the device; stratified by batch when batch codes are given.
+    """Draws minibatch indices for rows held on ``device``; stratified by batch when batch codes are given.
 
     Without batches, each epoch is a random permutation cut into minibatches. With batches, every
     minibatch holds the same number of cells from each batch (drawn with replacement within a batch), so
     small batches are always present next to the reference.
+
+    The random numbers come from ``generator``. A CPU generator for rows on a GPU draws each epoch's numbers
+    at once on the CPU (one copy to the device per epoch): the same numbers as a CPU fit with the same seed
+    draws step by step, so a CUDA fit sees the minibatches of the CPU fit of the same seed.
     """
 
     def __init__(
@@ -69,6 +80,7 @@ class Sampler:
         self.device = device
         self.batch_codes = batch_codes
         self.steps_per_epoch = max(1, math.ceil(n_cells / self.batch_size))
+        self._per_epoch = generator.device.type != device.type
         if batch_codes is not None:
             order = torch.argsort(batch_codes, stable=True)
             counts = torch.bincount(batch_codes, minlength=n_batches)
@@ -78,15 +90,25 @@ class Sampler:
             per_batch = max(1, self.batch_size // n_batches)
             self._which = torch.arange(n_batches, device=device).repeat_interleave(per_batch)
 
+    def _rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=self.generator, device=self.generator.device).to(self.device)
+
     def epoch(self):
         """Yield the index tensors of one epoch."""
         if self.batch_codes is None:
-            perm = torch.randperm(self.n_cells, generator=self.generator, device=self.device)
+            perm = torch.randperm(self.n_cells, generator=self.generator, device=self.generator.device)
+            perm = perm.to(self.device)
             for s in range(self.steps_per_epoch):
                 yield perm[s * self.batch_size : (s + 1) * self.batch_size]
             return
+        n = self._which.shape[0]
+        if self._per_epoch:  # every index of the epoch at once: no kernel launches between the steps
+            drawn = self._rand(self.steps_per_epoch, n)
+            rows = self._order[self._starts[self._which] + (drawn * self._sizes[self._which]).long()]
+            yield from rows
+            return
         for _ in range(self.steps_per_epoch):
-            u = torch.rand(self._which.shape[0], generator=self.generator, device=self.device)
+            u = self._rand(n)
             pos = self._starts[self._which] + (u * self._sizes[self._which]).long()
             yield self._order[pos]
 
@@ -154,6 +176,7 @@ class TrainResult:
     steps: int
     epochs: int
     stop_reason: str  # one of scae._stopping.STOP_REASONS
+    graphs: bool = False  # whether steps were replayed from CUDA graphs (scae._step.GraphStep)
 
 
 def train_net(
@@ -174,6 +197,7 @@ def train_net(
     compile: bool = False,
     reduce_history=None,
     stop: StopRule | None = None,
+    graphs: bool | None = None,
 ) -> TrainResult:
     """Train ``net`` on rows of ``source``; the result holds the per-epoch mean of every loss term.
 
@@ -184,22 +208,30 @@ def train_net(
     the history). A ``source`` with a ``make_sampler`` method (backed data, shards) supplies its own
     sampler. ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the step under autocast; ``compile`` uses
     ``torch.compile`` on the loss (see :mod:`scae._fast`). ``reduce_history(dict) -> dict`` averages loss
-    values across processes (distributed training), so every process takes the same decisions.
+    values across processes (distributed training), so every process takes the same decisions. ``graphs``
+    replays the step from CUDA graphs (:class:`scae._step.GraphStep`); default: where
+    :func:`scae._step.graph_capable` allows it.
     """
-    from ._fast import adam, step_function
+    from ._step import make_step
 
     if max_epochs is None and stop is None:
         msg = "train_net needs `max_epochs`, a stop rule, or both"
         raise ValueError(msg)
     device = next(net.parameters()).device
-    optimizer = adam(net.parameters(), learning_rate, device)
-    make_sampler = getattr(source, "make_sampler", Sampler)
+    make_sampler = getattr(source, "make_sampler", None)
+    if make_sampler is None:  # minibatches in memory are drawn from a CPU generator (see Sampler)
+        make_sampler, sampling = Sampler, host_generator(generator)
+    else:
+        sampling = generator
     sampler = make_sampler(
-        len(source), batch_size, batch_codes=batch_codes, n_batches=n_batches, generator=generator, device=device
+        len(source), batch_size, batch_codes=batch_codes, n_batches=n_batches, generator=sampling, device=device
     )
-    loss_fn = step_function(compute_losses, device=device, autocast_dtype=autocast_dtype, compile=compile)
     kwargs = {"weights": weights, "reference": reference, "n_batches": n_batches, "variants": variants}
     kwargs["generator"] = generator
+    step = make_step(
+        net, source, batch_codes, compute_losses, kwargs, learning_rate=learning_rate, autocast_dtype=autocast_dtype,
+        compile=compile, distributed=reduce_history is not None, graphs=graphs,
+    )  # fmt: skip
     reduce = reduce_history or (lambda means: means)
     check = _StopCheck(stop, reduce) if stop is not None else None
     history: dict[str, list[float]] = {}
@@ -207,31 +239,26 @@ def train_net(
     net.train()
     total_epochs = max_epochs if max_epochs is not None else math.ceil(stop.max_steps / sampler.steps_per_epoch)
     bar = tqdm(total=total_epochs, desc="scae", unit="epoch", disable=not progress, leave=False)
-    while max_epochs is None or epochs < max_epochs:
-        sums: dict[str, torch.Tensor] = {}
-        n_epoch_steps = 0
-        for idx in sampler.epoch():
-            x = source.rows(idx)
-            b = None if batch_codes is None else batch_codes.index_select(0, idx)
-            terms = loss_fn(net, x, b, **kwargs)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.detach()
-            steps += 1
-            n_epoch_steps += 1
-            if check is not None and (reason := check.after_step(terms["total"], steps)) != "max_epochs":
+    try:
+        while max_epochs is None or epochs < max_epochs:
+            n_epoch_steps = 0
+            for idx in sampler.epoch():
+                step(idx)
+                steps += 1
+                n_epoch_steps += 1
+                if check is not None and (reason := check.after_step(step, steps)) != "max_epochs":
+                    break
+            epochs += 1
+            means = _record_epoch(history, step.read_epoch(), n_epoch_steps, reduce)
+            bar.update(1)
+            bar.set_postfix(loss=f"{means['total']:.4f}", steps=steps)
+            if reason != "max_epochs":
                 break
-        epochs += 1
-        means = _record_epoch(history, sums, n_epoch_steps, reduce)
-        bar.update(1)
-        bar.set_postfix(loss=f"{means['total']:.4f}", steps=steps)
-        if reason != "max_epochs":
-            break
-    bar.close()
+    finally:
+        bar.close()
+        step.release()
     net.eval()
-    return TrainResult(history=history, steps=steps, epochs=epochs, stop_reason=reason)
+    return TrainResult(history=history, steps=steps, epochs=epochs, stop_reason=reason, graphs=step.replayed)
 
 
 class _StopCheck:
@@ -240,14 +267,14 @@ class _StopCheck:
     def __init__(self, stop: StopRule, reduce) -> None:
         self.stop, self.reduce = stop, reduce
         self.monitor = Convergence(stop)
-        self.window_sum = None
 
-    def after_step(self, total: torch.Tensor, steps: int) -> str:
-        """``"converged"``/``"max_steps"`` when training must stop after step ``steps``, else ``"max_epochs"``."""
-        self.window_sum = total.detach() + (0.0 if self.window_sum is None else self.window_sum)
+    def after_step(self, step, steps: int) -> str:
+        """``"converged"``/``"max_steps"`` when training must stop after step ``steps``, else ``"max_epochs"``.
+
+        ``step`` (:class:`scae._step.Step`) holds the window's sum of the total loss on the device.
+        """
         if steps % self.stop.window == 0:
-            mean = self.reduce({"total": float(self.window_sum) / self.stop.window})["total"]
-            self.window_sum = None
+            mean = self.reduce({"total": step.read_window() / self.stop.window})["total"]
             if self.monitor.update(mean, steps):
                 return "converged"
         return "max_steps" if steps >= self.stop.max_steps else "max_epochs"
@@ -255,7 +282,7 @@ class _StopCheck:
 
 def _record_epoch(history: dict, sums: dict, n_steps: int, reduce) -> dict[str, float]:
     """Append the epoch's mean of every loss term to ``history``; a non-finite mean stops training."""
-    means = reduce({k: float(v) / n_steps for k, v in sums.items()})
+    means = reduce({k: v / n_steps for k, v in sums.items()})
     for k, v in means.items():
         history.setdefault(k, []).append(v)
     if not all(math.isfinite(v) for v in means.values()):
@@ -266,37 +293,49 @@ def _record_epoch(history: dict, sums: dict, n_steps: int, reduce) -> dict[str, 
 
 @torch.no_grad()
 def chunk_outputs(
-    net: SAUCIENet, x: torch.Tensor, *, counts: str = "counts", rows: bool = False, gene_sets: bool = False
-) -> dict[str, np.ndarray]:
+    net: SAUCIENet,
+    x: torch.Tensor,
+    *,
+    counts: str = "counts",
+    rows: bool = False,
+    gene_sets: bool = False,
+    numpy: bool = True,
+) -> dict:
     """The network on one chunk of rows ``x``: float32 ``embedding``, ``codes`` and ``reconstruction``.
 
     ``reconstruction`` is in input units (count blocks as ``counts``: see :meth:`SAUCIENet.predict`); with
-    ``rows`` also the input rows, with ``gene_sets`` the oriented gene-set activities.
+    ``rows`` also the input rows, with ``gene_sets`` the oriented gene-set activities. ``numpy=False`` keeps
+    them as float32 tensors on the network's device (:func:`fill_arrays` copies them into place).
     """
     out = net(x)
     item = {
-        "embedding": out.embedding.float().cpu().numpy(),
-        "codes": out.codes.float().cpu().numpy(),
-        "reconstruction": net.predict(x, out, counts=counts).float().cpu().numpy(),
+        "embedding": out.embedding.float(),
+        "codes": out.codes.float(),
+        "reconstruction": net.predict(x, out, counts=counts).float(),
     }
     if rows:
-        item["rows"] = x.float().cpu().numpy()
+        item["rows"] = x.float()
     if gene_sets:
-        item["gene_sets"] = net.gene_set_activities(x).float().cpu().numpy()
-    return item
+        item["gene_sets"] = net.gene_set_activities(x).float()
+    return {k: v.cpu().numpy() for k, v in item.items()} if numpy else item
 
 
 def fill_arrays(chunks, n_rows: int) -> dict[str, np.ndarray]:
     """Arrays of ``n_rows`` rows from ``(start, {name: rows})`` chunks, each allocated once and filled in place.
 
-    No list of chunks to concatenate, which would hold every output twice at the end.
+    No list of chunks to concatenate, which would hold every output twice at the end. Rows given as tensors
+    (on any device) are copied straight into the arrays, without an intermediate host copy (10^7 cells ×
+    256 code units: 10 GB that would otherwise be allocated and copied twice).
     """
     arrays: dict[str, np.ndarray] = {}
     for start, item in chunks:
         for k, v in item.items():
             if k not in arrays:
                 arrays[k] = np.empty((n_rows, v.shape[1]), dtype=np.float32)
-            arrays[k][start : start + v.shape[0]] = v
+            if isinstance(v, torch.Tensor):
+                torch.from_numpy(arrays[k][start : start + v.shape[0]]).copy_(v)
+            else:
+                arrays[k][start : start + v.shape[0]] = v
     return arrays
 
 
@@ -312,7 +351,7 @@ def infer(
     def chunks():
         start = 0
         for x in source.chunks(chunk_size):
-            yield start, chunk_outputs(net, x, counts=counts)
+            yield start, chunk_outputs(net, x, counts=counts, numpy=False)
             start += x.shape[0]
 
     return fill_arrays(chunks(), len(source))

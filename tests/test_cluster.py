@@ -140,3 +140,47 @@ def test_group_means_are_count_weighted():
     groups = cluster.group_centroids(centroids, np.array([1000.0, 1.0, 1000.0]), merge_threshold=3.6)
     assert groups[0] == groups[1] != groups[2]
     assert (cluster.group_centroids(centroids, np.ones(3), merge_threshold=3.6) == 0).all()
+
+
+def test_device_packing_and_numbering_equal_the_host_ones():
+    import torch
+
+    from scae._device_cut import first_appearance_ids, pack_words
+
+    rng = np.random.default_rng(1)
+    for n_bits in (5, 64, 65, 130, 256):
+        binary = rng.random((500, n_bits)) < 0.3
+        binary[:7, -1] = binary[7:9, min(63, n_bits - 1)] = True  # the top bits (the int64 sign bit) are set
+        host = cluster.pack_bits(binary)
+        words = pack_words(torch.from_numpy(binary))
+        np.testing.assert_array_equal(words.numpy().view(np.uint64), host)
+        repeated = torch.from_numpy(host[rng.integers(0, 40, 3000)].view(np.int64))
+        ids, uniq = first_appearance_ids(repeated)
+        expected = cluster.word_ids(repeated.numpy().view(np.uint64))
+        np.testing.assert_array_equal(ids.numpy(), expected)
+        np.testing.assert_array_equal(uniq.numpy()[ids.numpy()], repeated.numpy())
+
+
+def test_clusters_cut_on_the_device_equal_the_host_ones(levine):
+    """The device passes (torch, here on the CPU; tests/test_cuda.py runs them on a GPU) give the host's labels."""
+    import scae
+    from scae import _pipeline
+
+    model = scae.SAUCIE(levine, random_state=0).train(max_epochs=15, progress=False)
+    out = model.outputs()
+    for options in ({}, {"n_clusters": 3}, {"merge_threshold": None}, {"min_cluster_size": 60, "threshold": 0.2}):
+        host = _pipeline.cut_labels(model, out["codes"], out["reconstruction"], on_device=False, **options)
+        dev = _pipeline.cut_labels(model, out["codes"], out["reconstruction"], on_device=True, **options)
+        np.testing.assert_array_equal(dev, host)
+        assert host.max() + 1 >= (3 if options.get("n_clusters") else 2), options
+
+
+def test_accumulator_set_codes_checks_shapes():
+    import pytest
+
+    from scae._accumulator import ClusterAccumulator
+
+    acc = ClusterAccumulator(10)
+    words = np.zeros((2, 1), dtype=np.uint64)
+    with pytest.raises(ValueError, match="code ids"):
+        acc.set_codes(np.ones(3), np.zeros(9, dtype=np.int64), words, np.zeros((2, 3)), np.zeros((2, 3)))

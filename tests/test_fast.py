@@ -13,6 +13,11 @@ from scae import _fast
 def test_default_batch_size_by_device():
     assert _fast.default_batch_size(torch.device("cpu")) == 512
     assert _fast.default_batch_size(torch.device("cuda")) == 4096
+    # on CUDA, small data keeps MIN_STEPS_PER_EPOCH minibatches per pass (powers of two, 512 to 4096)
+    cuda = torch.device("cuda")
+    sizes = [_fast.default_batch_size(cuda, n) for n in (450, 19_225, 65_536, 100_000, 131_072, 10**7)]
+    assert sizes == [512, 512, 2048, 2048, 4096, 4096]
+    assert _fast.default_batch_size(torch.device("cpu"), 10**7) == 512
 
 
 def test_default_learning_rate_grows_with_the_minibatch(small, levine):
@@ -75,3 +80,21 @@ def test_pairwise_cells_at_or_above_batch_size_changes_nothing(small):
     assert c.history["within_cluster"][-1] < c.history["within_cluster"][0]
     with pytest.raises(ValueError, match="pairwise_cells"):
         scae.SAUCIE(small, pairwise_cells=1)
+
+
+def test_sampler_draws_the_cpu_minibatches_from_a_cpu_generator():
+    """Rows on another device get the minibatches a CPU fit of the same seed draws (here both on the CPU: the
+    per-epoch path is forced), with and without batches."""
+    from scae.train import Sampler
+
+    codes = torch.from_numpy(np.random.default_rng(0).integers(0, 3, 1000))
+    for batch_codes in (None, codes):
+        runs = []
+        for per_epoch in (False, True):
+            gen = torch.Generator().manual_seed(7)
+            s = Sampler(1000, 96, batch_codes=batch_codes, n_batches=3, generator=gen, device=torch.device("cpu"))
+            s._per_epoch = per_epoch
+            runs.append([torch.cat(list(s.epoch())) for _ in range(2)])
+        for a, b in zip(*runs, strict=True):
+            assert torch.equal(a, b)
+        assert not torch.equal(runs[0][0], runs[0][1])  # epochs differ

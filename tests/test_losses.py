@@ -86,3 +86,38 @@ def test_within_batch_distance_mse_allows_moving_a_batch_but_not_scrambling_it()
     ref_changed = x.clone()
     ref_changed[:20] = 0.0
     assert float(losses.within_batch_distance_mse(x, ref_changed, batch, reference=0)) < 1e-6
+
+
+def test_gaussian_kernel_broadcast_equals_the_loop():
+    """The CUDA form of the MMD kernel (all bandwidths in one product) gives the CPU loop's values."""
+    from scae.losses import MMD_SCALES, _kernel_sum_broadcast, gaussian_kernel_matrix
+
+    d2 = torch.rand(200, 200, generator=torch.Generator().manual_seed(0))
+    d2[0, 0] = 0.0
+    loop = gaussian_kernel_matrix(d2)
+    assert loop[0, 0].item() == pytest.approx(len(MMD_SCALES))
+    torch.testing.assert_close(_kernel_sum_broadcast(d2, MMD_SCALES), loop, rtol=1e-6, atol=1e-5)
+
+
+def test_squared_distances_stay_float32_under_bf16_autocast():
+    """bf16 products would cancel: |a-b|^2 of nearby points must keep float32 precision under autocast."""
+    from scae.losses import squared_distances
+
+    a = torch.tensor([[1.0, 0.0], [1.01, 0.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d2 = squared_distances(a)
+    assert d2.dtype == torch.float32
+    assert d2[0, 1].item() == pytest.approx(1e-4, rel=0.05)
+
+
+def test_self_distances_addmm_equal_the_plain_form():
+    """The CUDA form of the pairwise squared distances gives the CPU form's values and gradients."""
+    from scae.losses import _self_distances_addmm, squared_distances
+
+    a = torch.randn(50, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    plain, fused = squared_distances(a), _self_distances_addmm(a)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    assert torch.all(torch.diagonal(fused) >= 0)
+    (g_plain,) = torch.autograd.grad(plain.add(1e-3).sqrt().sum(), a)
+    (g_fused,) = torch.autograd.grad(fused.add(1e-3).sqrt().sum(), a)
+    torch.testing.assert_close(g_fused, g_plain, rtol=1e-3, atol=1e-3)

@@ -1,0 +1,185 @@
+"""One optimizer step, run eagerly or replayed from a CUDA graph, with the loss sums kept on the device.
+
+:class:`Step` runs forward, every loss term, backward and the Adam update for the minibatch of a given index
+tensor, and adds the loss values to two device tensors: the sums of every term over the epoch and the sum of
+the total over the current window of the convergence rule. The host reads them once per window and once per
+epoch (:meth:`Step.read_window`, :meth:`Step.read_epoch`), so a step never waits for the host.
+
+On CUDA, with an in-memory dense source and no random variants, :class:`GraphStep` captures the whole step
+(sampling excepted) as a CUDA graph after two eager warm-up steps per minibatch shape, and replays it: one
+launch instead of a few hundred small kernels per step, which is most of a step of the default network at
+the CUDA minibatch. The eager step and the replayed one run the same kernels on the same values; only the
+launches differ (``tests/test_cuda.py`` compares their losses). Set the environment variable
+``SCAE_CUDA_GRAPHS=0`` to train eagerly. If a capture fails, a warning says so and training goes on eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger("scae")
+
+#: Eager steps of each minibatch shape before that shape's step is captured (lazy initialisations: Adam's
+#: state, cuBLAS workspaces, the autograd engine's device threads must not happen inside a capture).
+WARMUP_STEPS = 2
+
+
+def cuda_graphs_enabled() -> bool:
+    """Whether CUDA fits may replay captured steps (``SCAE_CUDA_GRAPHS`` unset or not ``"0"``)."""
+    return os.environ.get("SCAE_CUDA_GRAPHS", "1").strip() not in ("0", "false", "False", "no")
+
+
+class Step:
+    """Eager training step: ``step(idx)`` trains on rows ``idx`` of ``source`` and adds the losses to device sums.
+
+    ``terms`` are the names of the loss terms (in the order of the first step); ``read_epoch`` returns their
+    sums since the last call, ``read_window`` the sum of ``"total"`` since its last call (one host read each).
+    """
+
+    #: whether a CUDA graph capture failed (:class:`GraphStep`); an eager step never captures
+    failed = False
+
+    def __init__(self, net, optimizer, loss_fn, source, batch_codes, kwargs: dict) -> None:
+        self.net, self.optimizer, self.loss_fn = net, optimizer, loss_fn
+        self.source, self.batch_codes, self.kwargs = source, batch_codes, kwargs
+        self.terms: list[str] | None = None
+        self.epoch_sums: torch.Tensor | None = None
+        self.window_sum: torch.Tensor | None = None
+
+    def body(self, idx: torch.Tensor) -> None:
+        """Forward, losses, backward, Adam update and the loss sums for rows ``idx`` (what a graph captures)."""
+        x = self.source.rows(idx)
+        b = None if self.batch_codes is None else self.batch_codes.index_select(0, idx)
+        terms = self.loss_fn(self.net, x, b, **self.kwargs)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        if self.terms is None:
+            self.terms = list(terms)
+            self.epoch_sums = torch.zeros(len(self.terms), device=terms["total"].device)
+            self.window_sum = torch.zeros((), device=terms["total"].device)
+        values = torch.stack([terms[k].detach().float() for k in self.terms])
+        self.epoch_sums.add_(values)
+        self.window_sum.add_(values[self.terms.index("total")])
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        self.body(idx)
+
+    @property
+    def replayed(self) -> bool:
+        """Whether steps were replayed from CUDA graphs."""
+        return False
+
+    def release(self) -> None:
+        """Free what the steps hold beyond the network and optimizer (nothing for eager steps)."""
+
+    def read_window(self) -> float:
+        """Sum of the total loss since the last call (then reset)."""
+        value = float(self.window_sum)
+        self.window_sum.zero_()
+        return value
+
+    def read_epoch(self) -> dict[str, float]:
+        """Sum of every loss term since the last call (then reset)."""
+        values = self.epoch_sums.tolist()
+        self.epoch_sums.zero_()
+        return dict(zip(self.terms, values, strict=True))
+
+
+class GraphStep(Step):
+    """:class:`Step` replayed from CUDA graphs, one per minibatch shape (the last minibatch of an epoch can be short).
+
+    Each shape runs :data:`WARMUP_STEPS` eager steps on a side stream, then its step is captured into a graph
+    whose index buffer receives the indices of every later step of that shape. Each graph has its own memory
+    pool, and the gradients are released before each capture, so every graph writes its own gradients and
+    its Adam update reads them.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.seen: dict[int, int] = {}
+        self.failed = False
+        self.replays = 0
+
+    def __call__(self, idx: torch.Tensor) -> None:
+        if self.failed:
+            self.body(idx)
+            return
+        n = int(idx.shape[0])
+        entry = self.graphs.get(n)
+        if entry is not None:
+            entry[1].copy_(idx)
+            entry[0].replay()
+            self.replays += 1
+            return
+        self.seen[n] = self.seen.get(n, 0) + 1
+        if self.seen[n] <= WARMUP_STEPS:
+            side = torch.cuda.Stream(device=idx.device)
+            side.wait_stream(torch.cuda.current_stream(idx.device))
+            with torch.cuda.stream(side):
+                self.body(idx)
+            torch.cuda.current_stream(idx.device).wait_stream(side)
+            return
+        static_idx = idx.clone()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                self.body(static_idx)
+        except Exception as e:  # noqa: BLE001 - any capture failure: train eagerly
+            logger.warning("CUDA graph capture failed (%s: %s); training eagerly", type(e).__name__, str(e)[:200])
+            self.failed = True
+            self.graphs.clear()
+            torch.cuda.synchronize(idx.device)
+            self.body(idx)
+            return
+        self.graphs[n] = (graph, static_idx)
+        graph.replay()  # a capture records the step without running it
+        self.replays += 1
+
+    @property
+    def replayed(self) -> bool:
+        return self.replays > 0 and not self.failed
+
+    def release(self) -> None:
+        """Free the graphs and their pools (the gradients captured in them go with them)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.graphs.clear()
+
+
+def make_step(
+    net, source, batch_codes, losses, kwargs: dict, *, learning_rate: float, autocast_dtype, compile: bool,
+    distributed: bool, graphs: bool | None = None,
+) -> Step:  # fmt: skip
+    """The step of :func:`scae.train.train_net`: fused Adam, the loss function ``losses(net, x, batch, **kwargs)``
+    (with autocast, ``torch.compile``) and :class:`GraphStep` where :func:`graph_capable` allows it (``graphs``
+    forces either).
+    """
+    from ._fast import adam, step_function
+
+    device = next(net.parameters()).device
+    variants = kwargs["variants"]
+    if graphs is None:
+        graphs = graph_capable(net, source, device=device, variants=variants, compile=compile, distributed=distributed)
+    optimizer = adam(net.parameters(), learning_rate, device, capturable=graphs)
+    loss_fn = step_function(losses, device=device, autocast_dtype=autocast_dtype, compile=compile)
+    return (GraphStep if graphs else Step)(net, optimizer, loss_fn, source, batch_codes, kwargs)
+
+
+def graph_capable(net, source, *, device: torch.device, variants, compile: bool, distributed: bool) -> bool:
+    """Whether the step of this fit can be captured: CUDA, dense rows on the device, no randomness in the step.
+
+    Random variants (input dropout or noise, a variational embedding), ``compile``, distributed training,
+    sparse or backed sources and the contractive term (a double backward) train eagerly.
+    """
+    if device.type != "cuda" or compile or distributed or not cuda_graphs_enabled():
+        return False
+    if getattr(source, "_dense", None) is None or hasattr(source, "make_sampler"):
+        return False
+    if getattr(net, "variational", False):
+        return False
+    return variants.input_dropout == 0 and variants.input_noise == 0 and variants.contractive == 0
