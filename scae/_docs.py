@@ -47,8 +47,9 @@ learning_rate
     (:func:`scae._fast.default_learning_rate`); the value used is ``uns[key_added]["runtime"]["learning_rate"]``.
 batch_size
     Minibatch size; with ``batch_key`` each minibatch holds equal numbers of cells of every batch.
-    Default 512 on CPU and 4096 on CUDA, shrunk with ``batch_key`` to what the smallest batch can fill (not
-    below 256; see :mod:`scae._fast`).
+    Default 512 on CPU; on CUDA 4096, or less for small data so that a pass has at least 32 steps
+    (:func:`scae._fast.default_batch_size`); shrunk with ``batch_key`` to what the smallest batch can fill (not
+    below 256).
 pairwise_cells
     The pairwise loss terms (MMD, within-cluster distance, ``batch_reconstruction="distance"``) cost
     O(minibatch²); they are computed on an evenly spaced subset of at most this many cells of each
@@ -139,7 +140,7 @@ learning_rate
     minibatches (8.5e-3 at 4,096; a minibatch larger than the data counts as the data), at most 1e-2
     (:func:`scae._fast.default_learning_rate`); the value used is ``uns[key_added]["runtime"]["learning_rate"]``.
 batch_size
-    Minibatch size (default 512 on CPU, 4096 on CUDA).
+    Minibatch size (default 512 on CPU; on CUDA 4096, less for small data: see :class:`scae.SAUCIE`).
 pairwise_cells
     Cells of each minibatch used by the O(minibatch²) pairwise loss terms (see :class:`scae.SAUCIE`).
 merge_threshold, n_clusters, min_cluster_size

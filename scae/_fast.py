@@ -1,9 +1,11 @@
-"""GPU fast path options: device-dependent batch size, bf16 autocast and ``torch.compile`` with fallbacks.
+"""Device-dependent defaults and fast-path options: batch size, learning rate, fused Adam, bf16 autocast and
+``torch.compile`` with fallbacks (the CUDA-graph step is :mod:`scae._step`).
 
 Training data live on the device (:class:`scae.data.RowSource`, up to ``scae.data.DENSE_BUDGET_BYTES``),
-minibatch indices are drawn there (:class:`scae.train.Sampler`) and loss values are read once per epoch,
-so a step never synchronizes with the host. What is left is per-step launch overhead, which CUDA graphs
-remove (:mod:`scae._step`), a larger batch amortizes and ``torch.compile`` reduces (kernel fusion).
+the minibatch indices of an epoch are copied there at once (:class:`scae.train.Sampler`) and loss values are
+read once per window of the stopping rule and once per epoch, so a step never waits for the host. What is
+left is per-step launch overhead, which CUDA graphs remove (:mod:`scae._step`), a larger batch amortizes and
+``torch.compile`` reduces (kernel fusion).
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def _batches_and_minibatch(adata: AnnData, batch_key, reference_batch, batch_siz
     batch_size = _fast.default_batch_size(device, adata.n_obs)
     if batch_key is None:
         return None, batch_size
-    # a default minibatch (512 on CPU, 4096 on GPU) must not refuse batches that a minibatch of 256 accepts:
+    # a default minibatch (512 on CPU, up to 4096 on GPU) must not refuse batches that a minibatch of 256 accepts:
     # check with 256, then shrink the default to what the smallest batch can fill
     floor = min(batch_size, _fast.MIN_DEFAULT_BATCH_SIZE)
     batches = data.get_batches(adata, batch_key, reference_batch, batch_size=floor)

@@ -59,8 +59,10 @@ def test_default_clusters_hold_floors_across_floating_point_paths(flow, monkeypa
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_cuda_defaults_on_the_cpu(flow, seed):
-    """The CUDA defaults (minibatch 4096, its learning rate and step budget) computed on the CPU hold the CUDA
-    floors of tests/test_cuda.py: the same algorithm as a GPU fit, so its quality can be checked without one."""
+    """A minibatch of 4096 (the CUDA default from 131,072 cells on), its learning rate and step budget, on the CPU,
+    hold the CUDA floors of tests/test_cuda.py. A CUDA fit draws the same minibatches (scae.train.Sampler uses
+    a CPU generator), so this is the GPU algorithm checked without a GPU. (On flowsom_bal_flow itself the CUDA
+    default minibatch is 512, the CPU default: see scae._fast.default_batch_size.)"""
     labels = flow.obs["cell_type"].astype(str).to_numpy()
     keep = labels != "Unlabeled"
     a = flow.copy()
