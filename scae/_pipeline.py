@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import _features
+from . import _features, data
 from ._accumulator import Chunk, ClusterAccumulator
 from ._stopping import StopRule, step_budget, steps_per_epoch
 from .train import INFER_CHUNK_ROWS, chunk_outputs, fill_arrays, train_net
@@ -233,27 +233,25 @@ def stream_outputs(model, acc: ClusterAccumulator, *, sink=None, counts: str = "
 
 
 class _BatchMoments:
-    """Per-batch feature sums of the input and of the reconstruction, to put each batch back to its own moments."""
+    """Per-batch feature sums of the input and of the reconstruction, to put each batch back to its own moments
+    (the streamed form of :func:`scae.data.restore_batch_moments`).
+    """
 
     def __init__(self, model) -> None:
         self.codes = model.batches.codes
-        k, p = len(model.batches.categories), model.n_features
-        self.sums = np.zeros((4, k, p))  # input sum, input square sum, output sum, output square sum
-        self.counts = np.bincount(self.codes, minlength=k).astype(np.float64)[:, None]
+        self.k = len(model.batches.categories)
+        self.sums = np.zeros((2, 2, self.k, model.n_features))  # (input, reconstruction) × (sum, square sum)
+        self.counts = np.bincount(self.codes, minlength=self.k)
 
     def add(self, start: int, rows: np.ndarray, rec: np.ndarray) -> None:
         """Fold in the cells ``start:start + len(rows)``."""
         codes = self.codes[start : start + rows.shape[0]]
-        for i, v in enumerate((rows, rows.astype(np.float64) ** 2, rec, rec.astype(np.float64) ** 2)):
-            np.add.at(self.sums[i], codes, v)
+        self.sums[0] += data.batch_sums(rows, codes, self.k)
+        self.sums[1] += data.batch_sums(rec, codes, self.k)
 
     def restore(self, start: int, rec: np.ndarray) -> np.ndarray:
         """``rec`` of the cells from ``start`` with each batch shifted and scaled to its input moments."""
-        mean = self.sums[[0, 2]] / self.counts
-        std = np.sqrt(np.clip(self.sums[[1, 3]] / self.counts - mean**2, 0, None))
-        std[std < 1e-6] = 1.0
-        c = self.codes[start : start + rec.shape[0]]
-        return ((rec - mean[1][c]) / std[1][c] * std[0][c] + mean[0][c]).astype(np.float32)
+        return data.moments_restore(rec, self.codes[start : start + rec.shape[0]], self.sums, self.counts)
 
 
 def categorical_labels(labels: np.ndarray) -> pd.Categorical:

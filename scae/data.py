@@ -335,35 +335,41 @@ def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
 def restore_batch_moments(rec: np.ndarray, X, codes: np.ndarray, *, chunk_rows: int = 65536) -> np.ndarray:
     """Shift and scale each batch of ``rec`` to the per-feature mean/std that batch has in ``X``.
 
-    One pass over row chunks for the moments (:func:`batch_moments`) and one to write the result, so no
-    copy of a whole batch is made (10^7 cells: seconds instead of a minute of float64 copies).
+    One pass over row chunks for the moments (:func:`batch_sums`) and one to write the result, so no copy of a
+    whole batch is made (10^7 cells: seconds instead of a minute of float64 copies).
     """
     codes = np.asarray(codes)
     k = int(codes.max()) + 1 if codes.size else 0
-    mean_in, std_in = batch_moments(X, codes, k, chunk_rows=chunk_rows)
-    mean_out, std_out = batch_moments(rec, codes, k, chunk_rows=chunk_rows)
-    out = np.empty_like(rec)
+    sums = np.zeros((2, 2, k, rec.shape[1]))  # (input, reconstruction) × (sum, square sum)
     for a in range(0, rec.shape[0], chunk_rows):
         c = codes[a : a + chunk_rows]
-        out[a : a + chunk_rows] = (rec[a : a + chunk_rows] - mean_out[c]) / std_out[c] * std_in[c] + mean_in[c]
+        sums[0] += batch_sums(X[a : a + chunk_rows], c, k)
+        sums[1] += batch_sums(rec[a : a + chunk_rows], c, k)
+    counts = np.bincount(codes, minlength=k)
+    out = np.empty_like(rec)
+    for a in range(0, rec.shape[0], chunk_rows):
+        out[a : a + chunk_rows] = moments_restore(rec[a : a + chunk_rows], codes[a : a + chunk_rows], sums, counts)
     return out
 
 
-def batch_moments(X, codes: np.ndarray, k: int, *, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Per-batch feature means and standard deviations (``k × n_features`` float32; constant features get std 1)
-    of ``X`` (dense or sparse) with batch code ``codes`` per row, summed in float64 over row chunks.
+def batch_sums(block, codes: np.ndarray, k: int) -> np.ndarray:
+    """``(2, k, n_features)`` float64 per-batch sums and square sums of the rows ``block`` (dense or sparse)."""
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    block = block.astype(np.float64)
+    codes = np.asarray(codes)
+    onehot = sp.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(k, codes.size))
+    return np.stack([onehot @ block, onehot @ (block * block)])
+
+
+def moments_restore(rec: np.ndarray, codes: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Rows ``rec`` of batches ``codes`` moved from their batch's reconstruction moments to its input moments.
+
+    ``sums``: ``(2, 2, k, n_features)`` — input and reconstruction, each its :func:`batch_sums` over all cells;
+    ``counts``: cells per batch. Constant features (std < 1e-6) keep a std of 1.
     """
-    sums = np.zeros((2, k, X.shape[1]))
-    for a in range(0, X.shape[0], chunk_rows):
-        c = np.asarray(codes[a : a + chunk_rows])
-        block = X[a : a + chunk_rows]
-        block = block.toarray() if sp.issparse(block) else np.asarray(block)
-        block = block.astype(np.float64)
-        onehot = sp.csr_matrix((np.ones(c.size), (c, np.arange(c.size))), shape=(k, c.size))
-        sums[0] += onehot @ block
-        sums[1] += onehot @ (block * block)
-    counts = np.maximum(np.bincount(codes, minlength=k), 1).astype(np.float64)[:, None]
-    mean = sums[0] / counts
-    std = np.sqrt(np.clip(sums[1] / counts - mean**2, 0, None))
+    n = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)[:, None]
+    mean = sums[:, 0] / n
+    std = np.sqrt(np.clip(sums[:, 1] / n - mean**2, 0, None))
     std[std < 1e-6] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
+    mean, std = mean.astype(np.float32), std.astype(np.float32)
+    return ((rec - mean[1][codes]) / std[1][codes] * std[0][codes] + mean[0][codes]).astype(np.float32)
