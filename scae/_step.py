@@ -59,11 +59,12 @@ class Step:
         self.optimizer.step()
         if self.terms is None:
             self.terms = list(terms)
+            self._total = self.terms.index("total")
             self.epoch_sums = torch.zeros(len(self.terms), device=terms["total"].device)
             self.window_sum = torch.zeros((), device=terms["total"].device)
         values = torch.stack([terms[k].detach().float() for k in self.terms])
         self.epoch_sums.add_(values)
-        self.window_sum.add_(values[self.terms.index("total")])
+        self.window_sum.add_(values[self._total])
 
     def __call__(self, idx: torch.Tensor) -> None:
         self.body(idx)
