@@ -71,6 +71,41 @@ def adam(params, lr: float, device: torch.device, *, capturable: bool = False) -
     return torch.optim.Adam(params, lr=lr, fused=fused or None, capturable=bool(capturable))
 
 
+def flat_adam(net: torch.nn.Module, lr: float) -> tuple[torch.optim.Adam, callable]:
+    """Fused Adam over one flat buffer that holds every trainable parameter of ``net`` (CPU), and its zero_grad.
+
+    The parameters become views into one vector and their gradients views into another, so the update is one
+    fused call over one tensor instead of per-parameter bookkeeping (~0.3 ms of a ~4 ms step of the default
+    network on two CPU cores). Autograd adds each step's gradients into the zeroed views in place, so the
+    update sees the same numbers as with separate tensors. Used for CPU fits outside ``torch.compile`` and
+    torchrun (see :func:`scae._step.make_step`).
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    first = params[0]
+    flat = torch.empty(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
+    grad = torch.zeros_like(flat)
+    start = 0
+    for p in params:
+        stop = start + p.numel()
+        flat[start:stop].copy_(p.detach().reshape(-1))
+        p.data = flat[start:stop].view_as(p)
+        p.grad = grad[start:stop].view_as(p)
+        start = stop
+    vector = torch.nn.Parameter(flat)
+    vector.grad = grad
+    return torch.optim.Adam([vector], lr=lr, fused=True), grad.zero_
+
+
+def can_flatten(net: torch.nn.Module, device: torch.device) -> bool:
+    """Whether :func:`flat_adam` applies: CPU, every trainable parameter dense with one dtype."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    return (
+        device.type == "cpu"
+        and len(params) > 0
+        and all(p.dtype == params[0].dtype and p.layout == torch.strided for p in params)
+    )
+
+
 def batch_size_for_batches(batch_size: int, floor: int, batch_counts) -> int:
     """Default minibatch with batches: at most ``batch_size``, at least ``floor``, and no more than every batch can
     fill with distinct cells (each minibatch draws ``batch_size // n_batches`` cells from every batch).

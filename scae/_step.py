@@ -42,8 +42,9 @@ class Step:
     #: whether a CUDA graph capture failed (:class:`GraphStep`); an eager step never captures
     failed = False
 
-    def __init__(self, net, optimizer, loss_fn, source, batch_codes, kwargs: dict) -> None:
+    def __init__(self, net, optimizer, loss_fn, source, batch_codes, kwargs: dict, zero_grad=None) -> None:
         self.net, self.optimizer, self.loss_fn = net, optimizer, loss_fn
+        self.zero_grad = zero_grad or (lambda: optimizer.zero_grad(set_to_none=True))
         self.source, self.batch_codes, self.kwargs = source, batch_codes, kwargs
         self.terms: list[str] | None = None
         self.epoch_sums: torch.Tensor | None = None
@@ -54,7 +55,7 @@ class Step:
         x = self.source.rows(idx)
         b = None if self.batch_codes is None else self.batch_codes.index_select(0, idx)
         terms = self.loss_fn(self.net, x, b, **self.kwargs)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         terms["total"].backward()
         self.optimizer.step()
         if self.terms is None:
@@ -158,16 +159,20 @@ def make_step(
 ) -> Step:  # fmt: skip
     """The step of :func:`scae.train.train_net`: fused Adam, the loss function ``losses(net, x, batch, **kwargs)``
     (with autocast, ``torch.compile``) and :class:`GraphStep` where :func:`graph_capable` allows it (``graphs``
-    forces either).
+    forces either). Eager CPU steps outside ``compile`` and torchrun update one flat parameter vector
+    (:func:`scae._fast.flat_adam`).
     """
-    from ._fast import adam, step_function
+    from ._fast import adam, can_flatten, flat_adam, step_function
 
     device = next(net.parameters()).device
     variants = kwargs["variants"]
     if graphs is None:
         graphs = graph_capable(net, source, device=device, variants=variants, compile=compile, distributed=distributed)
-    optimizer = adam(net.parameters(), learning_rate, device, capturable=graphs)
     loss_fn = step_function(losses, device=device, autocast_dtype=autocast_dtype, compile=compile)
+    if not (graphs or compile or distributed) and can_flatten(net, device):
+        optimizer, zero_grad = flat_adam(net, learning_rate)
+        return Step(net, optimizer, loss_fn, source, batch_codes, kwargs, zero_grad=zero_grad)
+    optimizer = adam(net.parameters(), learning_rate, device, capturable=graphs)
     return (GraphStep if graphs else Step)(net, optimizer, loss_fn, source, batch_codes, kwargs)
 
 

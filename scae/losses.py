@@ -50,15 +50,50 @@ def id_regularization(codes: torch.Tensor) -> torch.Tensor:
     Activations are divided by their minibatch maximum, summed per unit over the minibatch, and the sums
     normalized to a distribution over units; its entropy is small when few units are in use.
 
+    Forward and backward are written out (:class:`_IDRegularization`): the gradient of every activation of a
+    unit is that unit's entry of one row, broadcast, instead of a few hundred autograd nodes over the whole
+    ``(n_cells, n_units)`` matrix. The division by the maximum cancels in the normalization (up to ``1e-8``),
+    so no gradient flows through the maximum.
+
     Parameters
     ----------
     codes
         Non-negative activations, shape ``(n_cells, n_units)``.
     """
-    a = codes / (codes.max() + _EPS)
-    mass = a.sum(0)
-    p = mass / (mass.sum() + _EPS)
-    return -(p * torch.log(p + _EPS)).sum()
+    return _IDRegularization.apply(codes)
+
+
+def id_regularization_forward(c: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """:func:`id_regularization` of float activations ``c`` and what :func:`id_regularization_grad` needs."""
+    top = c.max() + _EPS
+    mass = c.sum(0) / top
+    total = mass.sum() + _EPS
+    p = mass / total
+    log_p = torch.log(p + _EPS)
+    return -(p * log_p).sum(), (top, total, p, log_p)
+
+
+def id_regularization_grad(state: tuple, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of the loss with respect to every activation of each unit: one value per unit, ``(n_units,)``."""
+    top, total, p, log_p = state
+    d_p = -(log_p + p / (p + _EPS))  # d entropy / d p
+    d_mass = (d_p - (d_p * p).sum()) / total  # through p = mass / sum(mass)
+    return d_mass * (grad / top)
+
+
+class _IDRegularization(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, codes: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(codes.device.type, enabled=False):
+            value, state = id_regularization_forward(_float(codes))
+        ctx.save_for_backward(*state)
+        ctx.shape, ctx.dtype = codes.shape, codes.dtype
+        return value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        return id_regularization_grad(ctx.saved_tensors, grad).to(ctx.dtype).expand(ctx.shape)
 
 
 def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
@@ -69,6 +104,12 @@ def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
     distance of pairs divided by the mean squared distance of all pairs: 1 when codes ignore the data,
     towards 0 when cells sharing a code are close in input space.
 
+    Forward and backward are written out (:class:`_WithinCluster`): one matrix product each way (autograd
+    takes three), and on the CPU only the units active in this minibatch enter them (a few dozen of 256 once
+    the ID regularization has acted; units that are zero for every cell add nothing to a distance). The
+    gradient of the maximum goes to its first position. ``x`` gets no gradient (the pairwise input distances
+    are a fixed weight, as in SAUCIE).
+
     Parameters
     ----------
     x
@@ -76,10 +117,87 @@ def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
     codes
         Clustering-layer activations, shape ``(n_cells, n_units)``.
     """
-    a = codes / (codes.max() + _EPS)
-    same = torch.exp(-squared_distances(a))
+    return _WithinCluster.apply(x.detach(), codes)
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it has fewer bits (autocast), else as it is."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def active_units(codes: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the columns of non-negative ``codes`` with a non-zero entry; ``None`` where shapes must stay
+    fixed (CUDA, where a step may be captured as a graph, and ``torch.compile``) or when no column is zero.
+    """
+    if codes.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    idx = (codes.amax(0) > 0).nonzero().squeeze(1)
+    if idx.numel() == codes.shape[1]:
+        return None
+    return idx if idx.numel() > 0 else idx.new_zeros(1)  # all zero: one (zero) column keeps the shapes valid
+
+
+def _argmax(c: torch.Tensor) -> torch.Tensor:
+    """Flat index of the maximum of a contiguous matrix (on the CPU by row maxima first: a flat ``argmax``
+    is ten times slower there than a row reduction).
+    """
+    if c.device.type != "cpu":
+        return c.reshape(-1).argmax()
+    row = c.amax(1).argmax()
+    return row * c.shape[1] + c[row].argmax()
+
+
+def within_cluster_forward(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """:func:`within_cluster_distance` of float inputs ``x`` and contiguous float activations ``c``, and what
+    :func:`within_cluster_grad` needs.
+    """
+    where = _argmax(c)
+    top = c.view(-1).index_select(0, where.view(1)).squeeze(0) + _EPS  # no host read (CUDA graphs)
+    a = c / top
+    sq = a.pow(2).sum(1)
+    d2 = torch.addmm(sq.unsqueeze(1) + sq.unsqueeze(0), a, a.T, alpha=-2.0)
+    same = torch.exp(-d2.clamp_min(0.0))
     dist = squared_distances(x)
-    return (same * dist).sum() / (same.sum() + _EPS) / (dist.mean().detach() + _EPS)
+    weighted = (same * dist).sum()
+    norm = same.sum() + _EPS
+    scale = dist.mean() + _EPS
+    return weighted / norm / scale, (a, same, dist, d2, weighted, norm, scale, top, where)
+
+
+def within_cluster_grad(state: tuple, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of the loss with respect to the activations ``c`` of :func:`within_cluster_forward`."""
+    a, same, dist, d2, weighted, norm, scale, top, where = state
+    # d loss / d d2, where d2 (before clamping) is >= 0
+    g = same * (dist - weighted / norm)
+    g = g.masked_fill_(d2 < 0, 0.0).mul_(-grad / (norm * scale))
+    g = g + g.T
+    # d2_ij = |a_i|^2 + |a_j|^2 - 2 a_i . a_j
+    grad_a = torch.addmm(a * (2.0 * g.sum(1, keepdim=True)), g, a, alpha=-2.0)
+    d_top = -(grad_a * a).sum() / top  # through a = c / top
+    grad_c = grad_a.div_(top)
+    grad_c.view(-1).index_add_(0, where.view(1), d_top.view(1))
+    return grad_c
+
+
+class _WithinCluster(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(codes.device.type, enabled=False):
+            cols = active_units(codes)
+            c = _float(codes if cols is None else codes.index_select(1, cols)).contiguous()
+            value, state = within_cluster_forward(_float(x), c)
+        ctx.save_for_backward(cols, *state)
+        ctx.shape, ctx.dtype = codes.shape, codes.dtype
+        return value
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        cols, *state = ctx.saved_tensors
+        grad_c = within_cluster_grad(tuple(state), grad)
+        if cols is not None:
+            grad_c = grad_c.new_zeros(ctx.shape).index_copy_(1, cols, grad_c)
+        return None, grad_c.to(ctx.dtype)
 
 
 def gaussian_kernel_matrix(d2: torch.Tensor, scales: Sequence[float] = MMD_SCALES) -> torch.Tensor:
@@ -183,6 +301,8 @@ def within_batch_distance_mse(
     n_pairs = mask.sum().clamp_min(1.0)
     scale = ((d_in * mask).sum() / n_pairs).detach() + _EPS
     return (mask * (d_in - d_out).pow(2)).sum() / n_pairs / scale.pow(2)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Likelihoods of the reconstruction (per-entry log-probabilities; the training loss is the negative mean).
 

@@ -53,10 +53,12 @@ def forward_train(
     z: torch.Tensor,
     variants: Variants,
     generator: torch.Generator | None,
+    cluster_losses=None,
 ) -> tuple[NetOutput, torch.Tensor]:
     """Forward pass for training: returns the output and the (possibly corrupted) encoder input.
 
-    Without variants this is exactly ``net(x)`` (no random numbers are drawn).
+    Without variants this is exactly ``net(x)`` (no random numbers are drawn). ``cluster_losses``
+    (:class:`scae.nn.clustering_head.ClusterLosses`) is passed on to the network.
     """
     z_in = z
     if variants.input_dropout > 0:
@@ -67,7 +69,7 @@ def forward_train(
         z_in = z_in + variants.input_noise * noise
     if variants.contractive > 0:
         z_in = z_in.detach().clone().requires_grad_(True)
-    return net(x, z=z_in, generator=generator), z_in
+    return net(x, z=z_in, generator=generator, cluster_losses=cluster_losses), z_in
 
 
 def reconstruction_loss(

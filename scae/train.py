@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from . import losses, objectives
 from ._stopping import Convergence, StopRule
+from .nn.clustering_head import ClusterLosses
 from .nn.network import SAUCIENet
 from .objectives import Variants
 
@@ -130,8 +131,11 @@ def compute_losses(
     ``variants`` adds the seed-variant terms (:mod:`scae.objectives`), drawing noise from ``generator``.
     """
     z = net.encoder_input(x)
-    out, z_in = objectives.forward_train(net, x, z, variants, generator)
     sub = pairwise_subset(x.shape[0], weights.pairwise_cells)
+    request = None
+    if weights.lambda_c > 0 or weights.lambda_d > 0:
+        request = ClusterLosses(z[sub].detach(), sub.step or 1, weights.lambda_c > 0, weights.lambda_d > 0)
+    out, z_in = objectives.forward_train(net, x, z, variants, generator, cluster_losses=request)
     terms: dict[str, torch.Tensor] = {}
     if batch is None or weights.lambda_b == 0:
         terms["reconstruction"], block_terms = objectives.reconstruction_loss(net, x, z, out)
@@ -147,10 +151,13 @@ def compute_losses(
             z_nonref = losses.batch_standardized_mse(z, pred, batch, n_batches=n_batches)
         terms["reconstruction"] = ref_term + weights.nonref_weight * z_nonref
         terms["mmd"] = losses.mmd(out.embedding[sub], batch[sub], reference=reference, n_batches=n_batches)
-    if weights.lambda_c > 0:
-        terms["id_regularization"] = losses.id_regularization(out.codes)
-    if weights.lambda_d > 0:
-        terms["within_cluster"] = losses.within_cluster_distance(z[sub], out.codes[sub])
+    if out.cluster_losses is not None:  # computed with the clustering layer (scae.nn.clustering_head)
+        terms.update(out.cluster_losses)
+    else:
+        if weights.lambda_c > 0:
+            terms["id_regularization"] = losses.id_regularization(out.codes)
+        if weights.lambda_d > 0:
+            terms["within_cluster"] = losses.within_cluster_distance(z[sub], out.codes[sub])
     extra = objectives.variant_terms(net, out, z_in, variants)
     total = terms["reconstruction"]
     for name, lam in (

@@ -8,8 +8,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
+from .clustering_head import ClusterLosses, applies, clustering_head
 from .heads import Block, BlockHeads
-from .layers import MaskedLinear, mlp
+from .layers import MaskedLinear, mlp, relu_linear
 from .likelihoods import is_plain
 
 GeneSetLayer = Literal["encoder", "decoder"]
@@ -24,6 +25,7 @@ class NetOutput(NamedTuple):
     hidden: torch.Tensor | None = None  # (n, hidden[-1]) last encoder hidden layer
     embedding_mean: torch.Tensor | None = None  # (n, 2) equal to ``embedding`` unless variational
     embedding_logvar: torch.Tensor | None = None  # (n, 2) only when variational
+    cluster_losses: dict[str, torch.Tensor] | None = None  # computed with the clustering layer (clustering_head.py)
 
 
 class SAUCIENet(nn.Module):
@@ -144,13 +146,24 @@ class SAUCIENet(nn.Module):
 
     def decode(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clustering-layer codes and raw output from an embedding."""
-        codes = torch.relu(self.code_layer(self.decoder(embedding)))
+        codes = relu_linear(self.decoder(embedding), self.code_layer)
         return codes, self.output(codes)
 
     def forward(
-        self, x: torch.Tensor, *, z: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        *,
+        z: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        cluster_losses: ClusterLosses | None = None,
     ) -> NetOutput:
-        """One pass; ``z`` replaces the encoder input (e.g. corrupted), ``generator`` drives the VAE noise."""
+        """One pass; ``z`` replaces the encoder input (e.g. corrupted), ``generator`` drives the VAE noise.
+
+        ``cluster_losses`` asks for the clustering-layer losses with the pass: where
+        :func:`scae.nn.clustering_head.applies`, they come computed with the layer in ``cluster_losses`` of the
+        output (one autograd node for layer, output and losses); elsewhere that field is ``None`` and the
+        caller computes them from the codes.
+        """
         z = self.encoder_input(x) if z is None else z
         hidden = self.encoder[:-1](z)  # the trunk (with the gene-set layer first when there is one)
         mean = self.encoder[-1](hidden)
@@ -161,6 +174,13 @@ class SAUCIENet(nn.Module):
             if self.training:
                 eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
                 emb = mean + torch.exp(0.5 * logvar) * eps
+        if cluster_losses is not None:
+            h = self.decoder(emb)
+            if applies(self.code_layer, self.output, h):
+                codes, rec, terms = clustering_head(h, self.code_layer, self.output, cluster_losses)
+                return NetOutput(emb, codes, rec, hidden, mean, logvar, terms)
+            codes = relu_linear(h, self.code_layer)
+            return NetOutput(emb, codes, self.output(codes), hidden, mean, logvar)
         codes, rec = self.decode(emb)
         return NetOutput(emb, codes, rec, hidden, mean, logvar)
 
