@@ -50,17 +50,23 @@ def id_regularization(codes: torch.Tensor) -> torch.Tensor:
     Activations are divided by their minibatch maximum, summed per unit over the minibatch, and the sums
     normalized to a distribution over units; its entropy is small when few units are in use.
 
-    Forward and backward are written out (:class:`_IDRegularization`): the gradient of every activation of a
-    unit is that unit's entry of one row, broadcast, instead of a few hundred autograd nodes over the whole
+    On the CPU forward and backward are written out (:class:`_IDRegularization`): the gradient of every
+    activation of a unit is that unit's entry of one row, broadcast, instead of autograd's nodes over the whole
     ``(n_cells, n_units)`` matrix. The division by the maximum cancels in the normalization (up to ``1e-8``),
-    so no gradient flows through the maximum.
+    so no gradient flows through the maximum there. Other devices keep the autograd form (the CUDA step
+    verified with graph capture; see :mod:`scae._step`).
 
     Parameters
     ----------
     codes
         Non-negative activations, shape ``(n_cells, n_units)``.
     """
-    return _IDRegularization.apply(codes)
+    if codes.device.type == "cpu":
+        return _IDRegularization.apply(codes)
+    a = codes / (codes.max() + _EPS)
+    mass = a.sum(0)
+    p = mass / (mass.sum() + _EPS)
+    return -(p * torch.log(p + _EPS)).sum()
 
 
 def id_regularization_forward(c: torch.Tensor) -> tuple[torch.Tensor, tuple]:
@@ -104,11 +110,11 @@ def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
     distance of pairs divided by the mean squared distance of all pairs: 1 when codes ignore the data,
     towards 0 when cells sharing a code are close in input space.
 
-    Forward and backward are written out (:class:`_WithinCluster`): one matrix product each way (autograd
-    takes three), and on the CPU only the units active in this minibatch enter them (a few dozen of 256 once
-    the ID regularization has acted; units that are zero for every cell add nothing to a distance). The
-    gradient of the maximum goes to its first position. ``x`` gets no gradient (the pairwise input distances
-    are a fixed weight, as in SAUCIE).
+    On the CPU forward and backward are written out (:class:`_WithinCluster`): one matrix product each way
+    (autograd takes three), and only the units active in this minibatch enter them (a few dozen of 256 once
+    the ID regularization has acted; units that are zero for every cell add nothing to a distance); the
+    gradient of the maximum goes to its first position. Other devices keep the autograd form. ``x`` gets no
+    gradient (the pairwise input distances are a fixed weight, as in SAUCIE).
 
     Parameters
     ----------
@@ -117,17 +123,22 @@ def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
     codes
         Clustering-layer activations, shape ``(n_cells, n_units)``.
     """
-    return _WithinCluster.apply(x.detach(), codes)
+    if codes.device.type == "cpu":
+        return _WithinCluster.apply(x.detach(), codes)
+    a = codes / (codes.max() + _EPS)
+    same = torch.exp(-squared_distances(a))
+    dist = squared_distances(x)
+    return (same * dist).sum() / (same.sum() + _EPS) / (dist.mean().detach() + _EPS)
 
 
 def _float(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float32 when it has fewer bits (autocast), else as it is."""
+    """``t`` in float32 when it has fewer bits (bf16 autocast on the CPU), else as it is."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def active_units(codes: torch.Tensor) -> torch.Tensor | None:
     """Indices of the columns of non-negative ``codes`` with a non-zero entry; ``None`` where shapes must stay
-    fixed (CUDA, where a step may be captured as a graph, and ``torch.compile``) or when no column is zero.
+    fixed (a device other than the CPU; ``torch.compile``) or when no column is zero.
     """
     if codes.device.type != "cpu" or torch.compiler.is_compiling():
         return None

@@ -169,7 +169,7 @@ def test_sigterm_during_fit_leaves_no_output(split, tmp_path):
     d = split[0]
     out = tmp_path / "out.h5ad"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scae.cli", "fit", str(d / "train.h5ad"), str(out), "--max-epochs", "500", "--quiet"],
+        [sys.executable, "-m", "scae.cli", "fit", str(d / "train.h5ad"), str(out), "--max-epochs", "5000", "--quiet"],
         stderr=subprocess.PIPE,
         text=True,
     )
