@@ -51,10 +51,9 @@ def id_regularization(codes: torch.Tensor) -> torch.Tensor:
     normalized to a distribution over units; its entropy is small when few units are in use.
 
     On the CPU forward and backward are written out (:class:`_IDRegularization`): the gradient of every
-    activation of a unit is that unit's entry of one row, broadcast, instead of autograd's nodes over the whole
-    ``(n_cells, n_units)`` matrix. The division by the maximum cancels in the normalization (up to ``1e-8``),
-    so no gradient flows through the maximum there. Other devices keep the autograd form (the CUDA step
-    verified with graph capture; see :mod:`scae._step`).
+    activation of a unit is that unit's entry of one row, broadcast, plus one term at the maximum (see
+    :func:`id_regularization_grad`), instead of autograd's nodes over the whole ``(n_cells, n_units)`` matrix.
+    Other devices keep the autograd form (the CUDA step verified with graph capture; see :mod:`scae._step`).
 
     Parameters
     ----------
@@ -70,28 +69,40 @@ def id_regularization(codes: torch.Tensor) -> torch.Tensor:
 
 
 def id_regularization_forward(c: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-    """:func:`id_regularization` of float activations ``c`` and what :func:`id_regularization_grad` needs."""
-    top = c.max() + _EPS
+    """:func:`id_regularization` of contiguous float activations ``c`` and what :func:`id_regularization_grad`
+    needs.
+    """
+    where = _argmax(c)
+    top = c.view(-1).index_select(0, where.view(1)).squeeze(0) + _EPS
     mass = c.sum(0) / top
     total = mass.sum() + _EPS
     p = mass / total
     log_p = torch.log(p + _EPS)
-    return -(p * log_p).sum(), (top, total, p, log_p)
+    return -(p * log_p).sum(), (top, total, mass, p, log_p, where)
 
 
-def id_regularization_grad(state: tuple, grad: torch.Tensor) -> torch.Tensor:
-    """Gradient of the loss with respect to every activation of each unit: one value per unit, ``(n_units,)``."""
-    top, total, p, log_p = state
-    d_p = -(log_p + p / (p + _EPS))  # d entropy / d p
-    d_mass = (d_p - (d_p * p).sum()) / total  # through p = mass / sum(mass)
-    return d_mass * (grad / top)
+def id_regularization_grad(state: tuple, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradient of the loss: ``(row, at_max, where)``, where every activation of unit ``u`` gets ``row[u]`` and
+    the maximum (flat index ``where``) also ``at_max``, the term through the division by the maximum.
+
+    The term through the maximum cancels in the normalization up to ``1e-8`` in exact arithmetic; it is kept
+    in the form autograd computes it (the two terms of the quotient rule, then their sum), whose float32
+    value is not zero, so the step follows the autograd formula it replaces. (Without it cellbench's scib
+    bio conservation averaged 0.817-0.827 over seeds 3-8, with it 0.834, the autograd step 0.846: differences
+    within the seed-to-seed spread of 0.79-0.88.)
+    """
+    top, total, mass, p, log_p, where = state
+    d_p = -(log_p + p / (p + _EPS)) * grad  # d entropy / d p
+    d_mass = d_p / total - (d_p * mass).sum() / (total * total)  # p = mass / total, total = sum(mass) + eps
+    at_max = -(d_mass * mass).sum() / top  # mass = sum(c) / top
+    return d_mass / top, at_max, where
 
 
 class _IDRegularization(torch.autograd.Function):
     @staticmethod
     def forward(ctx, codes: torch.Tensor) -> torch.Tensor:
         with torch.autocast(codes.device.type, enabled=False):
-            value, state = id_regularization_forward(_float(codes))
+            value, state = id_regularization_forward(_float(codes).contiguous())
         ctx.save_for_backward(*state)
         ctx.shape, ctx.dtype = codes.shape, codes.dtype
         return value
@@ -99,7 +110,10 @@ class _IDRegularization(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        return id_regularization_grad(ctx.saved_tensors, grad).to(ctx.dtype).expand(ctx.shape)
+        row, at_max, where = id_regularization_grad(ctx.saved_tensors, grad)
+        out = row.expand(ctx.shape).clone()
+        out.view(-1).index_add_(0, where.view(1), at_max.view(1))
+        return out.to(ctx.dtype)
 
 
 def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

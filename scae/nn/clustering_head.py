@@ -68,7 +68,7 @@ def clustering_head(
 class _ClusteringHead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, code_weight, code_bias, out_weight, out_bias, request: ClusterLosses):
-        codes = torch.relu(nn.functional.linear(h, code_weight, code_bias))
+        codes = nn.functional.linear(h, code_weight, code_bias).relu_()
         cols = (codes.amax(0) > 0).nonzero().squeeze(1)
         if cols.numel() == 0:  # every unit silent: one zero column keeps the shapes valid
             cols = cols.new_zeros(1)
@@ -99,7 +99,9 @@ class _ClusteringHead(torch.autograd.Function):
         if grad_codes is not None:
             g.add_(grad_codes.index_select(1, cols))
         if grad_id is not None and id_state:
-            g.add_(losses.id_regularization_grad(id_state, grad_id))
+            row, at_max, where = losses.id_regularization_grad(id_state, grad_id)
+            g.add_(row)
+            g.view(-1).index_add_(0, where.view(1), at_max.view(1))
         if grad_within is not None and within_state:
             g[:: ctx.step].add_(losses.within_cluster_grad(within_state, grad_within))
         g.masked_fill_(c <= 0, 0.0)  # through the ReLU
