@@ -7,6 +7,15 @@ from collections.abc import Sequence
 
 import torch
 
+from ._cluster_grad import (
+    _float,
+    active_units,
+    id_regularization_forward,
+    id_regularization_grad,
+    within_cluster_forward,
+    within_cluster_grad,
+)
+
 _EPS = 1e-8
 # Bandwidths of the multi-scale Gaussian kernel, applied to squared distances rescaled to [0, 1].
 MMD_SCALES: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 5.0, 10.0)
@@ -68,36 +77,6 @@ def id_regularization(codes: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + _EPS)).sum()
 
 
-def id_regularization_forward(c: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-    """:func:`id_regularization` of contiguous float activations ``c`` and what :func:`id_regularization_grad`
-    needs.
-    """
-    where = _argmax(c)
-    top = c.view(-1).index_select(0, where.view(1)).squeeze(0) + _EPS
-    mass = c.sum(0) / top
-    total = mass.sum() + _EPS
-    p = mass / total
-    log_p = torch.log(p + _EPS)
-    return -(p * log_p).sum(), (top, total, mass, p, log_p, where)
-
-
-def id_regularization_grad(state: tuple, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradient of the loss: ``(row, at_max, where)``, where every activation of unit ``u`` gets ``row[u]`` and
-    the maximum (flat index ``where``) also ``at_max``, the term through the division by the maximum.
-
-    The term through the maximum cancels in the normalization up to ``1e-8`` in exact arithmetic; it is kept
-    in the form autograd computes it (the two terms of the quotient rule, then their sum), whose float32
-    value is not zero, so the step follows the autograd formula it replaces. (Without it cellbench's scib
-    bio conservation averaged 0.817-0.827 over seeds 3-8, with it 0.834, the autograd step 0.846: differences
-    within the seed-to-seed spread of 0.79-0.88.)
-    """
-    top, total, mass, p, log_p, where = state
-    d_p = -(log_p + p / (p + _EPS)) * grad  # d entropy / d p
-    d_mass = d_p / total - (d_p * mass).sum() / (total * total)  # p = mass / total, total = sum(mass) + eps
-    at_max = -(d_mass * mass).sum() / top  # mass = sum(c) / top
-    return d_mass / top, at_max, where
-
-
 class _IDRegularization(torch.autograd.Function):
     @staticmethod
     def forward(ctx, codes: torch.Tensor) -> torch.Tensor:
@@ -145,72 +124,13 @@ def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
     return (same * dist).sum() / (same.sum() + _EPS) / (dist.mean().detach() + _EPS)
 
 
-def _float(t: torch.Tensor) -> torch.Tensor:
-    """``t`` in float32 when it has fewer bits (bf16 autocast on the CPU), else as it is."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def active_units(codes: torch.Tensor) -> torch.Tensor | None:
-    """Indices of the columns of non-negative ``codes`` with a non-zero entry; ``None`` where shapes must stay
-    fixed (a device other than the CPU; ``torch.compile``) or when no column is zero.
-    """
-    if codes.device.type != "cpu" or torch.compiler.is_compiling():
-        return None
-    idx = (codes.amax(0) > 0).nonzero().squeeze(1)
-    if idx.numel() == codes.shape[1]:
-        return None
-    return idx if idx.numel() > 0 else idx.new_zeros(1)  # all zero: one (zero) column keeps the shapes valid
-
-
-def _argmax(c: torch.Tensor) -> torch.Tensor:
-    """Flat index of the maximum of a contiguous matrix (on the CPU by row maxima first: a flat ``argmax``
-    is ten times slower there than a row reduction).
-    """
-    if c.device.type != "cpu":
-        return c.reshape(-1).argmax()
-    row = c.amax(1).argmax()
-    return row * c.shape[1] + c[row].argmax()
-
-
-def within_cluster_forward(x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, tuple]:
-    """:func:`within_cluster_distance` of float inputs ``x`` and contiguous float activations ``c``, and what
-    :func:`within_cluster_grad` needs.
-    """
-    where = _argmax(c)
-    top = c.view(-1).index_select(0, where.view(1)).squeeze(0) + _EPS  # no host read (CUDA graphs)
-    a = c / top
-    sq = a.pow(2).sum(1)
-    d2 = torch.addmm(sq.unsqueeze(1) + sq.unsqueeze(0), a, a.T, alpha=-2.0)
-    same = torch.exp(-d2.clamp_min(0.0))
-    dist = squared_distances(x)
-    weighted = (same * dist).sum()
-    norm = same.sum() + _EPS
-    scale = dist.mean() + _EPS
-    return weighted / norm / scale, (a, same, dist, d2, weighted, norm, scale, top, where)
-
-
-def within_cluster_grad(state: tuple, grad: torch.Tensor) -> torch.Tensor:
-    """Gradient of the loss with respect to the activations ``c`` of :func:`within_cluster_forward`."""
-    a, same, dist, d2, weighted, norm, scale, top, where = state
-    # d loss / d d2, where d2 (before clamping) is >= 0
-    g = same * (dist - weighted / norm)
-    g = g.masked_fill_(d2 < 0, 0.0).mul_(-grad / (norm * scale))
-    g = g + g.T
-    # d2_ij = |a_i|^2 + |a_j|^2 - 2 a_i . a_j
-    grad_a = torch.addmm(a * (2.0 * g.sum(1, keepdim=True)), g, a, alpha=-2.0)
-    d_top = -(grad_a * a).sum() / top  # through a = c / top
-    grad_c = grad_a.div_(top)
-    grad_c.view(-1).index_add_(0, where.view(1), d_top.view(1))
-    return grad_c
-
-
 class _WithinCluster(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         with torch.autocast(codes.device.type, enabled=False):
             cols = active_units(codes)
             c = _float(codes if cols is None else codes.index_select(1, cols)).contiguous()
-            value, state = within_cluster_forward(_float(x), c)
+            value, state = within_cluster_forward(squared_distances(_float(x)), c)
         ctx.save_for_backward(cols, *state)
         ctx.shape, ctx.dtype = codes.shape, codes.dtype
         return value

@@ -20,7 +20,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .. import losses
+from .. import _cluster_grad as cluster_grad
+from ..losses import squared_distances
 
 
 class ClusterLosses(NamedTuple):
@@ -75,9 +76,13 @@ class _ClusteringHead(torch.autograd.Function):
         c = codes.index_select(1, cols)
         out_cols = out_weight.index_select(1, cols)
         raw = nn.functional.linear(c, out_cols, out_bias)
-        id_value, id_state = losses.id_regularization_forward(c) if request.id_regularization else (h.new_zeros(()), ())
+        id_value, id_state = (
+            cluster_grad.id_regularization_forward(c) if request.id_regularization else (h.new_zeros(()), ())
+        )
         within_value, within_state = (
-            losses.within_cluster_forward(request.pairs.detach(), c[:: request.step].contiguous())
+            cluster_grad.within_cluster_forward(
+                squared_distances(request.pairs.detach()), c[:: request.step].contiguous()
+            )
             if request.within_cluster
             else (h.new_zeros(()), ())
         )
@@ -99,11 +104,11 @@ class _ClusteringHead(torch.autograd.Function):
         if grad_codes is not None:
             g.add_(grad_codes.index_select(1, cols))
         if grad_id is not None and id_state:
-            row, at_max, where = losses.id_regularization_grad(id_state, grad_id)
+            row, at_max, where = cluster_grad.id_regularization_grad(id_state, grad_id)
             g.add_(row)
             g.view(-1).index_add_(0, where.view(1), at_max.view(1))
         if grad_within is not None and within_state:
-            g[:: ctx.step].add_(losses.within_cluster_grad(within_state, grad_within))
+            g[:: ctx.step].add_(cluster_grad.within_cluster_grad(within_state, grad_within))
         g.masked_fill_(c <= 0, 0.0)  # through the ReLU
         code_shape, out_shape = ctx.shapes
         grads = [None] * 6
