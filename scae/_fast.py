@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -71,14 +72,15 @@ def adam(params, lr: float, device: torch.device, *, capturable: bool = False) -
     return torch.optim.Adam(params, lr=lr, fused=fused or None, capturable=bool(capturable))
 
 
-def flat_adam(net: torch.nn.Module, lr: float) -> tuple[torch.optim.Adam, callable]:
+def flat_adam(net: torch.nn.Module, lr: float) -> tuple[torch.optim.Adam, Callable[[], object]]:
     """Fused Adam over one flat buffer that holds every trainable parameter of ``net`` (CPU), and its zero_grad.
 
     The parameters become views into one vector and their gradients views into another, so the update is one
     fused call over one tensor instead of per-parameter bookkeeping (~0.3 ms of a ~4 ms step of the default
     network on two CPU cores). Autograd adds each step's gradients into the zeroed views in place, so the
-    update sees the same numbers as with separate tensors. Used for CPU fits outside ``torch.compile`` and
-    torchrun (see :func:`scae._step.make_step`).
+    update applies Adam's formula to the same gradients as with separate tensors (the fused kernel's vector
+    and scalar paths split the elements differently, so the last bit can differ). Used for CPU fits outside
+    ``torch.compile`` and torchrun (see :func:`scae._step.make_step`).
     """
     params = [p for p in net.parameters() if p.requires_grad]
     first = params[0]

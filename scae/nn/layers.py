@@ -20,6 +20,8 @@ def mlp(sizes: Sequence[int], *, negative_slope: float = 0.2, last_activation: b
     last_activation
         Whether the last linear layer is followed by an activation.
 
+    Notes
+    -----
     The activations work in place on the linear layer's output (which its backward does not need): one
     ``(n, width)`` buffer less per layer, on two CPU cores where a step waits on memory more than on arithmetic.
     """
