@@ -85,14 +85,18 @@ def flat_adam(net: torch.nn.Module, lr: float) -> tuple[torch.optim.Adam, Callab
     params = [p for p in net.parameters() if p.requires_grad]
     first = params[0]
     flat = torch.empty(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
-    grad = torch.zeros_like(flat)
+    bounds = []
     start = 0
     for p in params:
         stop = start + p.numel()
         flat[start:stop].copy_(p.detach().reshape(-1))
-        p.data = flat[start:stop].view_as(p)
-        p.grad = grad[start:stop].view_as(p)
+        p.data = flat[start:stop].view_as(p)  # the old storage is freed here
+        p.grad = None
+        bounds.append((start, stop))
         start = stop
+    grad = torch.zeros_like(flat)  # allocated after the old parameters are gone: no higher peak than before
+    for p, (start, stop) in zip(params, bounds, strict=True):
+        p.grad = grad[start:stop].view_as(p)
     vector = torch.nn.Parameter(flat)
     vector.grad = grad
     return torch.optim.Adam([vector], lr=lr, fused=True), grad.zero_
