@@ -40,28 +40,35 @@ def _argmax(c: torch.Tensor) -> torch.Tensor:
 def within_cluster_forward(dist: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """:func:`scae.losses.within_cluster_distance` of contiguous float activations ``c`` given the squared input
     distances ``dist`` of their rows, and what :func:`within_cluster_grad` needs.
+
+    Every ``(rows, rows)`` matrix is built once and then worked on in place: ``-|a_i - a_j|^2`` comes from
+    one ``addmm``, its exponential (at most 1: a negative squared distance is rounding, clamped like
+    ``exp(-max(d2, 0))``) in place, and the weighted sum is a dot product. On two CPU cores the term waits on
+    passes over these matrices, not on arithmetic.
     """
     where = _argmax(c)
     top = c.view(-1).index_select(0, where.view(1)).squeeze(0) + _EPS
     a = c / top
     sq = a.pow(2).sum(1)
-    d2 = torch.addmm(sq.unsqueeze(1) + sq.unsqueeze(0), a, a.T, alpha=-2.0)
-    same = torch.exp(-d2.clamp_min(0.0))
-    weighted = (same * dist).sum()
+    same = torch.addmm(sq.unsqueeze(1) + sq.unsqueeze(0), a, a.T, alpha=2.0, beta=-1.0)  # -|a_i - a_j|^2
+    same = same.exp_().clamp_max_(1.0)
+    weighted = torch.dot(same.view(-1), dist.reshape(-1))
     norm = same.sum() + _EPS
     scale = dist.mean() + _EPS
-    return weighted / norm / scale, (a, same, dist, d2, weighted, norm, scale, top, where)
+    return weighted / norm / scale, (a, same, dist, weighted, norm, scale, top, where)
 
 
 def within_cluster_grad(state: tuple, grad: torch.Tensor) -> torch.Tensor:
-    """Gradient of the loss with respect to the activations ``c`` of :func:`within_cluster_forward`."""
-    a, same, dist, d2, weighted, norm, scale, top, where = state
-    # d loss / d d2, where d2 (before clamping) is >= 0
-    g = same * (dist - weighted / norm)
-    g = g.masked_fill_(d2 < 0, 0.0).mul_(-grad / (norm * scale))
-    g = g + g.T
-    # d2_ij = |a_i|^2 + |a_j|^2 - 2 a_i . a_j
-    grad_a = torch.addmm(a * (2.0 * g.sum(1, keepdim=True)), g, a, alpha=-2.0)
+    """Gradient of the loss with respect to the activations ``c`` of :func:`within_cluster_forward`.
+
+    With ``G = d loss / d d2`` (symmetric, like ``d2``), ``d loss / d a_i = 4 (a_i sum_j G_ij - sum_j G_ij a_j)``.
+    Where the clamp acts (``d2 <= 0``: a row with itself, or two equal rows) the pair's term
+    ``G_ij (a_i - a_j)`` is zero, so no mask is needed.
+    """
+    a, same, dist, weighted, norm, scale, top, where = state
+    g = torch.sub(dist, weighted / norm).mul_(same)  # d loss / d d2, up to the factor below
+    factor = grad * (-4.0) / (norm * scale)
+    grad_a = torch.addmm(a * g.sum(1, keepdim=True), g, a, alpha=-1.0).mul_(factor)
     d_top = -(grad_a * a).sum() / top  # through a = c / top
     grad_c = grad_a.div_(top)
     grad_c.view(-1).index_add_(0, where.view(1), d_top.view(1))

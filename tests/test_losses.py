@@ -111,11 +111,12 @@ def test_squared_distances_stay_float32_under_bf16_autocast():
 
 
 def test_self_distances_addmm_equal_the_plain_form():
-    """The CUDA form of the pairwise squared distances gives the CPU form's values and gradients."""
+    """The one-``addmm`` form of the distances of rows to themselves gives the two-argument form's values and
+    gradients."""
     from scae.losses import _self_distances_addmm, squared_distances
 
     a = torch.randn(50, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
-    plain, fused = squared_distances(a), _self_distances_addmm(a)
+    plain, fused = squared_distances(a, a), _self_distances_addmm(a)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
     assert torch.all(torch.diagonal(fused) >= 0)
     (g_plain,) = torch.autograd.grad(plain.add(1e-3).sqrt().sum(), a)
