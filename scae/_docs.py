@@ -121,7 +121,7 @@ batch_reconstruction
     How non-reference batches are reconstructed when correcting batches: ``"zscore"`` (per-batch
     standardized values) or ``"distance"`` (within-batch pairwise distances); see :class:`scae.SAUCIE`.
 max_epochs
-    Passes over the data. Default: a budget of 12 passes (at least 150 and at most 6,000 optimizer steps),
+    Passes over the data. Default: a budget of 8 passes (at least 150 and at most 6,000 optimizer steps),
     ended earlier when the loss has converged (the mean total loss of the last 100 steps less than 2% below
     that of the 100 before, checked every 25 steps after 150; :mod:`scae._stopping`).
     ``uns[key_added]["runtime"]`` records ``steps``, ``epochs`` and ``stop_reason`` (``"converged"``,

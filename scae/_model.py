@@ -152,7 +152,7 @@ class SAUCIE:
         Parameters
         ----------
         max_epochs
-            Passes over the data. Default: the budget of :func:`scae._stopping.step_budget` (12 passes, 150 to
+            Passes over the data. Default: the budget of :func:`scae._stopping.step_budget` (8 passes, 150 to
             6,000 optimizer steps), ended earlier when the loss has converged (:mod:`scae._stopping`). Given,
             exactly this many passes (unless ``early_stopping=True``, which makes it an upper bound).
         progress

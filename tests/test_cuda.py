@@ -14,8 +14,8 @@ from scae.metrics import cluster_scores
 pytestmark = pytest.mark.cuda
 
 # CUDA defaults on flowsom_bal_flow (19,225 cells): minibatch 512 (scae._fast.default_batch_size keeps 32 steps per
-# pass on small data), learning rate 3e-3, 456 steps, minibatches drawn from the CPU generator: the CPU default fit,
-# whose seeds 0/1/2 give automatic F1 0.981/0.953/0.934 and k=7 F1 0.982/0.953/0.950 on the CPU. (A minibatch of
+# pass on small data), learning rate 3e-3, 304 steps (8 passes), minibatches drawn from the CPU generator: the CPU
+# default fit (README "Time to result" has its seeds 0/1/2 on the CPU). (A minibatch of
 # 4096 for 150 steps gave k=7 F1 0.761/0.974/0.924 on one H200, 2026-11-27.)
 CUDA_F1_FLOOR = 0.78
 CUDA_ARI_FLOOR = 0.95

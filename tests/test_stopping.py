@@ -45,9 +45,9 @@ def test_rule_waits_for_min_steps_and_for_two_blocks():
 
 def test_step_budget_grows_with_cells_within_bounds():
     assert step_budget(450, 512) == 150  # 1 step per epoch: the floor
-    assert step_budget(3_000, 512) == 150  # levine3k: 12 epochs of 6 steps are below the floor
-    assert step_budget(19_225, 512) == 12 * 38  # flowsom_bal_flow: 12 passes
-    assert step_budget(50_000, 512) == 12 * 98
+    assert step_budget(3_000, 512) == 150  # levine3k: 8 epochs of 6 steps are below the floor
+    assert step_budget(19_225, 512) == 8 * 38  # flowsom_bal_flow: 8 passes
+    assert step_budget(50_000, 512) == 8 * 98
     assert step_budget(10**6, 512) == 6000  # the ceiling
     assert step_budget(10**5, 512) > step_budget(10**4, 512)
 
@@ -74,11 +74,11 @@ def _grown(adata, n: int, seed: int = 0):
 
 
 def test_default_fit_converges_on_real_data_and_says_why(levine):
-    # levine3k grown to 100,000 cells: a budget of 12 passes (2,352 steps of 512), the loss flattens long before
+    # levine3k grown to 100,000 cells: a budget of 8 passes (1,568 steps of 512), the loss flattens long before
     a = _grown(levine, 100_000)
     scae.tl.fit(a, random_state=0, **FAST)
     rt = a.uns["scae"]["runtime"]
-    assert rt["max_steps"] == step_budget(100_000, 512) == 2352
+    assert rt["max_steps"] == step_budget(100_000, 512) == 1568
     assert rt["stop_reason"] == "converged"
     assert StopRule().min_steps <= rt["steps"] < rt["max_steps"]
     assert rt["epochs"] == len(a.uns["scae"]["history"]["total"])
