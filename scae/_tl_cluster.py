@@ -31,7 +31,7 @@ def cluster(
 
     How to steer granularity:
 
-    - ``merge_threshold`` (default 2.4): groups of code clusters whose mean marker values lie closer than
+    - ``merge_threshold`` (default 2.3): groups of code clusters whose mean marker values lie closer than
       this (Euclidean distance over all markers, between the count-weighted means) are merged, closest first;
       the unit is the root mean square of the markers' standard deviations, about 1 for arcsinh CyTOF.
       Larger → fewer, coarser clusters; the count it gives is data-driven and varies a little between seeds.
