@@ -42,8 +42,8 @@ lambda_c
 lambda_d
     Weight of the within-cluster distance; larger → clusters tighter in input space (more clusters).
 learning_rate
-    Adam learning rate; default 3e-3 up to a minibatch of 512, growing with the square root of larger
-    minibatches (8.5e-3 at 4,096; a minibatch larger than the data counts as the data), at most 1e-2
+    Adam learning rate; default 3e-3 up to a minibatch of 512, growing with the fifth root of larger
+    minibatches (4.5e-3 at 4,096; a minibatch larger than the data counts as the data), at most 1e-2
     (:func:`scae._fast.default_learning_rate`); the value used is ``uns[key_added]["runtime"]["learning_rate"]``.
 batch_size
     Minibatch size; with ``batch_key`` each minibatch holds equal numbers of cells of every batch.
@@ -136,8 +136,8 @@ n_latent
 lambda_b, lambda_c, lambda_d
     Weights of MMD batch correction, ID regularization and within-cluster distance (see :class:`scae.SAUCIE`).
 learning_rate
-    Adam learning rate; default 3e-3 up to a minibatch of 512, growing with the square root of larger
-    minibatches (8.5e-3 at 4,096; a minibatch larger than the data counts as the data), at most 1e-2
+    Adam learning rate; default 3e-3 up to a minibatch of 512, growing with the fifth root of larger
+    minibatches (4.5e-3 at 4,096; a minibatch larger than the data counts as the data), at most 1e-2
     (:func:`scae._fast.default_learning_rate`); the value used is ``uns[key_added]["runtime"]["learning_rate"]``.
 batch_size
     Minibatch size (default 512 on CPU; on CUDA 4096, less for small data: see :class:`scae.SAUCIE`).

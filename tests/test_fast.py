@@ -22,11 +22,12 @@ def test_default_batch_size_by_device():
 
 def test_default_learning_rate_grows_with_the_minibatch(small, levine):
     assert _fast.default_learning_rate(256) == _fast.default_learning_rate(512) == pytest.approx(3e-3)
-    assert _fast.default_learning_rate(4096) == pytest.approx(3e-3 * 8**0.5)
-    assert _fast.default_learning_rate(65536) == pytest.approx(1e-2)  # the cap
-    assert scae.SAUCIE(levine, device="cpu", batch_size=4096).learning_rate == pytest.approx(3e-3 * (3000 / 512) ** 0.5)
+    assert _fast.default_learning_rate(4096) == pytest.approx(3e-3 * 8**0.2)
+    assert _fast.default_learning_rate(65536) == pytest.approx(3e-3 * 128**0.2)
+    assert _fast.default_learning_rate(2**22) == pytest.approx(1e-2)  # the cap
+    assert scae.SAUCIE(levine, device="cpu", batch_size=4096).learning_rate == pytest.approx(3e-3 * (3000 / 512) ** 0.2)
     # a minibatch larger than the data is all of it: 600 cells
-    assert scae.SAUCIE(small, device="cpu", batch_size=4096).learning_rate == pytest.approx(3e-3 * (600 / 512) ** 0.5)
+    assert scae.SAUCIE(small, device="cpu", batch_size=4096).learning_rate == pytest.approx(3e-3 * (600 / 512) ** 0.2)
     assert scae.SAUCIE(small, device="cpu", batch_size=4096, learning_rate=1e-4).learning_rate == 1e-4
 
 
