@@ -73,7 +73,8 @@ n_free_nodes
     and none of them, genes outside every set do not reach the embedding).
 gene_set_layer
     ``"encoder"`` (GSAE, default: the set layer is the first encoder layer, so an activity is a weighted
-    sum of the set's own genes) or ``"decoder"`` (expiMap style: set nodes before a masked output layer).
+    sum of the set's own genes, with non-negative weights) or ``"decoder"`` (expiMap style: set nodes before
+    a masked output layer).
 likelihood
     Reconstruction model: ``"mse"`` (continuous, e.g. arcsinh CyTOF or log-normalized RNA), ``"nb"`` or
     ``"zinb"`` (raw integer counts; the encoder sees ``log1p`` counts normalized to 10,000 per cell, the

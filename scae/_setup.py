@@ -101,6 +101,8 @@ def hparams(args: dict, model) -> dict:
         out.update(
             gene_set_names=list(model.gene_set_mask.columns),
             gene_set_layer=args["gene_set_layer"],
+            # set nodes of the encoder layer use |weights| (scae.nn.SAUCIENet); files without this key predate it
+            gene_set_nonnegative=args["gene_set_layer"] == "encoder",
             n_free_nodes=int(args["n_free_nodes"]),
             min_genes=int(args["min_genes"]),
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import scanpy as sc
 import torch
 
 import scae
@@ -48,6 +51,15 @@ def flow_fitted(flow):
 def levine(data_dir):
     """Levine 2015 CyTOF, 3,000 cells × 23 markers, 3 PhenoGraph groups."""
     return scae.datasets.levine3k(data_dir)
+
+
+@pytest.fixture(scope="session")
+def pbmc68k():
+    """Scanpy's bundled pbmc68k_reduced (700 cells x 765 genes: ``X`` scaled, ``.raw`` log-normalized)."""
+    with warnings.catch_warnings():  # scanpy 1.11 ships this file in an old anndata layout (anndata 0.13 warns)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return sc.datasets.pbmc68k_reduced()
 
 
 @pytest.fixture

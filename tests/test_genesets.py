@@ -1,5 +1,6 @@
 """Gene-set layer (GSAE): masks from GMT/dict/DataFrame, masked weights, planted-shift activities, ranking, plot."""
 
+import json
 import warnings
 
 import anndata as ad
@@ -7,7 +8,6 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
 import torch
 
 import scae
@@ -17,33 +17,16 @@ matplotlib.use("Agg")
 
 PLANTED = "HALLMARK_INTERFERON_GAMMA_RESPONSE"
 # Planted shift (+1 SD on each of the set's 29 genes in a random third of pbmc68k_reduced's 700 cells, encoder
-# layer, hidden (64, 32, 16), 30 epochs): Cohen's d of the planted set's activity, group vs rest, measured
-# 3.76 / 3.92 / 3.91 for seeds 0 / 1 / 2 (the next best set 2.04 / 1.92 / 2.01). Floor set below the worst seed.
+# layer, hidden (64, 32, 16), 30 epochs): Cohen's d of the planted set's activity, group vs rest. With set nodes
+# that keep non-negative weights (scae.nn.SAUCIENet, nonnegative_sets) seeds 0-10 gave 2.30-4.29 (seeds 0 / 1 / 2:
+# 3.76 / 3.15 / 3.27; the next best set at most 2.66), the planted set on top in all 11; with signed weights
+# 0.73-4.31 (another set on top in 3 of 11). Floor set below the worst seed.
 # The decoder (expiMap-style) placement gave d 0.07 / 0.45 / 0.18 here: its set nodes sit behind the 2-D
 # embedding, which is why the encoder is the default.
-PLANTED_D_FLOOR = 3.0
+PLANTED_D_FLOOR = 2.0
 
 
-def _cohen_d(x, in_group):
-    a, b = x[in_group], x[~in_group]
-    return (a.mean(0) - b.mean(0)) / np.sqrt((a.var(0) + b.var(0)) / 2)
-
-
-@pytest.fixture(scope="module")
-def pbmc():
-    """Scanpy's pbmc68k_reduced ``.raw``: 700 real cells × 765 genes, log-normalized, gene symbols."""
-    with warnings.catch_warnings():  # scanpy 1.11 ships this file in an old anndata layout (anndata 0.13 warns)
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", PendingDeprecationWarning)
-        adata = sc.datasets.pbmc68k_reduced().raw.to_adata()
-    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-    adata.X = X.astype(np.float32)
-    return adata
-
-
-@pytest.fixture(scope="module")
-def planted(pbmc):
-    """pbmc with every gene of PLANTED shifted up by one SD in a random third of the cells, then fitted."""
+def _planted_fit(pbmc, seed: int):
     mask = gene_set_mask(scae.datasets.hallmark_gmt(), pbmc.var_names)
     cols = mask[PLANTED].to_numpy() == 1
     in_group = np.zeros(pbmc.n_obs, bool)
@@ -53,8 +36,35 @@ def planted(pbmc):
     adata.obs["planted"] = pd.Categorical(np.where(in_group, "shifted", "rest"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sets below min_genes
-        scae.tl.fit(adata, gene_sets=scae.datasets.hallmark_gmt(), hidden=(64, 32, 16), max_epochs=30, progress=False)
+        scae.tl.fit(
+            adata,
+            gene_sets=scae.datasets.hallmark_gmt(),
+            hidden=(64, 32, 16),
+            max_epochs=30,
+            progress=False,
+            random_state=seed,
+        )
     return adata, in_group
+
+
+def _cohen_d(x, in_group):
+    a, b = x[in_group], x[~in_group]
+    return (a.mean(0) - b.mean(0)) / np.sqrt((a.var(0) + b.var(0)) / 2)
+
+
+@pytest.fixture(scope="module")
+def pbmc(pbmc68k):
+    """Scanpy's pbmc68k_reduced ``.raw``: 700 real cells × 765 genes, log-normalized, gene symbols."""
+    adata = pbmc68k.raw.to_adata()
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    adata.X = X.astype(np.float32)
+    return adata
+
+
+@pytest.fixture(scope="module")
+def planted(pbmc):
+    """pbmc with every gene of PLANTED shifted up by one SD in a random third of the cells, then fitted."""
+    return _planted_fit(pbmc, 0)
 
 
 # ---------------------------------------------------------------- masks
@@ -157,6 +167,21 @@ def test_masked_weights_exactly_zero_after_training(placement, tmp_path):
         back = scae.SAUCIE.load(tmp_path / "model", adata=adata)
     assert back.gene_set_names == model.gene_set_names
     np.testing.assert_allclose(back.get_gene_set_activities(), model.get_gene_set_activities(), rtol=1e-5, atol=1e-5)
+    # encoder set nodes use |weights| (free nodes and the decoder placement keep signed ones), also after loading
+    n_nonnegative = n_sets if placement == "encoder" else 0
+    assert layer.nonnegative_outputs == back.net.masked_layer().nonnegative_outputs == n_nonnegative
+    assert (layer.effective_weight()[:n_nonnegative] >= 0).all()
+    # a model saved before set nodes were non-negative (no such key in model.json) loads with signed weights
+    meta_path = tmp_path / "model" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["hparams"].pop("gene_set_nonnegative")
+    meta_path.write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        old = scae.SAUCIE.load(tmp_path / "model", adata=adata)
+    old_layer = old.net.masked_layer()
+    assert old_layer.nonnegative_outputs == 0
+    assert torch.equal(old_layer.effective_weight(), old_layer.weight * old_layer.mask)
 
 
 # ---------------------------------------------------------------- activities on real cells
@@ -177,16 +202,23 @@ def test_fit_writes_gene_set_outputs(planted, tmp_path):
     assert list(back.uns["scae"]["gene_sets"]) == list(names)
 
 
-def test_planted_shift_raises_that_sets_activity(planted):
-    adata, in_group = planted
+def _planted_d(adata, in_group) -> tuple[float, float]:
+    """Cohen's d of the planted set's activity and the largest d of any other set."""
     names = list(adata.uns["scae"]["gene_sets"])
     d = _cohen_d(adata.obsm["X_scae_genesets"], in_group)
     j = names.index(PLANTED)
-    assert d[j] > PLANTED_D_FLOOR, d[j]
-    assert d[j] == d.max(), (names[int(np.argmax(d))], d.max(), d[j])
-    # the oriented weights of the planted set are positive on average (positive activity = genes up)
+    return float(d[j]), float(np.delete(d, j).max())
+
+
+def test_planted_shift_raises_that_sets_activity(planted, pbmc):
+    adata, in_group = planted
+    for fitted, group in (planted, _planted_fit(pbmc, 1), _planted_fit(pbmc, 2)):
+        planted_d, other_d = _planted_d(fitted, group)
+        assert planted_d > PLANTED_D_FLOOR and planted_d > other_d, (planted_d, other_d)
+    # the oriented weights of the planted set are positive (positive activity = genes up)
+    j = list(adata.uns["scae"]["gene_sets"]).index(PLANTED)
     w = adata.varm["scae_gene_set_weights"][:, j]
-    assert w[w != 0].mean() > 0
+    assert w[w != 0].mean() > 0 and (w >= 0).all()
 
 
 def test_rank_gene_sets_puts_planted_set_first(planted):

@@ -47,6 +47,10 @@ class MaskedLinear(nn.Linear):
         Draw the initial weights inside the mask from ``[0, 1)`` instead of ``[-1, 1)`` (scaled the same way),
         so that every output starts as a positively weighted sum of its inputs. For gene-set nodes this makes
         each node start as a score of its set (genes up → node up); training then refines the weights.
+    nonnegative_outputs
+        The first this many outputs use the absolute values of their weights (:meth:`effective_weight`):
+        they stay positively weighted sums of their inputs throughout training (see
+        :class:`~scae.nn.SAUCIENet`'s ``nonnegative_sets``).
 
     Notes
     -----
@@ -55,17 +59,32 @@ class MaskedLinear(nn.Linear):
     so that nodes of large and small sets start with comparable activations.
     """
 
-    def __init__(self, mask: torch.Tensor, *, bias: bool = True, nonnegative_init: bool = False) -> None:
+    def __init__(
+        self, mask: torch.Tensor, *, bias: bool = True, nonnegative_init: bool = False, nonnegative_outputs: int = 0
+    ) -> None:
         n_in, n_out = mask.shape
         super().__init__(n_in, n_out, bias=bias)
         self.register_buffer("mask", mask.T.to(torch.float32).contiguous())
+        self.register_buffer("_nonnegative", torch.zeros(n_out, 1, dtype=torch.bool), persistent=False)
+        self.set_nonnegative_outputs(nonnegative_outputs)
         with torch.no_grad():
             fan_in = self.mask.sum(1, keepdim=True).clamp_min(1.0)
             self.weight.uniform_(0.0 if nonnegative_init else -1.0, 1.0)
             self.weight.mul_(self.mask / fan_in.sqrt())
 
+    def set_nonnegative_outputs(self, n: int) -> None:
+        """Make the first ``n`` outputs (and only those) use the absolute values of their weights."""
+        self._nonnegative.zero_()
+        self._nonnegative[: int(n)] = True
+        self.nonnegative_outputs = int(n)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The ``(n_out, n_in)`` weight the forward pass uses: masked, absolute values on the non-negative outputs."""
+        w = self.weight * self.mask
+        return torch.where(self._nonnegative, w.abs(), w) if self.nonnegative_outputs else w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+        return nn.functional.linear(x, self.effective_weight(), self.bias)
 
 
 def relu_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:

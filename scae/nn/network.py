@@ -48,6 +48,13 @@ class SAUCIENet(nn.Module):
         Optional ``(n_features, n_sets)`` 0/1 tensor: adds a gene-set layer with one node per set, connected
         only to that set's features (a :class:`~scae.nn.MaskedLinear` with non-negative initial weights, so a
         node starts as a score of its set; the mask is a buffer, so it is saved in the state dict).
+    nonnegative_sets
+        With ``gene_set_layer="encoder"``: every set node stays a positively weighted sum of its genes (the
+        absolute values of its weights are used; free nodes keep signed weights), so a set's activity rises
+        when its genes rise. With signed weights a node's weights could cancel along the direction in which
+        its genes move together: a +1 SD shift planted on all 29 genes of one Hallmark set in a third of
+        pbmc68k_reduced's cells raised that set's activity by Cohen's d 0.73-4.31 over seeds 0-10 (another
+        set higher in 3 of 11); with non-negative weights 2.30-4.29, the planted set on top in all 11.
     n_free_nodes
         Unconstrained nodes (connected to every feature) beside the set nodes.
     gene_set_layer
@@ -80,6 +87,7 @@ class SAUCIENet(nn.Module):
         gene_set_mask: torch.Tensor | None = None,
         n_free_nodes: int = 0,
         gene_set_layer: GeneSetLayer = "encoder",
+        nonnegative_sets: bool = True,
         blocks: Sequence[Block] | None = None,
         variational: bool = False,
     ) -> None:
@@ -104,7 +112,9 @@ class SAUCIENet(nn.Module):
         if set_mask is not None and gene_set_layer == "encoder":
             n_nodes = set_mask.shape[1]
             self.encoder = nn.Sequential(
-                MaskedLinear(set_mask, nonnegative_init=True),
+                MaskedLinear(
+                    set_mask, nonnegative_init=True, nonnegative_outputs=self.n_gene_sets if nonnegative_sets else 0
+                ),
                 nn.LeakyReLU(negative_slope),
                 mlp([n_nodes, *hidden], negative_slope=negative_slope),
                 nn.Linear(hidden[-1], n_latent),
@@ -199,7 +209,7 @@ class SAUCIENet(nn.Module):
         Each set's column is multiplied by its orientation sign (:meth:`gene_set_signs`).
         """
         layer = self.masked_layer()
-        w = layer.weight * layer.mask
+        w = layer.effective_weight()
         w = w.T if self.gene_set_layer == "encoder" else w  # → (n_features, n_nodes)
         w = w[:, : self.n_gene_sets]
         return w * self.gene_set_signs()
@@ -210,7 +220,7 @@ class SAUCIENet(nn.Module):
         Multiplying activities by it makes a positive activity mean the set's genes are (on average) up.
         """
         layer = self.masked_layer()
-        w = layer.weight * layer.mask
+        w = layer.effective_weight()
         w, m = (w, layer.mask) if self.gene_set_layer == "encoder" else (w.T, layer.mask.T)
         mean = w[: self.n_gene_sets].sum(1) / m[: self.n_gene_sets].sum(1).clamp_min(1.0)
         return torch.where(mean < 0, -1.0, 1.0).to(w.dtype)
