@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import losses, objectives
+from ._pair_space import PAIR_COMPONENTS, pair_projection
 from ._stopping import Convergence, StopRule
 from .nn.clustering_head import ClusterLosses
 from .nn.network import SAUCIENet
@@ -124,17 +125,22 @@ def compute_losses(
     n_batches: int,
     variants: Variants = NO_VARIANTS,
     generator: torch.Generator | None = None,
+    pair_projection: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms for one minibatch ``x`` (input units); key ``"total"`` is the weighted sum.
 
     The reconstruction is routed to each block's likelihood by :func:`scae.objectives.reconstruction_loss`;
     ``variants`` adds the seed-variant terms (:mod:`scae.objectives`), drawing noise from ``generator``.
+    The within-cluster term measures distances on ``z @ pair_projection`` when given (:mod:`scae._pair_space`).
     """
     z = net.encoder_input(x)
     sub = pairwise_subset(x.shape[0], weights.pairwise_cells)
+    pairs = z[sub].detach()
+    if pair_projection is not None:
+        pairs = pairs @ pair_projection
     request = None
     if weights.lambda_c > 0 or weights.lambda_d > 0:
-        request = ClusterLosses(z[sub].detach(), sub.step or 1, weights.lambda_c > 0, weights.lambda_d > 0)
+        request = ClusterLosses(pairs, sub.step or 1, weights.lambda_c > 0, weights.lambda_d > 0)
     out, z_in = objectives.forward_train(net, x, z, variants, generator, cluster_losses=request)
     terms: dict[str, torch.Tensor] = {}
     if batch is None or weights.lambda_b == 0:
@@ -157,7 +163,7 @@ def compute_losses(
         if weights.lambda_c > 0:
             terms["id_regularization"] = losses.id_regularization(out.codes)
         if weights.lambda_d > 0:
-            terms["within_cluster"] = losses.within_cluster_distance(z[sub], out.codes[sub])
+            terms["within_cluster"] = losses.within_cluster_distance(pairs, out.codes[sub])
     extra = objectives.variant_terms(net, out, z_in, variants)
     total = terms["reconstruction"]
     for name, lam in (
@@ -225,11 +231,8 @@ def train_net(
         msg = "train_net needs `max_epochs`, a stop rule, or both"
         raise ValueError(msg)
     device = next(net.parameters()).device
-    make_sampler = getattr(source, "make_sampler", None)
-    if make_sampler is None:  # minibatches in memory are drawn from a CPU generator (see Sampler)
-        make_sampler, sampling = Sampler, host_generator(generator)
-    else:
-        sampling = generator
+    make_sampler = getattr(source, "make_sampler", None)  # minibatches in memory: a CPU generator (see Sampler)
+    make_sampler, sampling = (Sampler, host_generator(generator)) if make_sampler is None else (make_sampler, generator)
     sampler = make_sampler(
         len(source), batch_size, batch_codes=batch_codes, n_batches=n_batches, generator=sampling, device=device
     )
@@ -250,6 +253,8 @@ def train_net(
         while max_epochs is None or epochs < max_epochs:
             n_epoch_steps = 0
             for idx in sampler.epoch():
+                if steps == 0 and weights.lambda_d > 0:  # the axes of the within-cluster distances
+                    kwargs["pair_projection"] = _first_projection(net, source, idx, reduce_history is not None)
                 step(idx)
                 steps += 1
                 n_epoch_steps += 1
@@ -266,6 +271,15 @@ def train_net(
         step.release()
     net.eval()
     return TrainResult(history=history, steps=steps, epochs=epochs, stop_reason=reason, graphs=step.replayed)
+
+
+def _first_projection(net, source, idx: torch.Tensor, distributed: bool) -> torch.Tensor | None:
+    """:func:`scae._pair_space.pair_projection` of the encoder inputs of the first minibatch ``idx``."""
+    module = getattr(net, "module", net)  # DistributedDataParallel wraps the network
+    if module.n_features <= PAIR_COMPONENTS:  # narrow inputs keep the plain distances
+        return None
+    with torch.no_grad():
+        return pair_projection(module.encoder_input(source.rows(idx)), distributed=distributed)
 
 
 class _StopCheck:

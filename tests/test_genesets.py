@@ -18,8 +18,9 @@ matplotlib.use("Agg")
 PLANTED = "HALLMARK_INTERFERON_GAMMA_RESPONSE"
 # Planted shift (+1 SD on each of the set's 29 genes in a random third of pbmc68k_reduced's 700 cells, encoder
 # layer, hidden (64, 32, 16), 30 epochs): Cohen's d of the planted set's activity, group vs rest. With set nodes
-# that keep non-negative weights (scae.nn.SAUCIENet, nonnegative_sets) seeds 0-10 gave 2.30-4.29 (seeds 0 / 1 / 2:
-# 3.76 / 3.15 / 3.27; the next best set at most 2.66), the planted set on top in all 11; with signed weights
+# that keep non-negative weights (scae.nn.SAUCIENet, nonnegative_sets) seeds 0-10 gave 2.30-4.31 (seeds 0 / 1 / 2:
+# 3.52 / 3.51 / 2.97; the next best set at most 2.64), the planted set on top in all 11 (2.30-4.29 before the
+# within-cluster term of wide inputs moved to principal components, scae/_pair_space.py); with signed weights
 # 0.73-4.31 (another set on top in 3 of 11). Floor set below the worst seed.
 # The decoder (expiMap-style) placement gave d 0.07 / 0.45 / 0.18 here: its set nodes sit behind the 2-D
 # embedding, which is why the encoder is the default.
