@@ -28,7 +28,9 @@ PLANTED_D_FLOOR = 2.0
 
 
 def _planted_fit(pbmc, seed: int):
-    mask = gene_set_mask(scae.datasets.hallmark_gmt(), pbmc.var_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sets below min_genes
+        mask = gene_set_mask(scae.datasets.hallmark_gmt(), pbmc.var_names)
     cols = mask[PLANTED].to_numpy() == 1
     in_group = np.zeros(pbmc.n_obs, bool)
     in_group[np.random.default_rng(0).choice(pbmc.n_obs, pbmc.n_obs // 3, replace=False)] = True
