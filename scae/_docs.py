@@ -63,8 +63,7 @@ device
 batch_reconstruction
     With ``batch_key``: the reference batch is reconstructed value for value; a non-reference batch
     must keep its own structure only: ``"zscore"`` compares per-batch z-scored outputs with z-scored
-    inputs (weight 1 beside an ``mse`` reference term, 0.1 beside a likelihood's: see
-    :func:`scae._setup.nonref_weight`), ``"distance"`` compares within-batch pairwise distances.
+    inputs, ``"distance"`` compares within-batch pairwise distances.
 gene_sets
     Adds a gene-set layer (GSAE/expiMap): a GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), a dict
     ``{set name: [genes]}`` or a genes × sets 0/1 DataFrame, matched case-insensitively to ``var_names``

@@ -97,7 +97,6 @@ class SAUCIE:
             lambda_c=lambda_c,
             lambda_d=lambda_d,
             nonref_loss=batch_reconstruction,
-            nonref_weight=_setup.nonref_weight(is_plain(inputs.blocks), batch_reconstruction),
             pairwise_cells=None if pairwise_cells is None else int(pairwise_cells),
         )
         self.variants = Variants(**{k: float(args[k]) for k in _setup.VARIANT_ARGS})

@@ -113,23 +113,6 @@ def hparams(args: dict, model) -> dict:
 VARIANT_ARGS = ("input_dropout", "input_noise", "l1_activity", "contractive", "lambda_kl")
 
 
-#: Weight of the "zscore" reconstruction of non-reference batches in models with count or binary blocks, whose
-#: reference batch is scored by a likelihood rather than a squared error. With 1.0 an NB fit of cellbench (raw
-#: counts, 2,000 HVGs, 2 platforms) collapsed the clustering layer in every seed (0-3: one cluster; within-cluster
-#: term at 1.000, codes independent of the data; ``tl.cluster(n_clusters=3)`` F1 0.19-0.68 against the cell
-#: lines); with 0.1 ``n_clusters=3`` gives F1 0.993-0.998 and the embedding's scib batch score 0.956 (was 0.948),
-#: bio conservation 0.837 (was 0.869; means of seeds 0-3). ``mse`` models keep 1.0: there 0.1 gave better clusters
-#: too but scib batch 0.907 instead of 0.967 on cellbench (seeds 0-2).
-NONREF_WEIGHT_LIKELIHOOD = 0.1
-
-
-def nonref_weight(plain: bool, nonref_loss: str) -> float:
-    """Default weight of the non-reference reconstruction: :data:`NONREF_WEIGHT_LIKELIHOOD` for models with
-    count or binary blocks reconstructing non-reference batches by ``"zscore"``, else 1.0.
-    """
-    return 1.0 if plain or nonref_loss != "zscore" else NONREF_WEIGHT_LIKELIHOOD
-
-
 def build_net(model, inputs: ModelInputs, args: dict) -> SAUCIENet:
     """The network, initialized from the model's seed (without touching the global random state)."""
     set_mask = inputs.set_mask

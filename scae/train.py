@@ -30,7 +30,6 @@ class LossWeights:
     lambda_b: float = 0.1
     lambda_c: float = 0.1
     lambda_d: float = 0.2
-    #: weight of the non-reference batches' reconstruction term (default of a model: scae._setup.nonref_weight)
     nonref_weight: float = 1.0
     #: how non-reference batches are reconstructed: "zscore" (per-batch standardized MSE) or "distance"
     #: (within-batch pairwise distances kept)

@@ -5,7 +5,7 @@ import pytest
 import scanpy as sc
 
 import scae
-from scae.metrics import cluster_scores, embedding_mmd, knn_accuracy
+from scae.metrics import embedding_mmd, knn_accuracy
 
 # Measured on cellbench (450 singlets, 2,000 HVGs, CEL-seq2 vs Drop-seq), seed 0, CPU; see the PR note.
 MMD_FACTOR = 5.0
@@ -13,18 +13,12 @@ KNN_FLOOR = 0.95
 
 
 @pytest.fixture(scope="module")
-def cellbench_counts(data_dir):
-    """Singlets, 2,000 HVGs (seurat_v3, by batch), raw counts."""
+def cellbench(data_dir):
     adata = scae.datasets.cellbench(data_dir)
     adata = adata[adata.obs["demuxlet_cls"] != "DBL"].copy()
     sc.pp.filter_genes(adata, min_cells=3)
     sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3", batch_key="batch")
-    return adata[:, adata.var["highly_variable"]].copy()
-
-
-@pytest.fixture(scope="module")
-def cellbench(cellbench_counts):
-    adata = cellbench_counts.copy()
+    adata = adata[:, adata.var["highly_variable"]].copy()
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     return adata
@@ -68,24 +62,6 @@ def test_corrected_layer_keeps_reference_and_moves_other_batch(corrected_pair, c
     assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
     # the imputed layer keeps each batch in its own units
     np.testing.assert_allclose(imp[~ref].mean(0), X[~ref].mean(0), atol=1e-3)
-
-
-@pytest.mark.parametrize(("likelihood", "seeds"), [("nb", (0, 1)), ("zinb", (0,))])
-def test_count_model_with_batches_keeps_informative_codes(cellbench_counts, likelihood, seeds):
-    """With the "zscore" non-reference term at weight 1.0 (as for mse) NB and ZINB fits of these counts collapsed the
-    clustering layer in seeds 0-3: one cluster, within-cluster term 1.000, ``n_clusters=3`` F1 0.19-0.68; at the
-    default 0.1 for likelihood models, ``n_clusters=3`` F1 0.993-1.0 (scae._setup.nonref_weight).
-    """
-    truth = cellbench_counts.obs["cell_line_demuxlet"].astype(str).to_numpy()
-    for seed in seeds:
-        adata = scae.tl.fit(
-            cellbench_counts, batch_key="batch", likelihood=likelihood, random_state=seed, progress=False, copy=True
-        )
-        assert adata.uns["scae"]["history"]["within_cluster"][-1] < 0.8
-        assert adata.obs["scae_cluster"].nunique() > 3
-        scae.tl.cluster(adata, n_clusters=3)
-        f1 = cluster_scores(truth, adata.obs["scae_cluster"].astype(str).to_numpy())["f1"]
-        assert f1 > 0.95, (likelihood, seed, f1)
 
 
 def test_many_batches_in_one_model(levine):
