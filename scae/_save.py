@@ -284,7 +284,7 @@ def load_model(cls, path, adata: AnnData | None = None, *, device="auto"):
         **kwargs,
     )
     if set_names and not meta["hparams"].get("gene_set_nonnegative", False):  # saved before |weights| (signed)
-        model.net.masked_layer().set_nonnegative_outputs(0)
+        model.net.masked_layer().nonnegative_outputs = 0
     try:
         model.net.load_state_dict(weights, strict=True)
     except RuntimeError as e:

@@ -65,23 +65,17 @@ class MaskedLinear(nn.Linear):
         n_in, n_out = mask.shape
         super().__init__(n_in, n_out, bias=bias)
         self.register_buffer("mask", mask.T.to(torch.float32).contiguous())
-        self.register_buffer("_nonnegative", torch.zeros(n_out, 1, dtype=torch.bool), persistent=False)
-        self.set_nonnegative_outputs(nonnegative_outputs)
+        self.nonnegative_outputs = int(nonnegative_outputs)  # a plain attribute: set to 0 for signed weights
         with torch.no_grad():
             fan_in = self.mask.sum(1, keepdim=True).clamp_min(1.0)
             self.weight.uniform_(0.0 if nonnegative_init else -1.0, 1.0)
             self.weight.mul_(self.mask / fan_in.sqrt())
 
-    def set_nonnegative_outputs(self, n: int) -> None:
-        """Make the first ``n`` outputs (and only those) use the absolute values of their weights."""
-        self._nonnegative.zero_()
-        self._nonnegative[: int(n)] = True
-        self.nonnegative_outputs = int(n)
-
     def effective_weight(self) -> torch.Tensor:
         """The ``(n_out, n_in)`` weight the forward pass uses: masked, absolute values on the non-negative outputs."""
         w = self.weight * self.mask
-        return torch.where(self._nonnegative, w.abs(), w) if self.nonnegative_outputs else w
+        k = self.nonnegative_outputs
+        return torch.cat((w[:k].abs(), w[k:])) if k else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return nn.functional.linear(x, self.effective_weight(), self.bias)
