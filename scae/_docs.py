@@ -62,8 +62,11 @@ device
     ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 batch_reconstruction
     With ``batch_key``: the reference batch is reconstructed value for value; a non-reference batch
-    must keep its own structure only: ``"zscore"`` compares per-batch z-scored outputs with z-scored
-    inputs, ``"distance"`` compares within-batch pairwise distances.
+    must keep its own structure only. ``"moments"`` (default): its output must reproduce its input moved,
+    feature by feature, from its own mean and standard deviation (over all its cells) to the reference
+    batch's (:mod:`scae._align`), so every batch is decoded in the reference's units; ``"zscore"`` compares
+    per-batch z-scored outputs with z-scored inputs (the output's scale is left free: on RNA this let the
+    clustering codes collapse); ``"distance"`` compares within-batch pairwise distances.
 gene_sets
     Adds a gene-set layer (GSAE/expiMap): a GMT path (e.g. :func:`scae.datasets.hallmark_gmt`), a dict
     ``{set name: [genes]}`` or a genes × sets 0/1 DataFrame, matched case-insensitively to ``var_names``
@@ -121,7 +124,8 @@ batch_key
 reference_batch
     Batch the others are moved onto; default the largest.
 batch_reconstruction
-    How non-reference batches are reconstructed when correcting batches: ``"zscore"`` (per-batch
+    How non-reference batches are reconstructed when correcting batches: ``"moments"`` (default; their
+    values moved to the reference batch's per-feature mean and standard deviation), ``"zscore"`` (per-batch
     standardized values) or ``"distance"`` (within-batch pairwise distances); see :class:`scae.SAUCIE`.
 max_epochs
     Passes over the data. Default: a budget of 8 passes (at least 150 and at most 6,000 optimizer steps),

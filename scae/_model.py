@@ -60,7 +60,7 @@ class SAUCIE:
         pairwise_cells: int | None = 256,
         random_state: int = 0,
         device: str | torch.device = "auto",
-        batch_reconstruction: str = "zscore",
+        batch_reconstruction: str = "moments",
         gene_sets: genesets.GeneSets | None = None,
         min_genes: int = 5,
         n_free_nodes: int = 0,

@@ -71,7 +71,7 @@ class Losses:
     lambda_b: float = option(0.1, _WEIGHT)
     lambda_c: float = option(0.1, _WEIGHT)
     lambda_d: float = option(0.2, _WEIGHT)
-    batch_reconstruction: str = option("zscore", c.choice(("zscore", "distance")))
+    batch_reconstruction: str = option("moments", c.choice(("moments", "zscore", "distance")))
     pairwise_cells: int | None = option(256, c.integer(2, optional=True))
     input_dropout: float = option(0.0, c.real(0, 1, hi_open=True))
     input_noise: float = option(0.0, _WEIGHT)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ._align import MAX_SCALE
 from ._cluster_grad import (
     _float,
     active_units,
@@ -227,6 +228,38 @@ def batch_standardized_mse(
         return (v - onehot @ mean) / (onehot @ std)
 
     return mse(zscore(x), zscore(x_hat))
+
+
+def align_to_reference(x: torch.Tensor, batch: torch.Tensor, *, reference: int, n_batches: int) -> torch.Tensor:
+    """Rows ``x`` of each batch shifted and scaled, per feature, from their batch's moments in ``x`` to the
+    reference batch's (scale factors bounded as in :mod:`scae._align`, which does the same with the moments of
+    the whole data; this minibatch form serves callers without them).
+    """
+    onehot = _onehot(batch, n_batches, x.dtype)
+    counts = onehot.sum(0).clamp_min(1.0).unsqueeze(1)  # (B, 1)
+    mean = (onehot.T @ x) / counts
+    std = ((onehot.T @ x.pow(2)) / counts - mean.pow(2)).clamp_min(0).add(1e-4).sqrt()
+    scale = (std[reference] / std).clamp(1.0 / MAX_SCALE, MAX_SCALE)  # (B, features)
+    return (x - onehot @ mean) * (onehot @ scale) + mean[reference]
+
+
+def reference_moments_mse(
+    aligned: torch.Tensor, x_hat: torch.Tensor, batch: torch.Tensor, *, reference: int
+) -> torch.Tensor:
+    """MSE of non-reference outputs against their inputs moved onto the reference batch's per-feature moments.
+
+    ``aligned`` holds the standardized inputs with each batch shifted and scaled, feature by feature, from its
+    own mean and standard deviation to the reference batch's (:mod:`scae._align`); the output must reproduce
+    them. So the network may move and rescale a batch as a whole, keeps its internal structure, and decodes
+    every batch in the reference batch's units, the units of ``layers["…_corrected"]``. Only the inputs are
+    standardized: :func:`batch_standardized_mse` z-scores the output too, which leaves its scale free; on RNA
+    (thousands of features) that freedom let the decoder output, and with it the clustering codes, shrink
+    towards constants. Rows of the reference batch get weight 0 (the caller reconstructs them value for
+    value); a mask instead of indexing keeps the shapes static for CUDA graph capture.
+    """
+    weight = (batch != reference).to(x_hat.dtype).unsqueeze(1)
+    n = weight.sum().clamp_min(1.0) * x_hat.shape[1]
+    return (weight * (aligned.detach() - x_hat).pow(2)).sum() / n
 
 
 def within_batch_distance_mse(

@@ -36,7 +36,7 @@ def fit(
     layer: str | None = None,
     batch_key: str | None = None,
     reference_batch: str | None = None,
-    batch_reconstruction: str = "zscore",
+    batch_reconstruction: str = "moments",
     max_epochs: int | None = None,
     early_stopping: bool | None = None,
     hidden: Sequence[int] = (256, 128, 64),

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import losses, objectives
-from ._pair_space import PAIR_COMPONENTS, pair_projection
+from ._align import align, fit_constants
 from ._stopping import Convergence, StopRule
 from .nn.clustering_head import ClusterLosses
 from .nn.network import SAUCIENet
@@ -31,9 +31,10 @@ class LossWeights:
     lambda_c: float = 0.1
     lambda_d: float = 0.2
     nonref_weight: float = 1.0
-    #: how non-reference batches are reconstructed: "zscore" (per-batch standardized MSE) or "distance"
-    #: (within-batch pairwise distances kept)
-    nonref_loss: str = "zscore"
+    #: how non-reference batches are reconstructed: "moments" (inputs moved to the reference batch's
+    #: per-feature mean/std), "zscore" (per-batch standardized MSE) or "distance" (within-batch pairwise
+    #: distances kept)
+    nonref_loss: str = "moments"
     #: the pairwise terms (MMD, within-cluster distance, "distance" reconstruction) cost O(batch²) and are
     #: computed on an evenly strided subset of at most this many cells of each minibatch (stratified when
     #: the minibatch is: the sampler lays batches out in equal contiguous runs); ``None`` uses all cells
@@ -126,16 +127,26 @@ def compute_losses(
     variants: Variants = NO_VARIANTS,
     generator: torch.Generator | None = None,
     pair_projection: torch.Tensor | None = None,
+    batch_alignment: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All loss terms for one minibatch ``x`` (input units); key ``"total"`` is the weighted sum.
 
     The reconstruction is routed to each block's likelihood by :func:`scae.objectives.reconstruction_loss`;
     ``variants`` adds the seed-variant terms (:mod:`scae.objectives`), drawing noise from ``generator``.
     The within-cluster term measures distances on ``z @ pair_projection`` when given (:mod:`scae._pair_space`).
+    When correcting batches, it and the ``"moments"`` reconstruction use the inputs aligned onto the reference
+    batch by ``batch_alignment`` (:mod:`scae._align`), or by the minibatch's own moments when not given.
     """
     z = net.encoder_input(x)
     sub = pairwise_subset(x.shape[0], weights.pairwise_cells)
-    pairs = z[sub].detach()
+    aligned = z
+    if batch is not None and weights.lambda_b > 0:
+        aligned = (
+            losses.align_to_reference(z, batch, reference=reference, n_batches=n_batches)
+            if batch_alignment is None
+            else align(z, batch, batch_alignment)
+        )
+    pairs = aligned[sub].detach()
     if pair_projection is not None:
         pairs = pairs @ pair_projection
     request = None
@@ -153,8 +164,10 @@ def compute_losses(
         pred = net.standardized_prediction(x, out)
         if weights.nonref_loss == "distance":
             z_nonref = losses.within_batch_distance_mse(z[sub], pred[sub], batch[sub], reference=reference)
-        else:
+        elif weights.nonref_loss == "zscore":
             z_nonref = losses.batch_standardized_mse(z, pred, batch, n_batches=n_batches)
+        else:
+            z_nonref = losses.reference_moments_mse(aligned, pred, batch, reference=reference)
         terms["reconstruction"] = ref_term + weights.nonref_weight * z_nonref
         terms["mmd"] = losses.mmd(out.embedding[sub], batch[sub], reference=reference, n_batches=n_batches)
     if out.cluster_losses is not None:  # computed with the clustering layer (scae.nn.clustering_head)
@@ -253,8 +266,8 @@ def train_net(
         while max_epochs is None or epochs < max_epochs:
             n_epoch_steps = 0
             for idx in sampler.epoch():
-                if steps == 0 and weights.lambda_d > 0:  # the axes of the within-cluster distances
-                    kwargs["pair_projection"] = _first_projection(net, source, idx, reduce_history is not None)
+                if steps == 0:  # the batch alignment and the axes of the within-cluster distances
+                    kwargs.update(fit_constants(net, source, idx, batch_codes, kwargs, reduce_history is not None))
                 step(idx)
                 steps += 1
                 n_epoch_steps += 1
@@ -271,15 +284,6 @@ def train_net(
         step.release()
     net.eval()
     return TrainResult(history=history, steps=steps, epochs=epochs, stop_reason=reason, graphs=step.replayed)
-
-
-def _first_projection(net, source, idx: torch.Tensor, distributed: bool) -> torch.Tensor | None:
-    """:func:`scae._pair_space.pair_projection` of the encoder inputs of the first minibatch ``idx``."""
-    module = getattr(net, "module", net)  # DistributedDataParallel wraps the network
-    if module.n_features <= PAIR_COMPONENTS:  # narrow inputs keep the plain distances
-        return None
-    with torch.no_grad():
-        return pair_projection(module.encoder_input(source.rows(idx)), distributed=distributed)
 
 
 class _StopCheck:

@@ -26,7 +26,8 @@ def cyto():
 def fitted(cyto, tmp_path_factory):
     ref = cyto[0].copy()
     path = tmp_path_factory.mktemp("model") / "run1"
-    scae.tl.fit(ref, batch_key="batch", save_model=path, **FIT)
+    # 20 passes (40 steps): enough for several codes to fire (after 8 passes, 1-5 code clusters over seeds 0-5)
+    scae.tl.fit(ref, batch_key="batch", save_model=path, **{**FIT, "max_epochs": 20})
     return ref, path
 
 
