@@ -42,7 +42,8 @@ lambda_c
 lambda_d
     Weight of the within-cluster distance; larger → clusters tighter in input space (more clusters). Inputs
     with more than 50 features (RNA) measure these distances on the top 50 principal components of the
-    standardized input (:mod:`scae._pair_space`).
+    standardized input (:mod:`scae._pair_space`); with ``batch_key``, on the input with every batch moved onto
+    the reference batch's per-feature moments (:mod:`scae._align`).
 learning_rate
     Adam learning rate; default 3e-3 up to a minibatch of 512, growing with the fifth root of larger
     minibatches (4.5e-3 at 4,096; a minibatch larger than the data counts as the data), at most 1e-2
