@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -20,6 +23,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def two_gloo_processes(tmp_path):
+    """Run ``script`` as ranks 0 and 1 of a gloo group; return what each saved (``torch.save`` to ``out.<rank>``).
+
+    The script gets ``rank init_file out_prefix`` as its arguments.
+    """
+
+    def run(script: str) -> list:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        paths = [str(tmp_path / "init"), str(tmp_path / "out")]
+        cmd = [sys.executable, "-c", script]
+        procs = [subprocess.Popen([*cmd, str(r), *paths], env=env, stderr=subprocess.PIPE) for r in range(2)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err.decode()[-2000:]
+        return [torch.load(tmp_path / f"out.{r}") for r in range(2)]
+
+    return run
 
 
 @pytest.fixture(scope="session")

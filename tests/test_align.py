@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import scanpy as sc
@@ -111,15 +107,8 @@ dist.destroy_process_group()
 """
 
 
-def test_processes_align_with_the_moments_of_all_shards(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-c", _REDUCE]
-    paths = [str(tmp_path / "init"), str(tmp_path / "align")]
-    procs = [subprocess.Popen([*cmd, str(r), *paths], env=env, stderr=subprocess.PIPE) for r in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()[-2000:]
-    a0, a1 = (torch.load(tmp_path / f"align.{r}") for r in range(2))
+def test_processes_align_with_the_moments_of_all_shards(two_gloo_processes):
+    a0, a1 = two_gloo_processes(_REDUCE)
     assert torch.equal(a0, a1)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 6)).astype(np.float32)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import scanpy as sc
@@ -96,15 +92,8 @@ dist.destroy_process_group()
 """
 
 
-def test_ranks_agree_on_the_axes_of_all_their_rows(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-c", _GATHER]
-    paths = [str(tmp_path / "init"), str(tmp_path / "axes")]
-    procs = [subprocess.Popen([*cmd, str(r), *paths], env=env, stderr=subprocess.PIPE) for r in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()[-2000:]
-    a0, a1 = (torch.load(tmp_path / f"axes.{r}") for r in range(2))
+def test_ranks_agree_on_the_axes_of_all_their_rows(two_gloo_processes):
+    a0, a1 = two_gloo_processes(_GATHER)
     assert torch.equal(a0, a1)
     z = torch.randn(300, 100, generator=torch.Generator().manual_seed(0)) * torch.linspace(3.0, 0.1, 100)
     assert _same_subspace(a0, pair_projection(z)) > 0.9999
