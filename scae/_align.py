@@ -26,8 +26,8 @@ from ._pair_space import first_projection
 #: Bounds of the per-feature scale factor: a feature almost constant in one batch (a gene detected in a
 #: handful of its cells) would otherwise be blown up by the ratio of standard deviations.
 MAX_SCALE = 10.0
-#: Rows per chunk of the pass over the data (at most this many × features values at once).
-CHUNK_VALUES = 1 << 24
+#: Values per chunk of the pass over the data (rows × features; float64 sums: 32 MiB at a time).
+CHUNK_VALUES = 1 << 22
 
 
 def batch_alignment(

@@ -250,8 +250,8 @@ def reference_moments_mse(
 
     ``aligned`` holds the standardized inputs with each batch shifted and scaled, feature by feature, from its
     own mean and standard deviation to the reference batch's (:mod:`scae._align`); the output must reproduce
-    them. So the network may move and rescale a batch as a whole, keeps its internal structure, and decodes
-    every batch in the reference batch's units, the units of ``layers["…_corrected"]``. Only the inputs are
+    them. So a batch is moved and rescaled as a whole, keeps its internal structure, and every batch is
+    decoded in the reference batch's units, the units of ``layers["…_corrected"]``. Only the inputs are
     standardized: :func:`batch_standardized_mse` z-scores the output too, which leaves its scale free; on RNA
     (thousands of features) that freedom let the decoder output, and with it the clustering codes, shrink
     towards constants. Rows of the reference batch get weight 0 (the caller reconstructs them value for

@@ -72,7 +72,7 @@ def test_whole_data_alignment_matches_numpy_in_any_chunking(monkeypatch):
     std = np.stack([np.sqrt(z[codes == b].var(0) + 1e-4) for b in range(3)])
     expected_scale = std[1] / std
     results = []
-    for chunk_values in (1 << 24, 7 * 64):  # one chunk, or chunks of 64 rows
+    for chunk_values in (1 << 22, 7 * 64):  # one chunk, or chunks of 64 rows
         monkeypatch.setattr(_align, "CHUNK_VALUES", chunk_values)
         source = RowSource(X, torch.device("cpu"))
         results.append(_align.batch_alignment(net, source, torch.from_numpy(codes), reference=1, n_batches=3))
