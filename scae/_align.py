@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ._pair_space import first_projection
+from ._pair_space import PAIR_COMPONENTS, pair_projection
 
 #: Bounds of the per-feature scale factor: a feature almost constant in one batch (a gene detected in a
 #: handful of its cells) would otherwise be blown up by the ratio of standard deviations.
@@ -49,23 +49,38 @@ def batch_alignment(
         Add up the sums of all torchrun processes (each holds a shard of the rows).
     """
     module = getattr(net, "module", net)
-    n_features = module.n_features
-    sums = torch.zeros((3, n_batches, n_features), dtype=torch.float64, device=batch_codes.device)
-    chunk = max(1, min(65536, CHUNK_VALUES // max(1, n_features)))
+    sums = torch.zeros((3, n_batches, module.n_features), dtype=torch.float64, device=batch_codes.device)
+    chunk = max(1, min(65536, CHUNK_VALUES // max(1, module.n_features)))
     start = 0
     with torch.no_grad():
         for rows in source.chunks(chunk):
-            z = module.encoder_input(rows).to(torch.float64)
-            codes = batch_codes[start : start + z.shape[0]]
+            z = module.encoder_input(rows)
+            sums += _batch_sums(z, batch_codes[start : start + z.shape[0]], n_batches)
             start += z.shape[0]
-            onehot = torch.nn.functional.one_hot(codes, n_batches).to(torch.float64).T  # (B, rows)
-            sums[0] += onehot.sum(1, keepdim=True)
-            sums[1] += onehot @ z
-            sums[2] += onehot @ (z * z)
     if distributed:
         import torch.distributed as dist
 
         dist.all_reduce(sums)
+    return _from_sums(sums, reference)
+
+
+def rows_alignment(
+    z: torch.Tensor, batch: torch.Tensor, *, reference: int, n_batches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`batch_alignment` from the moments of the rows ``z`` alone (e.g. one minibatch)."""
+    return _from_sums(_batch_sums(z.detach(), batch, n_batches), reference)
+
+
+def _batch_sums(z: torch.Tensor, codes: torch.Tensor, n_batches: int) -> torch.Tensor:
+    """``(3, n_batches, n_features)`` float64: rows, sums and square sums of ``z`` per batch."""
+    z = z.to(torch.float64)
+    onehot = torch.nn.functional.one_hot(codes, n_batches).to(torch.float64).T  # (B, rows)
+    counts = onehot.sum(1, keepdim=True).expand(-1, z.shape[1])
+    return torch.stack((counts, onehot @ z, onehot @ (z * z)))
+
+
+def _from_sums(sums: torch.Tensor, reference: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` (float32) from :func:`_batch_sums`; each scale bounded by :data:`MAX_SCALE`."""
     counts = sums[0].clamp_min(1.0)
     mean = sums[1] / counts
     std = (sums[2] / counts - mean.pow(2)).clamp_min(0).add(1e-4).sqrt()
@@ -84,20 +99,22 @@ def fit_constants(net, source, idx: torch.Tensor, batch_codes, kwargs: dict, dis
     """Loss arguments fixed for the whole fit, computed before its first step ``idx``.
 
     ``batch_alignment`` when correcting batches (:func:`batch_alignment`, one pass over the rows),
-    ``pair_projection`` for the within-cluster term (:func:`scae._pair_space.first_projection`, on the aligned
-    rows of the first minibatch).
+    ``pair_projection`` for the within-cluster term of inputs wider than
+    :data:`scae._pair_space.PAIR_COMPONENTS` features (:func:`scae._pair_space.pair_projection` of the aligned
+    encoder inputs of the first minibatch).
     """
     weights, out = kwargs["weights"], {}
+    module = getattr(net, "module", net)  # DistributedDataParallel wraps the network
     corrected = batch_codes is not None and weights.lambda_b > 0
     if corrected:
         out["batch_alignment"] = batch_alignment(
             net, source, batch_codes, reference=kwargs["reference"], n_batches=kwargs["n_batches"],
             distributed=distributed,
         )  # fmt: skip
-
-    def aligned_rows(z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return align(z, batch_codes.index_select(0, rows), out["batch_alignment"]) if corrected else z
-
-    if weights.lambda_d > 0:
-        out["pair_projection"] = first_projection(net, source, idx, aligned_rows, distributed)
+    if weights.lambda_d > 0 and module.n_features > PAIR_COMPONENTS:  # narrow inputs keep the plain distances
+        with torch.no_grad():
+            z = module.encoder_input(source.rows(idx))
+            if corrected:
+                z = align(z, batch_codes.index_select(0, idx), out["batch_alignment"])
+            out["pair_projection"] = pair_projection(z, distributed=distributed)
     return out

@@ -58,21 +58,6 @@ def pair_projection(z: torch.Tensor, *, components: int = PAIR_COMPONENTS, distr
     return axes.to(torch.float32).contiguous()
 
 
-def first_projection(net, source, idx: torch.Tensor, aligned_rows, distributed) -> torch.Tensor | None:
-    """:func:`pair_projection` of the encoder inputs of the first minibatch ``idx`` of a fit.
-
-    ``aligned_rows(z, idx)`` returns the rows the within-cluster term compares (``z`` itself, or ``z`` aligned
-    across batches, :mod:`scae._align`); ``distributed`` is truthy under torchrun. ``None`` for inputs of at
-    most :data:`PAIR_COMPONENTS` features (no rows are read).
-    """
-    module = getattr(net, "module", net)  # DistributedDataParallel wraps the network
-    if module.n_features <= PAIR_COMPONENTS:  # narrow inputs keep the plain distances
-        return None
-    with torch.no_grad():
-        rows = aligned_rows(module.encoder_input(source.rows(idx)), idx)
-        return pair_projection(rows, distributed=bool(distributed))
-
-
 def _gather_rows(rows: torch.Tensor) -> torch.Tensor:
     """Every process's ``rows`` (possibly of different lengths), concatenated in rank order."""
     import torch.distributed as dist

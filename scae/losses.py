@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import torch
 
-from ._align import MAX_SCALE
 from ._cluster_grad import (
     _float,
     active_units,
@@ -228,19 +227,6 @@ def batch_standardized_mse(
         return (v - onehot @ mean) / (onehot @ std)
 
     return mse(zscore(x), zscore(x_hat))
-
-
-def align_to_reference(x: torch.Tensor, batch: torch.Tensor, *, reference: int, n_batches: int) -> torch.Tensor:
-    """Rows ``x`` of each batch shifted and scaled, per feature, from their batch's moments in ``x`` to the
-    reference batch's (scale factors bounded as in :mod:`scae._align`, which does the same with the moments of
-    the whole data; this minibatch form serves callers without them).
-    """
-    onehot = _onehot(batch, n_batches, x.dtype)
-    counts = onehot.sum(0).clamp_min(1.0).unsqueeze(1)  # (B, 1)
-    mean = (onehot.T @ x) / counts
-    std = ((onehot.T @ x.pow(2)) / counts - mean.pow(2)).clamp_min(0).add(1e-4).sqrt()
-    scale = (std[reference] / std).clamp(1.0 / MAX_SCALE, MAX_SCALE)  # (B, features)
-    return (x - onehot @ mean) * (onehot @ scale) + mean[reference]
 
 
 def reference_moments_mse(

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import losses, objectives
-from ._align import align, fit_constants
+from ._align import align, fit_constants, rows_alignment
 from ._stopping import Convergence, StopRule
 from .nn.clustering_head import ClusterLosses
 from .nn.network import SAUCIENet
@@ -141,11 +141,9 @@ def compute_losses(
     sub = pairwise_subset(x.shape[0], weights.pairwise_cells)
     aligned = z
     if batch is not None and weights.lambda_b > 0:
-        aligned = (
-            losses.align_to_reference(z, batch, reference=reference, n_batches=n_batches)
-            if batch_alignment is None
-            else align(z, batch, batch_alignment)
-        )
+        if batch_alignment is None:  # a caller without the fit's alignment: this minibatch's moments
+            batch_alignment = rows_alignment(z, batch, reference=reference, n_batches=n_batches)
+        aligned = align(z, batch, batch_alignment)
     pairs = aligned[sub].detach()
     if pair_projection is not None:
         pairs = pairs @ pair_projection

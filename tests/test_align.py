@@ -23,13 +23,17 @@ def _two_batches(seed: int = 0):
     return x, torch.tensor([0] * 60 + [1] * 60)
 
 
+def _minibatch_aligned(x: torch.Tensor, batch: torch.Tensor, reference: int) -> torch.Tensor:
+    return _align.align(x, batch, _align.rows_alignment(x, batch, reference=reference, n_batches=2))
+
+
 def test_minibatch_alignment_undoes_a_per_feature_affine_batch_effect():
     x, batch = _two_batches()
-    aligned = losses.align_to_reference(x, batch, reference=0, n_batches=2)
+    aligned = _minibatch_aligned(x, batch, 0)
     torch.testing.assert_close(aligned[60:], x[:60], atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(aligned[:60], x[:60], atol=1e-5, rtol=1e-5)  # the reference stays put
     # the other way round: batch 0 moved onto batch 1
-    back = losses.align_to_reference(x, batch, reference=1, n_batches=2)
+    back = _minibatch_aligned(x, batch, 1)
     torch.testing.assert_close(back[:60], x[60:], atol=5e-3, rtol=1e-3)
 
 
@@ -37,14 +41,14 @@ def test_scale_factor_is_bounded():
     x = torch.cat([torch.randn(50, 2, generator=torch.Generator().manual_seed(1)), torch.zeros(400, 2)])
     x[50, 0] = 1.0  # one cell of batch 1 expresses feature 0: its std is tiny (0.05 against about 1)
     batch = torch.tensor([0] * 50 + [1] * 400)
-    aligned = losses.align_to_reference(x, batch, reference=0, n_batches=2)
+    aligned = _minibatch_aligned(x, batch, 0)
     assert float(aligned[50, 0] - aligned[51, 0]) == pytest.approx(_align.MAX_SCALE, rel=1e-4)
 
 
 def test_reference_moments_mse_keeps_the_output_scale():
     """The z-scored form lets the output of a batch shrink to nothing at no cost; this one does not."""
     x, batch = _two_batches()
-    aligned = losses.align_to_reference(x, batch, reference=0, n_batches=2)
+    aligned = _minibatch_aligned(x, batch, 0)
     assert float(losses.reference_moments_mse(aligned, aligned, batch, reference=0)) == 0.0
     shrunk = aligned.clone()
     shrunk[60:] = 0.2 * aligned[60:]  # the whole batch shrunk five-fold
