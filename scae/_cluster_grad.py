@@ -1,4 +1,4 @@
-"""Forward values and written-out gradients of SAUCIE's two clustering-layer losses (CPU training step).
+"""Forward values and written-out gradients of SAUCIE's two clustering-layer losses (the training step).
 
 Used by :mod:`scae.losses` (``id_regularization``, ``within_cluster_distance`` on the CPU) and by the fused
 clustering head (:mod:`scae.nn.clustering_head`). Each ``*_forward`` returns the loss and the tensors its
@@ -29,10 +29,17 @@ def active_units(codes: torch.Tensor) -> torch.Tensor | None:
     return idx if idx.numel() > 0 else idx.new_zeros(1)  # all zero: one (zero) column keeps the shapes valid
 
 
-def _argmax(c: torch.Tensor) -> torch.Tensor:
-    """Flat index of the maximum of a contiguous matrix, by row maxima first (a flat ``argmax`` is ten times
-    slower on the CPU than a row reduction).
+def _argmax(c: torch.Tensor, by_rows: bool | None = None) -> torch.Tensor:
+    """Flat index of the (first) maximum of a contiguous matrix, as a 0-d tensor (no host sync).
+
+    On the CPU by row maxima first (a flat ``argmax`` is ten times slower there than a row reduction); elsewhere
+    one flat ``argmax`` (one kernel, and no indexing by a device scalar inside a captured CUDA graph).
+    ``by_rows`` forces either form.
     """
+    if by_rows is None:
+        by_rows = c.device.type == "cpu"
+    if not by_rows:
+        return c.view(-1).argmax()
     row = c.amax(1).argmax()
     return row * c.shape[1] + c[row].argmax()
 
@@ -77,11 +84,12 @@ def within_cluster_grad(state: tuple, grad: torch.Tensor) -> torch.Tensor:
 
 def id_regularization_forward(c: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """:func:`scae.losses.id_regularization` of contiguous float activations ``c`` and what
-    :func:`id_regularization_grad` needs.
+    :func:`id_regularization_grad` needs. Activations of fewer bits (bf16 autocast) are summed in float32 and
+    everything after the sums is float32.
     """
     where = _argmax(c)
     top = c.view(-1).index_select(0, where.view(1)).squeeze(0) + _EPS
-    mass = c.sum(0) / top
+    mass = c.sum(0, dtype=torch.promote_types(c.dtype, torch.float32)) / top
     total = mass.sum() + _EPS
     p = mass / total
     log_p = torch.log(p + _EPS)

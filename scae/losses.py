@@ -58,29 +58,24 @@ def id_regularization(codes: torch.Tensor) -> torch.Tensor:
     Activations are divided by their minibatch maximum, summed per unit over the minibatch, and the sums
     normalized to a distribution over units; its entropy is small when few units are in use.
 
-    On the CPU forward and backward are written out (:class:`_IDRegularization`): the gradient of every
-    activation of a unit is that unit's entry of one row, broadcast, plus one term at the maximum (see
-    :func:`id_regularization_grad`), instead of autograd's nodes over the whole ``(n_cells, n_units)`` matrix.
-    Other devices keep the autograd form (the CUDA step verified with graph capture; see :mod:`scae._step`).
+    Forward and backward are written out (:class:`_IDRegularization`): the gradient of every activation of a
+    unit is that unit's entry of one row, broadcast, plus one term at the (first) maximum (see
+    :func:`id_regularization_grad`), instead of autograd's nodes over the whole ``(n_cells, n_units)`` matrix
+    (on CUDA about 15 kernels of a step fewer, 10 of them the backward of the maximum).
 
     Parameters
     ----------
     codes
         Non-negative activations, shape ``(n_cells, n_units)``.
     """
-    if codes.device.type == "cpu":
-        return _IDRegularization.apply(codes)
-    a = codes / (codes.max() + _EPS)
-    mass = a.sum(0)
-    p = mass / (mass.sum() + _EPS)
-    return -(p * torch.log(p + _EPS)).sum()
+    return _IDRegularization.apply(codes)
 
 
 class _IDRegularization(torch.autograd.Function):
     @staticmethod
     def forward(ctx, codes: torch.Tensor) -> torch.Tensor:
         with torch.autocast(codes.device.type, enabled=False):
-            value, state = id_regularization_forward(_float(codes).contiguous())
+            value, state = id_regularization_forward(codes.contiguous())  # sums in float32 (no cast of codes)
         ctx.save_for_backward(*state)
         ctx.shape, ctx.dtype = codes.shape, codes.dtype
         return value
@@ -102,11 +97,11 @@ def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
     distance of pairs divided by the mean squared distance of all pairs: 1 when codes ignore the data,
     towards 0 when cells sharing a code are close in input space.
 
-    On the CPU forward and backward are written out (:class:`_WithinCluster`): one matrix product each way
-    (autograd takes three), and only the units active in this minibatch enter them (a few dozen of 256 once
-    the ID regularization has acted; units that are zero for every cell add nothing to a distance); the
-    gradient of the maximum goes to its first position. Other devices keep the autograd form. ``x`` gets no
-    gradient (the pairwise input distances are a fixed weight, as in SAUCIE).
+    Forward and backward are written out (:class:`_WithinCluster`): one matrix product each way (autograd
+    takes three), and on the CPU only the units active in this minibatch enter them (a few dozen of 256 once
+    the ID regularization has acted; units that are zero for every cell add nothing to a distance; other
+    devices keep all units: static shapes for CUDA graphs); the gradient of the maximum goes to its first
+    position. ``x`` gets no gradient (the pairwise input distances are a fixed weight, as in SAUCIE).
 
     Parameters
     ----------
@@ -115,12 +110,7 @@ def within_cluster_distance(x: torch.Tensor, codes: torch.Tensor) -> torch.Tenso
     codes
         Clustering-layer activations, shape ``(n_cells, n_units)``.
     """
-    if codes.device.type == "cpu":
-        return _WithinCluster.apply(x.detach(), codes)
-    a = codes / (codes.max() + _EPS)
-    same = torch.exp(-squared_distances(a))
-    dist = squared_distances(x)
-    return (same * dist).sum() / (same.sum() + _EPS) / (dist.mean().detach() + _EPS)
+    return _WithinCluster.apply(x.detach(), codes)
 
 
 class _WithinCluster(torch.autograd.Function):
@@ -201,7 +191,8 @@ def mmd(
     counts = onehot.sum(0)  # (B,)
     present = counts > 0
     w = onehot / counts.clamp_min(1.0)  # column b averages over batch b
-    block = w.T @ k @ w  # (B, B) mean kernel between batches
+    with torch.autocast(k.device.type, enabled=False):  # float32 under bf16 autocast: the terms below cancel
+        block = w.T @ k @ w  # (B, B) mean kernel between batches
     diag = torch.diagonal(block)
     per_batch = diag + block[reference, reference] - 2 * block[:, reference]
     keep = present & present[reference]

@@ -1,4 +1,4 @@
-"""The hand-written backward passes of the CPU training step against autograd on the plain formulas.
+"""The hand-written backward passes of the training step against autograd on the plain formulas.
 
 :func:`scae.losses.id_regularization`, :func:`scae.losses.within_cluster_distance`, the clustering head
 (:mod:`scae.nn.clustering_head`), the sparse clustering layer (:func:`scae.nn.layers.relu_linear`) and the flat
@@ -68,6 +68,35 @@ def test_within_cluster_gradient_equals_autograd(silent, step):
         assert float(g_new[1::2].abs().max()) == 0.0  # rows outside the pairwise subset
     if silent:
         assert float(g_new[:, -silent:].abs().max()) == 0.0
+
+
+def test_device_form_of_the_clustering_losses_equals_autograd(monkeypatch):
+    """The form a CUDA step runs (one flat argmax, all units: static shapes), checked on the CPU."""
+    from scae import _cluster_grad
+
+    c = _codes(silent=20)
+    c[3, 5] = c[10, 7] = c.max() + 1.0  # a tie at the maximum: both forms take the first one
+    assert int(_cluster_grad._argmax(c, by_rows=False)) == int(_cluster_grad._argmax(c, by_rows=True)) == 3 * 32 + 5
+    argmax = _cluster_grad._argmax
+    monkeypatch.setattr(_cluster_grad, "_argmax", lambda t, by_rows=None: argmax(t, by_rows=False))
+    monkeypatch.setattr(losses, "active_units", lambda codes: None)
+    c = _codes(silent=20)
+    x = torch.randn(64, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for new, plain in ((losses.id_regularization, _id_plain), (lambda t: losses.within_cluster_distance(x, t), None)):
+        v_new, g_new = _grad(new, c)
+        v_ref, g_ref = _grad(plain or (lambda t: _within_plain(x, t)), c)
+        torch.testing.assert_close(v_new, v_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(g_new, g_ref, rtol=1e-5, atol=1e-12)
+
+
+def test_id_regularization_of_bf16_codes_is_computed_in_float32():
+    """bf16 codes (autocast) are summed in float32 without a float32 copy: the float32 value of the same numbers."""
+    c = _codes(dtype=torch.float32).to(torch.bfloat16)
+    v_new, g_new = _grad(losses.id_regularization, c)
+    v_ref, g_ref = _grad(_id_plain, c.float())
+    assert v_new.dtype == torch.float32 and g_new.dtype == torch.bfloat16
+    torch.testing.assert_close(v_new, v_ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g_new.float(), g_ref, rtol=1e-2, atol=1e-6)
 
 
 def test_within_cluster_of_all_silent_codes_is_one_with_zero_gradient():
@@ -154,7 +183,7 @@ def test_flat_adam_steps_like_adam_on_separate_tensors():
 
 
 def test_cpu_training_pass_uses_the_clustering_head(small):
-    model = scae.SAUCIE(small, random_state=0)
+    model = scae.SAUCIE(small, random_state=0, device="cpu")  # the CPU pass, also where a GPU is present
     net = model.net
     x = torch.as_tensor(small.X[:64], dtype=torch.float32)
     z = net.encoder_input(x)

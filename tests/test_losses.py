@@ -110,6 +110,21 @@ def test_squared_distances_stay_float32_under_bf16_autocast():
     assert d2[0, 1].item() == pytest.approx(1e-4, rel=0.05)
 
 
+def test_mmd_stays_float32_under_bf16_autocast():
+    """The MMD is a difference of mean kernel values (within minus twice across batches): in bf16 it cancels."""
+    from scae.losses import mmd
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(256, 2, generator=g)
+    batch = torch.arange(256) % 2
+    emb[batch == 1] += 0.05  # two nearly mixed batches: a small MMD out of kernel sums of ~10
+    exact = mmd(emb.double(), batch, reference=0, n_batches=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = mmd(emb, batch, reference=0, n_batches=2)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(exact.item(), rel=1e-3)
+
+
 def test_self_distances_addmm_equal_the_plain_form():
     """The one-``addmm`` form of the distances of rows to themselves gives the two-argument form's values and
     gradients."""
