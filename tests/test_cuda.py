@@ -82,6 +82,7 @@ def test_cuda_bf16_and_compile(small, options):
     assert all(np.isfinite(v).all() for v in hist.values())
     assert a.uns["scae"]["device"].startswith("cuda") and a.obsm["X_scae"].dtype == np.float32
     assert a.obs["scae_cluster"].cat.categories.size >= 1
+    assert a.uns["scae"]["runtime"]["cuda_graphs"] is True  # compiled steps are captured as well
 
 
 def test_cuda_backed_fit(tmp_path):
@@ -108,8 +109,11 @@ def test_cuda_model_transforms_on_cpu(small, tmp_path):
     assert agree > 0.99, agree
 
 
-@pytest.mark.parametrize(("batch_key", "precision"), [(None, "32"), ("batch", "32"), ("batch", "bf16")])
-def test_cuda_graph_step_matches_eager(monkeypatch, batch_key, precision):
+@pytest.mark.parametrize(
+    ("batch_key", "precision", "compile"),
+    [(None, "32", False), ("batch", "32", False), ("batch", "bf16", False), ("batch", "32", True)],
+)
+def test_cuda_graph_step_matches_eager(monkeypatch, batch_key, precision, compile):
     """The replayed step computes what the eager step does: the same per-epoch losses, the same weights.
 
     5,500 cells in minibatches of 1,000 without batches: full and short minibatches, so two graphs are
@@ -119,7 +123,9 @@ def test_cuda_graph_step_matches_eager(monkeypatch, batch_key, precision):
     runs = {}
     for graphs in ("1", "0"):
         monkeypatch.setenv("SCAE_CUDA_GRAPHS", graphs)
-        model = scae.SAUCIE(data, batch_key=batch_key, batch_size=1000, precision=precision, random_state=0)
+        model = scae.SAUCIE(
+            data, batch_key=batch_key, batch_size=1000, precision=precision, compile=compile, random_state=0
+        )
         model.train(max_epochs=6, progress=False)
         runs[graphs] = model
     assert runs["1"].runtime["cuda_graphs"] is True and runs["0"].runtime["cuda_graphs"] is False
