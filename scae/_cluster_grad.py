@@ -1,6 +1,6 @@
 """Forward values and written-out gradients of SAUCIE's two clustering-layer losses (the training step).
 
-Used by :mod:`scae.losses` (``id_regularization``, ``within_cluster_distance`` on the CPU) and by the fused
+Used by :mod:`scae.losses` (``id_regularization``, ``within_cluster_distance``, on every device) and by the fused
 clustering head (:mod:`scae.nn.clustering_head`). Each ``*_forward`` returns the loss and the tensors its
 ``*_grad`` needs; the gradients equal autograd's on the plain formulas (``tests/test_fused.py``).
 """

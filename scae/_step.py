@@ -160,7 +160,8 @@ def make_step(
     """The step of :func:`scae.train.train_net`: fused Adam, the loss function ``losses(net, x, batch, **kwargs)``
     (with autocast, ``torch.compile``) and :class:`GraphStep` where :func:`graph_capable` allows it (``graphs``
     forces either). Eager CPU steps outside ``compile`` and torchrun update one flat parameter vector
-    (:func:`scae._fast.flat_adam`).
+    (:func:`scae._fast.flat_adam`); CUDA steps under bf16 autocast cast the linear layers' weights as one vector
+    (:class:`CastWeights`).
     """
     from ._fast import adam, can_flatten, flat_adam, step_function
 
