@@ -7,12 +7,14 @@ three passes:
    fires in a cell when it exceeds ``threshold`` times that maximum;
 2. the binary codes are packed into 64-bit words and hashed to one code id per cell; per code, the sums of
    the *absorb features* (the standardized reconstruction, see :mod:`scae._features`) and of the *merge
-   features* (the input values for all-``mse`` models) are accumulated (:meth:`~ClusterAccumulator.add_codes`);
+   features* (the input values for all-``mse`` models) and of their squares are accumulated
+   (:meth:`~ClusterAccumulator.add_codes`);
 3. only when some code has fewer than ``min_cluster_size`` cells: those cells join the nearest frequent
    code by centroid of the absorb features (:meth:`~ClusterAccumulator.absorb`).
 
 Then the code clusters are merged, closest count-weighted means first, on their merge-feature centroids
-(:func:`scae.cluster.group_centroids`) in :meth:`~ClusterAccumulator.labels`. Only per-code sums and one
+(:func:`scae.cluster.group_centroids`; the squares give the within-group spread that keeps separated
+populations apart) in :meth:`~ClusterAccumulator.labels`. Only per-code sums and one
 integer per cell are held, so the same code serves arrays in memory (chunks are slices, see
 :func:`cluster_arrays`), backed files (the network is re-run for every pass) and torchrun (rank 0 receives
 every rank's chunks). :meth:`~ClusterAccumulator.reference` gives the table that places new cells
@@ -48,8 +50,11 @@ class Chunk:
     merge_features: object = None  # (m, g) dense or sparse merge features; None: the absorb features
 
 
-def _add_by_label(total: np.ndarray, labels: np.ndarray, values, n_labels: int, sign: float = 1.0) -> np.ndarray:
-    """``total[label] += sign * value`` for every row; ``total`` grows to ``n_labels`` rows (returned).
+def _add_by_label(
+    total: np.ndarray, labels: np.ndarray, values, n_labels: int, sign: float = 1.0, *, square: bool = False
+) -> np.ndarray:
+    """``total[label] += sign * value`` (``value ** 2`` with ``square``) for every row; ``total`` grows to
+    ``n_labels`` rows (returned).
 
     Summed over the labels present in the chunk only, so the temporaries are (labels in the chunk × features),
     not (all codes × features).
@@ -60,7 +65,7 @@ def _add_by_label(total: np.ndarray, labels: np.ndarray, values, n_labels: int, 
             grown[: total.shape[0]] = total
         total = grown
     present, inverse = np.unique(labels, return_inverse=True)
-    sums = label_sums(inverse.ravel(), values, present.size)
+    sums = label_sums(inverse.ravel(), values, present.size, square=square)
     total[present] += sums if sign == 1.0 else sign * sums
     return total
 
@@ -106,6 +111,7 @@ class ClusterAccumulator:
         self._words: list[np.ndarray] = []  # packed words of every code id
         self._feature_sums = np.zeros((0, 0))
         self._merge_sums = np.zeros((0, 0))
+        self._merge_squares = np.zeros((0, 0))
         self._code_counts = np.zeros(0)
         self._big = self._tree = None
         self.final: np.ndarray | None = None  # labels after merging (set by `labels`)
@@ -144,6 +150,7 @@ class ClusterAccumulator:
         self._feature_sums = _add_by_label(self._feature_sums, lab, chunk.features, k)
         merge = chunk.features if chunk.merge_features is None else chunk.merge_features
         self._merge_sums = _add_by_label(self._merge_sums, lab, merge, k)
+        self._merge_squares = _add_by_label(self._merge_squares, lab, merge, k, square=True)
 
     def set_codes(
         self,
@@ -152,11 +159,12 @@ class ClusterAccumulator:
         words: np.ndarray,
         feature_sums: np.ndarray,
         merge_sums: np.ndarray,
+        merge_squares: np.ndarray,
     ) -> None:
         """Passes 1 and 2 done elsewhere (on the training device, :mod:`scae._device_cut`): their results.
 
         ``code_ids`` numbers the codes by first appearance (as :meth:`add_codes`), ``words`` holds the packed
-        uint64 words of every code id, the sums one row per code id.
+        uint64 words of every code id, the sums (and sums of squares of the merge features) one row per code id.
         """
         code_ids = np.asarray(code_ids, dtype=np.int64)
         words = np.asarray(words, dtype=np.uint64)
@@ -169,6 +177,7 @@ class ClusterAccumulator:
         self._keys = {tuple(w): i for i, w in enumerate(words.tolist())}
         self._feature_sums = np.asarray(feature_sums, dtype=np.float64)
         self._merge_sums = np.asarray(merge_sums, dtype=np.float64)
+        self._merge_squares = np.asarray(merge_squares, dtype=np.float64)
 
     # ------------------------------------------------------------------ pass 3
     def needs_absorb(self) -> bool:
@@ -203,6 +212,8 @@ class ClusterAccumulator:
         k = len(self._keys)
         self._merge_sums = _add_by_label(self._merge_sums, target, merge, k)
         self._merge_sums = _add_by_label(self._merge_sums, lab[rows], merge, k, sign=-1.0)
+        self._merge_squares = _add_by_label(self._merge_squares, target, merge, k, square=True)
+        self._merge_squares = _add_by_label(self._merge_squares, lab[rows], merge, k, sign=-1.0, square=True)
 
     # ------------------------------------------------------------------ result
     def labels(self) -> np.ndarray:
@@ -214,9 +225,15 @@ class ClusterAccumulator:
         keep = np.flatnonzero(counts > 0)
         order = keep[np.argsort(-counts[keep], kind="stable")]
         if len(order) > 1:
-            centroids = self._merge_sums[order] / counts[order][:, None] / self.merge_scale
+            per_cell = counts[order][:, None]
+            centroids = self._merge_sums[order] / per_cell / self.merge_scale
+            moments = self._merge_squares[order] / per_cell / self.merge_scale**2
             groups = group_centroids(
-                centroids, counts[order], merge_threshold=self.merge_threshold, n_clusters=self.n_clusters
+                centroids,
+                counts[order],
+                merge_threshold=self.merge_threshold,
+                n_clusters=self.n_clusters,
+                second_moments=moments,
             )
             labels = relabel_by_size(groups[labels])
         self.final = labels

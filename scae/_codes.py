@@ -75,26 +75,70 @@ def hash_codes(binary: np.ndarray) -> np.ndarray:
 #: (halves 1.65 apart).
 DEFAULT_MERGE_THRESHOLD = 2.3
 
+#: Pairs of groups at least this far apart (same units) are merged only when their cells overlap: when their
+#: *separation* is below :data:`MAX_SEPARATION` (see :func:`separation`); closer pairs always merge.
+SEPARATION_FROM = 2.0
+
+#: Largest separation (distance of the two means over the pooled within-group standard deviation along the
+#: line joining them) of a pair that may merge at distances from :data:`SEPARATION_FROM` up to the merge
+#: threshold. Chosen by re-cutting saved default fits (2026-11-28): NK and NK T cells of flowsom_bal_flow lie
+#: 2.0-2.6 apart and 2.8-4 pooled deviations; the halves of one population lie at most ~2.0 apart or overlap
+#: (the B cells of one fit: 1.82 apart, separation 3.6). On 68 flowsom_bal_flow fits (60 CPU, 8 CUDA) the
+#: automatic F1 went from 0.931 on average (8 below 0.85, 4 below 0.78; the CUDA fit of seed 1 0.76) to 0.948
+#: (none below 0.89; seed 1 0.95), on 30 levine3k fits from 0.948 to 0.946; 2.5 gave the same, 3.2 let
+#: 2 flow fits fall below 0.78 again, and starting the rule at 1.8 instead of 2.0 split the B cells (0.904).
+#: With ``n_clusters`` the same pairs merge last: flow k=7 F1 0.950 -> 0.953 (fits below 0.93: 9 -> 6 of 68,
+#: lowest 0.860 -> 0.912; CUDA seed 1 0.919 -> 0.954), levine3k k=3 unchanged (0.964).
+MAX_SEPARATION = 2.8
+
 #: With ``n_clusters``, a group of code clusters holding less than this share of the cells is not counted as
 #: one of the ``n_clusters``: its cells join the nearest counted group (outlying debris cannot take a slot).
 MIN_GROUP_SHARE = 0.01
 
 
-def label_sums(labels: np.ndarray, X, n: int, *, chunk_rows: int = 65536) -> np.ndarray:
-    """Per-label sums of the rows of ``X`` (dense, sparse or backed): ``(n, n_features)`` float64, by row blocks."""
+def label_sums(labels: np.ndarray, X, n: int, *, square: bool = False, chunk_rows: int = 65536) -> np.ndarray:
+    """Per-label sums of the rows of ``X`` (dense, sparse or backed): ``(n, n_features)`` float64, by row blocks.
+
+    ``square``: sums of the squared values instead.
+    """
     out = np.zeros((n, X.shape[1]))
     for start in range(0, X.shape[0], chunk_rows):
         lab = labels[start : start + chunk_rows]
         block = X[start : start + chunk_rows]
+        block = block.astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64)
+        if square:
+            block = block.multiply(block) if sp.issparse(block) else np.square(block)
         onehot = sp.csr_matrix((np.ones(lab.size), (lab, np.arange(lab.size))), shape=(n, lab.size))
-        summed = onehot @ (block.astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64))
+        summed = onehot @ block
         out += summed.toarray() if sp.issparse(summed) else summed
     return out
 
 
-def _centroids(labels: np.ndarray, features, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _centroids(labels: np.ndarray, features, n: int, *, square: bool = False):
+    """Per-label means of ``features`` and cell counts; with ``square`` also the means of the squares."""
     counts = np.bincount(labels, minlength=n).astype(np.float64)
-    return label_sums(labels, features, n) / np.maximum(counts, 1)[:, None], counts
+    per_cell = np.maximum(counts, 1)[:, None]
+    means = label_sums(labels, features, n) / per_cell
+    if square:
+        return means, counts, label_sums(labels, features, n, square=True) / per_cell
+    return means, counts
+
+
+def separation(mean_a, mean_b, var_a, var_b, weight_a: float, weight_b: float) -> float:
+    """Distance of two group means over the pooled within-group standard deviation along the line joining them.
+
+    The within-group variances are per feature (``var_a``, ``var_b``), pooled count-weighted; along the unit
+    vector ``u`` from one mean to the other the pooled variance is ``sum(u**2 * var)`` (features taken as
+    uncorrelated within a group). Well-separated populations score high (3 and more: few cells between
+    them); two halves of one population, or groups that overlap, score low.
+    """
+    diff = np.asarray(mean_a, dtype=np.float64) - np.asarray(mean_b, dtype=np.float64)
+    d2 = float(diff @ diff)
+    if d2 == 0.0:
+        return 0.0
+    pooled = (weight_a * np.asarray(var_a) + weight_b * np.asarray(var_b)) / (weight_a + weight_b)
+    spread = float(np.square(diff) @ np.maximum(pooled, 0.0)) / d2
+    return np.inf if spread <= 0.0 else float(np.sqrt(d2 / spread))
 
 
 def common_scale(std) -> float:
@@ -109,11 +153,17 @@ def group_centroids(
     merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
     n_clusters: int | None = None,
     min_share: float = MIN_GROUP_SHARE,
+    second_moments: np.ndarray | None = None,
+    max_separation: float | None = MAX_SEPARATION,
 ) -> np.ndarray:
     """Group of every code-cluster centre ``0..g-1`` (see :func:`scae.cluster.merge_clusters`).
 
     ``counts`` are the cells per centre: groups are joined closest pair first, the distance of two groups
-    being that of their count-weighted means (the mean input values of all their cells).
+    being that of their count-weighted means (the mean input values of all their cells). ``second_moments``
+    (per centre, the mean of the squared values, same units as ``centroids``) give the within-group spread:
+    with them, a pair at least :data:`SEPARATION_FROM` apart whose :func:`separation` is ``max_separation``
+    or more is kept apart. With ``n_clusters`` such a pair is only put off: when every remaining pair is
+    kept apart, the closest of them merges, so the count is always reached.
     """
     if n_clusters is not None and n_clusters < 1:
         msg = f"`n_clusters` must be >= 1, got {n_clusters}"
@@ -123,10 +173,27 @@ def group_centroids(
         return np.arange(n)
     if n_clusters is None and (merge_threshold is None or merge_threshold <= 0):
         return np.arange(n)
-    merger = _Merger(centroids, counts)
+    use_rule = second_moments is not None and max_separation is not None
+    merger = _Merger(centroids, counts, second_moments if use_rule else None)
+
+    def next_pair(limit: float = np.inf) -> tuple[int, int, float]:
+        """The closest pair that may merge (or any pair ``limit`` or more apart, squared); with ``n_clusters``,
+        the closest kept-apart pair when none may.
+        """
+        while True:
+            i, j, d2 = merger.closest()
+            if not np.isfinite(d2):  # every remaining pair is kept apart
+                return merger.closest_kept_apart() if n_clusters is not None else (i, j, d2)
+            if d2 >= limit:
+                return i, j, d2
+            if use_rule and d2 >= SEPARATION_FROM**2 and merger.separation(i, j) >= max_separation:
+                merger.keep_apart(i, j)  # until one of the two changes
+                continue
+            return i, j, d2
+
     if n_clusters is None:
         while merger.n_alive > 1:
-            i, j, d2 = merger.closest()
+            i, j, d2 = next_pair(merge_threshold**2)
             if d2 >= merge_threshold**2:
                 break
             merger.merge(i, j)
@@ -135,12 +202,12 @@ def group_centroids(
     bar = min_share * weights.sum()
     if np.count_nonzero(weights >= bar) < n_clusters:  # too few large groups to start with: plain count
         while merger.n_alive > n_clusters:
-            merger.merge(*merger.closest()[:2])
+            merger.merge(*next_pair()[:2])
         return merger.groups()
     # merge until exactly n_clusters groups hold >= min_share of the cells (each merge changes that by <= 1);
     # the groups below the bar then join the nearest counted group (debris cannot take one of the clusters)
     while np.count_nonzero(merger.alive & (merger.weight >= bar)) > n_clusters:
-        merger.merge(*merger.closest()[:2])
+        merger.merge(*next_pair()[:2])
     counted = merger.alive & (merger.weight >= bar)
     small = np.flatnonzero(merger.alive & ~counted)
     if small.size:
@@ -155,15 +222,18 @@ class _Merger:
     """Greedy agglomeration of weighted points: the two groups whose weighted means are closest merge first.
 
     Squared distances between group means are kept in a matrix with each row's nearest group cached, so a
-    merge costs O(g) plus a rescan of the rows whose nearest group took part in it.
+    merge costs O(g) plus a rescan of the rows whose nearest group took part in it. ``second_moments`` (mean
+    squared values per point), when given, are pooled alongside the means for :meth:`separation`.
     """
 
-    def __init__(self, centroids: np.ndarray, counts: np.ndarray) -> None:
+    def __init__(self, centroids: np.ndarray, counts: np.ndarray, second_moments: np.ndarray | None = None) -> None:
         self.mean = np.asarray(centroids, dtype=np.float64).copy()
+        self.moment = None if second_moments is None else np.asarray(second_moments, dtype=np.float64).copy()
         self.weight = np.maximum(np.asarray(counts, dtype=np.float64), 1e-12)
         n = self.mean.shape[0]
         self.alive = np.ones(n, dtype=bool)
         self.owner = np.arange(n)
+        self.apart: list[tuple[int, int]] = []  # pairs kept apart (see keep_apart), some stale
         sq = np.einsum("ij,ij->i", self.mean, self.mean)
         self.d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * self.mean @ self.mean.T, 0.0)
         np.fill_diagonal(self.d2, np.inf)
@@ -179,10 +249,35 @@ class _Merger:
         i = int(np.argmin(self.nn_d2))
         return i, int(self.nn[i]), float(self.nn_d2[i])
 
+    def closest_kept_apart(self) -> tuple[int, int, float]:
+        """The closest pair of live groups among those kept apart (when :meth:`closest` offers none)."""
+        best = (-1, -1, np.inf)
+        for i, j in self.apart:
+            if self.alive[i] and self.alive[j] and not np.isfinite(self.d2[i, j]):
+                d2 = float(np.sum(np.square(self.mean[i] - self.mean[j])))
+                best = min(best, (i, j, d2), key=lambda pair: pair[2])
+        return best
+
+    def separation(self, i: int, j: int) -> float:
+        """:func:`separation` of groups ``i`` and ``j`` (needs ``second_moments``)."""
+        var_i = self.moment[i] - np.square(self.mean[i])
+        var_j = self.moment[j] - np.square(self.mean[j])
+        return separation(self.mean[i], self.mean[j], var_i, var_j, self.weight[i], self.weight[j])
+
+    def keep_apart(self, i: int, j: int) -> None:
+        """Groups ``i`` and ``j`` are not offered by :meth:`closest` again until one of them merges."""
+        self.d2[i, j] = self.d2[j, i] = np.inf
+        self.apart.append((i, j))
+        for row in (i, j):
+            self.nn[row] = int(np.argmin(self.d2[row]))
+            self.nn_d2[row] = self.d2[row, self.nn[row]]
+
     def merge(self, i: int, j: int) -> None:
         """Group ``j`` joins group ``i`` (which keeps its index)."""
         w = self.weight[i] + self.weight[j]
         self.mean[i] = (self.mean[i] * self.weight[i] + self.mean[j] * self.weight[j]) / w
+        if self.moment is not None:
+            self.moment[i] = (self.moment[i] * self.weight[i] + self.moment[j] * self.weight[j]) / w
         self.weight[i], self.weight[j] = w, 0.0
         self.alive[j] = False
         self.owner[self.owner == j] = i

@@ -97,14 +97,21 @@ def device_cut(
     del words
     k = code_words.shape[0]
     feature_sums = torch.zeros((k, features.shape[1]), dtype=torch.float64, device=device)
+    feature_squares = torch.zeros_like(feature_sums) if merge_features is None else None
     merge_sums = None if merge_features is None else torch.zeros_like(feature_sums)
+    merge_squares = None if merge_features is None else torch.zeros_like(feature_sums)
     start = 0
     for x in source.chunks(chunk_rows):
         stop = start + x.shape[0]
         rows = ids[start:stop]
-        feature_sums.index_add_(0, rows, torch.from_numpy(features[start:stop]).to(device, torch.float64))
-        if merge_sums is not None:  # merge features of all-mse models: the input rows, already on the device
-            merge_sums.index_add_(0, rows, x.to(torch.float64))
+        f = torch.from_numpy(features[start:stop]).to(device, torch.float64)
+        feature_sums.index_add_(0, rows, f)
+        if merge_sums is None:  # the absorb features are the merge features
+            feature_squares.index_add_(0, rows, f * f)
+        else:  # merge features of all-mse models: the input rows, already on the device
+            x = x.to(torch.float64)
+            merge_sums.index_add_(0, rows, x)
+            merge_squares.index_add_(0, rows, x * x)
         start = stop
     feature_sums = feature_sums.cpu().numpy()
     acc.set_codes(
@@ -113,6 +120,7 @@ def device_cut(
         code_words.cpu().numpy().view(np.uint64),
         feature_sums,
         feature_sums.copy() if merge_sums is None else merge_sums.cpu().numpy(),
+        (feature_squares if merge_squares is None else merge_squares).cpu().numpy(),
     )
     if acc.needs_absorb():
         for chunk in array_chunks(features, features, merge_features, chunk_rows=chunk_rows)():

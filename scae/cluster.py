@@ -13,7 +13,9 @@ from scipy.spatial import cKDTree
 from ._accumulator import cluster_arrays
 from ._codes import (
     DEFAULT_MERGE_THRESHOLD,
+    MAX_SEPARATION,
     MIN_GROUP_SHARE,
+    SEPARATION_FROM,
     _centroids,
     binarize,
     code_words,
@@ -24,12 +26,15 @@ from ._codes import (
     label_sums,
     pack_bits,
     relabel_by_size,
+    separation,
     word_ids,
 )
 
 __all__ = [
     "DEFAULT_MERGE_THRESHOLD",
+    "MAX_SEPARATION",
     "MIN_GROUP_SHARE",
+    "SEPARATION_FROM",
     "absorb_small",
     "binarize",
     "code_words",
@@ -42,6 +47,7 @@ __all__ = [
     "merge_clusters",
     "pack_bits",
     "relabel_by_size",
+    "separation",
     "word_ids",
 ]
 
@@ -69,6 +75,7 @@ def merge_clusters(
     n_clusters: int | None = None,
     scale: float = 1.0,
     min_share: float = MIN_GROUP_SHARE,
+    max_separation: float | None = MAX_SEPARATION,
 ) -> np.ndarray:
     """Merge code clusters whose centres are close, closest pair of groups first.
 
@@ -79,7 +86,13 @@ def merge_clusters(
 
     Groups are joined greedily: the two groups whose count-weighted means (the mean input values of all
     their cells) are closest merge, and the merged group's mean is recomputed. Without ``n_clusters``
-    merging stops when no two groups are closer than ``merge_threshold``, so the count is data-driven.
+    merging stops when no two groups are closer than ``merge_threshold``, so the count is data-driven;
+    a pair at least :data:`SEPARATION_FROM` (2.0) apart is then joined only when its cells overlap, i.e.
+    when the distance of the two means is less than ``max_separation`` pooled within-group standard
+    deviations along the line joining them (:func:`separation`): two distinct populations whose means lie
+    a little closer than the threshold (NK and NK T cells in flowsom_bal_flow) stay apart, while the halves
+    of one population, which overlap, still merge. With ``n_clusters`` such pairs are put off instead: they
+    merge only when no other pair may, closest first.
     With ``n_clusters`` it goes on until exactly that many groups hold at least ``min_share`` of the cells;
     the smaller groups then join the nearest of them, so outlying codes of a few cells (debris, doublets)
     cannot take one of the ``n_clusters``.
@@ -104,6 +117,8 @@ def merge_clusters(
         Unit of the distances.
     min_share
         See above.
+    max_separation
+        See above; ``None``: merge every pair closer than ``merge_threshold``.
     """
     if n_clusters is not None and n_clusters < 1:
         msg = f"`n_clusters` must be >= 1, got {n_clusters}"
@@ -111,9 +126,15 @@ def merge_clusters(
     n = labels.max() + 1
     if n <= 1:
         return labels
-    centroids, counts = _centroids(labels, features, n)
+    centroids, counts, moments = _centroids(labels, features, n, square=True)
     groups = group_centroids(
-        centroids / scale, counts, merge_threshold=merge_threshold, n_clusters=n_clusters, min_share=min_share
+        centroids / scale,
+        counts,
+        merge_threshold=merge_threshold,
+        n_clusters=n_clusters,
+        min_share=min_share,
+        second_moments=moments / scale**2,
+        max_separation=max_separation,
     )
     return relabel_by_size(groups[labels])
 

@@ -58,7 +58,7 @@ def test_merge_distance_is_in_units_of_scale_and_sums_read_sparse_rows():
     labels = np.repeat([0, 1], 200)
     assert cluster.merge_clusters(labels, feats, merge_threshold=1.0).max() + 1 == 2
     assert cluster.merge_clusters(labels, feats, merge_threshold=1.0, scale=2.0).max() + 1 == 1  # 0.75 units apart
-    assert cluster.common_scale([1.0, 2.0, 2.0]) == 3.0 ** 0.5
+    assert cluster.common_scale([1.0, 2.0, 2.0]) == 3.0**0.5
     np.testing.assert_allclose(
         cluster.label_sums(labels, sp.csr_matrix(feats), 2, chunk_rows=64), cluster.label_sums(labels, feats, 2)
     )
@@ -80,33 +80,71 @@ def test_n_clusters_counts_only_groups_with_one_percent_of_cells():
     assert adjusted_rand_score(truth, merged) > 0.99  # with a lower bar the rare population is one of the 4
 
 
-def _closest_means_first(centroids, counts, *, threshold=None, n_clusters=None, min_share=0.01):
+def _closest_means_first(centroids, counts, *, threshold=None, n_clusters=None, min_share=0.01, moments=None):
     """Reference of cluster.group_centroids, written plainly: recompute every pair distance at every merge."""
     means = {i: np.asarray(c, float) for i, c in enumerate(centroids)}
+    second = {i: np.asarray(m, float) for i, m in enumerate(moments)} if moments is not None else None
     weight = {i: float(n) for i, n in enumerate(counts)}
+    version = dict.fromkeys(means, 0)
+    apart = set()  # (i, j, version of i, version of j): pairs kept apart until one of them changes
     owner = np.arange(len(centroids))
 
     def closest():
         keys = sorted(means)
-        pairs = [(float(((means[i] - means[j]) ** 2).sum()), i, j) for a, i in enumerate(keys) for j in keys[a + 1 :]]
-        return min(pairs)
+        pairs = [
+            (float(((means[i] - means[j]) ** 2).sum()), i, j)
+            for a, i in enumerate(keys)
+            for j in keys[a + 1 :]
+            if (i, j, version[i], version[j]) not in apart
+        ]
+        return min(pairs) if pairs else (np.inf, -1, -1)
+
+    def separated(i, j):
+        diff = means[i] - means[j]
+        pooled = (weight[i] * (second[i] - means[i] ** 2) + weight[j] * (second[j] - means[j] ** 2)) / (
+            weight[i] + weight[j]
+        )
+        return np.sqrt((diff @ diff) ** 2 / (diff**2 @ pooled)) >= cluster.MAX_SEPARATION
 
     def merge(i, j):
         means[i] = (means[i] * weight[i] + means[j] * weight[j]) / (weight[i] + weight[j])
+        if second is not None:
+            second[i] = (second[i] * weight[i] + second.pop(j) * weight[j]) / (weight[i] + weight[j])
         weight[i] += weight.pop(j)
+        version[i] += 1
         del means[j]
         owner[owner == j] = i
 
+    def next_pair(force):
+        while True:
+            d2, i, j = closest()
+            if not np.isfinite(d2):  # all kept apart: with a count to reach, the closest of them
+                if not force:
+                    return d2, i, j
+                current = [
+                    (a, b)
+                    for a, b, va, vb in apart
+                    if a in means and b in means and (va, vb) == (version[a], version[b])
+                ]
+                return min((float(((means[a] - means[b]) ** 2).sum()), a, b) for a, b in current)
+            if second is not None and d2 >= cluster.SEPARATION_FROM**2 and separated(i, j):
+                apart.add((i, j, version[i], version[j]))
+                continue
+            return d2, i, j
+
     bar = min_share * float(np.sum(counts))
     if n_clusters is None:
-        while len(means) > 1 and closest()[0] < threshold**2:
-            merge(*closest()[1:])
+        while len(means) > 1:
+            d2, i, j = next_pair(False)
+            if d2 >= threshold**2:
+                break
+            merge(i, j)
     elif sum(w >= bar for w in weight.values()) < n_clusters:
         while len(means) > n_clusters:
-            merge(*closest()[1:])
+            merge(*next_pair(True)[1:])
     else:
         while sum(w >= bar for w in weight.values()) > n_clusters:
-            merge(*closest()[1:])
+            merge(*next_pair(True)[1:])
         big = [i for i in means if weight[i] >= bar]
         for g in [i for i in means if weight[i] < bar]:
             owner[owner == g] = min(big, key=lambda b: ((means[b] - means[g]) ** 2).sum())
@@ -122,14 +160,74 @@ def test_group_centroids_merges_closest_weighted_means_first():
         centroids = rng.normal(size=(g, d)) * rng.uniform(0.5, 4)
         counts = rng.integers(1, 500, g).astype(float)
         k = int(rng.integers(1, g + 1))
-        for kw in ({"merge_threshold": 2.4}, {"n_clusters": k}):
+        # within-group variances 0.05-1.5 per feature: pairs 2-2.4 apart are both kept apart and merged
+        moments = centroids**2 + rng.uniform(0.05, 1.5, size=(g, d))
+        for kw in (
+            {"merge_threshold": 2.4},
+            {"n_clusters": k},
+            {"merge_threshold": 3.0, "second_moments": moments},
+            {"n_clusters": k, "second_moments": moments},
+        ):
             got = cluster.group_centroids(centroids, counts, **kw)
             want = _closest_means_first(
-                centroids, counts, threshold=kw.get("merge_threshold"), n_clusters=kw.get("n_clusters")
+                centroids,
+                counts,
+                threshold=kw.get("merge_threshold"),
+                n_clusters=kw.get("n_clusters"),
+                moments=kw.get("second_moments"),
             )
             assert adjusted_rand_score(want, got) == 1.0, kw
             if "n_clusters" in kw:
                 assert got.max() + 1 == k
+
+
+def test_separated_populations_stay_apart_and_overlapping_halves_merge():
+    # two populations whose means lie 2.2 apart (under the merge threshold 2.3), each cut into two code
+    # clusters: with a within-population SD of 0.5 along the line joining them (separation 4.4) they stay
+    # apart; with SD 1.0 (separation 2.2, they overlap) they merge, and so do the halves of each population
+    rng = np.random.default_rng(3)
+    for sd, expected in ((0.5, 2), (1.0, 1)):
+        cells = np.concatenate([rng.normal(0.0, sd, (2000, 3)), rng.normal(0.0, sd, (2000, 3))])
+        cells[2000:, 0] += 2.2
+        labels = np.repeat([0, 1, 2, 3], 1000)  # halves of each population
+        merged = cluster.merge_clusters(labels, cells)
+        assert merged.max() + 1 == expected, sd
+        assert (merged[:1000] == merged[1000:2000][0]).all() and (merged[2000:] == merged[2000]).all()
+        everything = cluster.merge_clusters(labels, cells, max_separation=None)
+        assert everything.max() + 1 == 1  # without the rule every pair closer than 2.3 merges
+        # the rule starts at SEPARATION_FROM: the same populations 1.9 apart always merge
+        cells[2000:, 0] -= 0.3
+        assert cluster.merge_clusters(labels, cells).max() + 1 == 1
+
+
+def test_separation_is_distance_over_pooled_sd_along_the_mean_difference():
+    # along the first feature the pooled variance is (3 * 0.25 + 1 * 1.0) / 4 = 0.4375; the second feature's
+    # variance (100) is orthogonal to the difference and does not count
+    sep = cluster.separation([0.0, 0.0], [2.0, 0.0], [0.25, 100.0], [1.0, 100.0], 3.0, 1.0)
+    assert np.isclose(sep, 2.0 / np.sqrt(0.4375))
+    assert cluster.separation([1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], 1.0, 1.0) == 0.0
+    assert cluster.separation([0.0], [2.0], [0.0], [0.0], 1.0, 1.0) == np.inf
+
+
+def test_accumulator_sums_of_squares_follow_absorbed_cells():
+    """Chunked passes with rare codes absorbed: per-code sums of squares equal those of the final code clusters."""
+    import scipy.sparse as sp
+
+    from scae._accumulator import ClusterAccumulator, array_chunks, run_passes
+
+    rng = np.random.default_rng(4)
+    codes = (rng.random((900, 6)) < np.repeat(rng.random((9, 6)), 100, axis=0)).astype(np.float32)
+    codes[rng.choice(900, 40, replace=False)] = rng.random((40, 6))  # rare codes, absorbed in pass 3
+    features = rng.normal(size=(900, 4)).astype(np.float32)
+    merge = sp.csr_matrix(rng.normal(size=(900, 5)) * (rng.random((900, 5)) < 0.5))
+    acc = ClusterAccumulator(900, min_cluster_size=10)
+    run_passes(acc, array_chunks(codes, features, merge, chunk_rows=97))
+    assert acc._small[acc.code_ids].any()
+    k = len(acc._keys)
+    np.testing.assert_allclose(acc._merge_sums[:k], cluster.label_sums(acc.absorbed, merge, k), atol=1e-9)
+    np.testing.assert_allclose(
+        acc._merge_squares[:k], cluster.label_sums(acc.absorbed, merge, k, square=True), atol=1e-9
+    )
 
 
 def test_group_means_are_count_weighted():
@@ -161,17 +259,26 @@ def test_device_packing_and_numbering_equal_the_host_ones():
         np.testing.assert_array_equal(uniq.numpy()[ids.numpy()], repeated.numpy())
 
 
-def test_clusters_cut_on_the_device_equal_the_host_ones(levine):
-    """The device passes (torch, here on the CPU; tests/test_cuda.py runs them on a GPU) give the host's labels."""
+def test_clusters_cut_on_the_device_equal_the_host_ones(levine, monkeypatch):
+    """The device passes (torch, here on the CPU; tests/test_cuda.py runs them on a GPU) give the host's labels
+    and the same per-code sums and sums of squares."""
     import scae
     from scae import _pipeline
+    from scae._accumulator import ClusterAccumulator
 
+    seen = []
+    labels = ClusterAccumulator.labels
+    monkeypatch.setattr(ClusterAccumulator, "labels", lambda self: seen.append(self) or labels(self))
     model = scae.SAUCIE(levine, random_state=0).train(max_epochs=15, progress=False)
     out = model.outputs()
     for options in ({}, {"n_clusters": 3}, {"merge_threshold": None}, {"min_cluster_size": 60, "threshold": 0.2}):
         host = _pipeline.cut_labels(model, out["codes"], out["reconstruction"], on_device=False, **options)
         dev = _pipeline.cut_labels(model, out["codes"], out["reconstruction"], on_device=True, **options)
         np.testing.assert_array_equal(dev, host)
+        on_host, on_device = seen[-2:]
+        k = len(on_host._keys)
+        for name in ("_merge_sums", "_merge_squares", "_feature_sums"):
+            np.testing.assert_allclose(getattr(on_device, name)[:k], getattr(on_host, name)[:k], rtol=1e-5, atol=1e-6)
         assert host.max() + 1 >= (3 if options.get("n_clusters") else 2), options
 
 
@@ -183,4 +290,6 @@ def test_accumulator_set_codes_checks_shapes():
     acc = ClusterAccumulator(10)
     words = np.zeros((2, 1), dtype=np.uint64)
     with pytest.raises(ValueError, match="code ids"):
-        acc.set_codes(np.ones(3), np.zeros(9, dtype=np.int64), words, np.zeros((2, 3)), np.zeros((2, 3)))
+        acc.set_codes(
+            np.ones(3), np.zeros(9, dtype=np.int64), words, np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3))
+        )

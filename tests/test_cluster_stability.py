@@ -2,14 +2,15 @@
 
 Seeds 0-2 under 1 and 2 torch threads, and a run whose feature moments are computed in float32 instead of
 float64: the same algorithm, slightly different numbers, as on another CPU or BLAS. Each path is one draw
-from the distribution of fits: over 80 seeds (10-89) of flowsom_bal_flow about one default fit in thirteen
-puts NK and NK T cells in one cluster (automatic F1 below 0.85; scae/_codes.py DEFAULT_MERGE_THRESHOLD), so the
-test bounds how many of the 9 runs may do so instead of requiring all 9 to avoid it (with one fit in
-thirteen, 3 or more of 9 happen about once in 30 runs of the test). Measured on the 2-core CPU (2026-11-27,
-~1.4 s a fit: 256-128-64 network, 304 steps of 512), automatic / k=7 F1 (automatic ARI):
-seed 0: 1 thread 0.976 / 0.977 (0.989), 2 threads 0.971 / 0.971 (0.985), float32 moments 0.966 / 0.967 (0.981);
-seed 1: 0.767 / 0.922 (0.957; NK T cells split between the CD4 T and NK clusters), 0.964 / 0.964 (0.983),
-0.956 / 0.956 (0.978); seed 2: 0.974 / 0.974 (0.993), 0.967 / 0.967 (0.994), 0.970 / 0.970 (0.991).
+from the distribution of fits. Before the separation rule of the merge (scae/_codes.py MAX_SEPARATION) about
+one default fit in thirteen put NK and NK T cells in one cluster (automatic F1 below 0.85); with it, none of 68
+saved flowsom_bal_flow fits (CPU seeds 0-59, 8 CUDA fits) is below 0.89, so the test allows one run of the 9
+below the floor (a mode rarer than one fit in 68) instead of two. Clusters holding >= 1% of the cells are
+counted: the rule keeps a few small separated groups (< 1% of the cells each) apart. Measured on the 2-core
+CPU (2026-11-28, ~3 s a fit), automatic / k=7 F1 (automatic ARI, clusters):
+seed 0: 1 thread 0.976 / 0.977 (0.989, 9), 2 threads 0.971 / 0.971 (0.985, 8), float32 moments 0.967 / 0.967
+(0.984, 9); seed 1: 0.922 / 0.922 (0.959, 7; 0.767 before the rule), 0.964 / 0.964 (0.983, 7), 0.956 / 0.956
+(0.978, 7); seed 2: 0.974 / 0.974 (0.993, 7), 0.967 / 0.967 (0.994, 7), 0.970 / 0.970 (0.991, 7).
 """
 
 import anndata
@@ -26,7 +27,7 @@ F1_FLOOR = 0.78
 ARI_FLOOR = 0.95
 K7_F1_FLOOR = 0.90
 #: runs of the 9 that may fall below F1_FLOOR (the NK / NK T mode; see the module docstring)
-MAX_RUNS_BELOW_F1_FLOOR = 2
+MAX_RUNS_BELOW_F1_FLOOR = 1
 
 
 def _float32_moments(X):
@@ -61,9 +62,14 @@ def test_default_clusters_hold_floors_across_floating_point_paths(flow, monkeypa
             scae.tl.fit(a, random_state=seed, progress=False, device="cpu")
         finally:
             torch.set_num_threads(before)
+        sizes = a.obs["scae_cluster"].value_counts().to_numpy()  # of the automatic clusters
         auto, k7 = _scores(a, labels, keep)
         run = (seed, threads, float32_moments)
-        assert 5 <= auto["n_clusters"] <= 9, (run, auto)
+        print(
+            run,
+            f"auto F1 {auto['f1']:.3f} ARI {auto['ari']:.3f} ({auto['n_clusters']} clusters), k=7 F1 {k7['f1']:.3f}",
+        )
+        assert 5 <= np.count_nonzero(sizes >= 0.01 * a.n_obs) <= 9, (run, sizes)
         assert auto["ari"] > ARI_FLOOR, (run, auto)
         assert k7["f1"] > K7_F1_FLOOR and k7["ari"] > ARI_FLOOR, (run, k7)
         if auto["f1"] <= F1_FLOOR:
@@ -93,7 +99,8 @@ def test_cuda_minibatch_on_the_cpu(flow_131k, seed):
     there on; on flowsom_bal_flow itself a minibatch of 4,096 means 5 steps a pass, a setting no default takes
     (there, 150 steps of 4,096 gave k=7 F1 below 0.93 in 6 of 20 seeds). Measured 2026-11-27 (256 steps, learning
     rate 4.5e-3, ~8 s a fit): automatic F1 0.972/0.940/0.938, k=7 0.973/0.951/0.955 (seeds 0/1/2); seeds 3-7 k=7
-    0.950/0.798/0.929/0.981/0.959 — large minibatches are less steady than 512 (8 of 80 below 0.93).
+    0.950/0.798/0.929/0.981/0.959 — large minibatches are less steady than 512 (8 of 80 below 0.93). With the
+    separation rule of the merge (2026-11-28): automatic 0.972/0.939/0.938 (8/9/8 clusters), k=7 0.973/0.951/0.955.
     """
     flow = flow_131k
     labels = flow.obs["cell_type"].astype(str).to_numpy()
@@ -103,5 +110,6 @@ def test_cuda_minibatch_on_the_cpu(flow_131k, seed):
     rt = a.uns["scae"]["runtime"]
     assert rt["batch_size"] == 4096 and rt["max_steps"] == 8 * 32
     auto, k7 = _scores(a, labels, keep)
+    print(seed, f"auto F1 {auto['f1']:.3f} ({auto['n_clusters']} clusters), k=7 F1 {k7['f1']:.3f}")
     assert auto["f1"] >= 0.78, auto
     assert k7["f1"] >= 0.93, k7
