@@ -87,8 +87,8 @@ SEPARATION_FROM = 2.0
 #: automatic F1 went from 0.931 on average (8 below 0.85, 4 below 0.78; the CUDA fit of seed 1 0.76) to 0.948
 #: (none below 0.89; seed 1 0.95), on 30 levine3k fits from 0.948 to 0.946; 2.5 gave the same, 3.2 let
 #: 2 flow fits fall below 0.78 again, and starting the rule at 1.8 instead of 2.0 split the B cells (0.904).
-#: With ``n_clusters`` the same pairs merge last: flow k=7 F1 0.950 -> 0.953 (fits below 0.93: 9 -> 6 of 68,
-#: lowest 0.860 -> 0.912; CUDA seed 1 0.919 -> 0.954), levine3k k=3 unchanged (0.964).
+#: With ``n_clusters`` the same pairs merge last: flow k=7 F1 0.950 -> 0.952 (fits below 0.93: 9 -> 7 of 68,
+#: lowest 0.860 -> 0.901; CUDA seed 1 0.919 -> 0.954), levine3k k=3 unchanged (0.964).
 MAX_SEPARATION = 2.8
 
 #: With ``n_clusters``, a group of code clusters holding less than this share of the cells is not counted as
@@ -173,28 +173,18 @@ def group_centroids(
         return np.arange(n)
     if n_clusters is None and (merge_threshold is None or merge_threshold <= 0):
         return np.arange(n)
-    use_rule = second_moments is not None and max_separation is not None
-    merger = _Merger(centroids, counts, second_moments if use_rule else None)
+    rule = max_separation if second_moments is not None else None
+    limit = np.inf if n_clusters is not None else merge_threshold**2
+    merger = _Merger(centroids, counts, second_moments if rule is not None else None, rule, limit)
 
-    def next_pair(limit: float = np.inf) -> tuple[int, int, float]:
-        """The closest pair that may merge (or any pair ``limit`` or more apart, squared); with ``n_clusters``,
-        the closest kept-apart pair when none may.
-        """
-        while True:
-            i, j, d2 = merger.closest()
-            if not np.isfinite(d2):  # every remaining pair is kept apart
-                return merger.closest_kept_apart() if n_clusters is not None else (i, j, d2)
-            if d2 >= limit:
-                return i, j, d2
-            if use_rule and d2 >= SEPARATION_FROM**2 and merger.separation(i, j) >= max_separation:
-                merger.keep_apart(i, j)  # until one of the two changes
-                continue
-            return i, j, d2
+    def next_pair() -> tuple[int, int]:
+        i, j, d2 = merger.closest()
+        return (i, j) if np.isfinite(d2) else merger.closest_kept_apart()  # all kept apart: the closest of them
 
     if n_clusters is None:
         while merger.n_alive > 1:
-            i, j, d2 = next_pair(merge_threshold**2)
-            if d2 >= merge_threshold**2:
+            i, j, d2 = merger.closest()
+            if d2 >= limit:
                 break
             merger.merge(i, j)
         return merger.groups()
@@ -202,12 +192,12 @@ def group_centroids(
     bar = min_share * weights.sum()
     if np.count_nonzero(weights >= bar) < n_clusters:  # too few large groups to start with: plain count
         while merger.n_alive > n_clusters:
-            merger.merge(*next_pair()[:2])
+            merger.merge(*next_pair())
         return merger.groups()
     # merge until exactly n_clusters groups hold >= min_share of the cells (each merge changes that by <= 1);
     # the groups below the bar then join the nearest counted group (debris cannot take one of the clusters)
     while np.count_nonzero(merger.alive & (merger.weight >= bar)) > n_clusters:
-        merger.merge(*next_pair()[:2])
+        merger.merge(*next_pair())
     counted = merger.alive & (merger.weight >= bar)
     small = np.flatnonzero(merger.alive & ~counted)
     if small.size:
@@ -222,21 +212,43 @@ class _Merger:
     """Greedy agglomeration of weighted points: the two groups whose weighted means are closest merge first.
 
     Squared distances between group means are kept in a matrix with each row's nearest group cached, so a
-    merge costs O(g) plus a rescan of the rows whose nearest group took part in it. ``second_moments`` (mean
-    squared values per point), when given, are pooled alongside the means for :meth:`separation`.
+    merge costs O(g) plus a rescan of the rows whose nearest group took part in it. With ``second_moments``
+    (mean squared values per point, pooled alongside the means) and ``max_separation``, pairs at least
+    :data:`SEPARATION_FROM` and less than ``sqrt(limit)`` apart whose :func:`separation` reaches
+    ``max_separation`` are *kept apart*: their entry of the matrix that :meth:`closest` searches is infinite
+    (the true distances stay in ``raw``). A group's pairs are tested when it forms, all at once, so a pair
+    kept apart is tested again exactly when one of its groups changes.
     """
 
-    def __init__(self, centroids: np.ndarray, counts: np.ndarray, second_moments: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        counts: np.ndarray,
+        second_moments: np.ndarray | None = None,
+        max_separation: float | None = None,
+        limit: float = np.inf,
+    ) -> None:
         self.mean = np.asarray(centroids, dtype=np.float64).copy()
-        self.moment = None if second_moments is None else np.asarray(second_moments, dtype=np.float64).copy()
         self.weight = np.maximum(np.asarray(counts, dtype=np.float64), 1e-12)
+        self.rule = second_moments is not None and max_separation is not None
+        self.moment = np.asarray(second_moments, dtype=np.float64).copy() if self.rule else None
+        self.max_separation, self.limit = max_separation, limit
         n = self.mean.shape[0]
+        if self.rule:
+            self.var, self.mean_var, self.mean_sq = (np.empty_like(self.mean) for _ in range(3))
+            self.sq_var = np.empty(n)
+            self._spread_cache(slice(None))
         self.alive = np.ones(n, dtype=bool)
         self.owner = np.arange(n)
-        self.apart: list[tuple[int, int]] = []  # pairs kept apart (see keep_apart), some stale
         sq = np.einsum("ij,ij->i", self.mean, self.mean)
-        self.d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * self.mean @ self.mean.T, 0.0)
-        np.fill_diagonal(self.d2, np.inf)
+        self.raw = np.maximum(sq[:, None] + sq[None, :] - 2.0 * self.mean @ self.mean.T, 0.0)
+        np.fill_diagonal(self.raw, np.inf)
+        self.d2 = self.raw.copy() if self.rule else self.raw
+        if self.rule:
+            for i in range(n - 1):
+                apart = self._kept_apart_from(i, self.raw[i])
+                apart = apart[apart > i]  # each pair tested once: the matrix stays symmetric
+                self.d2[i, apart] = self.d2[apart, i] = np.inf
         self.nn = np.argmin(self.d2, axis=1)
         self.nn_d2 = self.d2[np.arange(n), self.nn]
 
@@ -244,46 +256,59 @@ class _Merger:
     def n_alive(self) -> int:
         return int(self.alive.sum())
 
+    def _spread_cache(self, rows) -> None:
+        """Per-group terms of the separation, refreshed for ``rows``: within-group variances ``var``, ``mean *
+        var``, ``sum(mean**2 * var)`` and ``mean**2`` (products with one group's vectors then give the pooled
+        variance along the mean difference of that group and every other at once, by matrix-vector products).
+        """
+        var = np.maximum(self.moment[rows] - np.square(self.mean[rows]), 0.0)
+        self.var[rows] = var
+        self.mean_var[rows] = self.mean[rows] * var
+        self.mean_sq[rows] = np.square(self.mean[rows])
+        self.sq_var[rows] = np.einsum("...j,...j->...", self.mean_sq[rows], var)
+
+    def _kept_apart_from(self, i: int, d2: np.ndarray) -> np.ndarray:
+        """Groups that group ``i`` (at squared distances ``d2``) is kept apart from (:func:`separation`)."""
+        others = np.flatnonzero(self.alive & (d2 >= SEPARATION_FROM**2) & (d2 < self.limit))
+        if not others.size:
+            return others
+        m_i, v_i = self.mean[i], self.var[i]
+        # sum_k (m_o - m_i)_k**2 * v_k, expanded, for v = the other group's variances and for v = group i's
+        # (over all rows: matrix-vector products without copies of the rows, then the rows of ``others``)
+        by_other = (self.sq_var - 2.0 * (self.mean_var @ m_i) + self.var @ self.mean_sq[i])[others]
+        by_self = (self.mean_sq @ v_i - 2.0 * (self.mean @ self.mean_var[i]))[others] + self.sq_var[i]
+        w_i, w_o = self.weight[i], self.weight[others]
+        spread = np.maximum(w_i * by_self + w_o * by_other, 0.0) / ((w_i + w_o) * d2[others])
+        return others[d2[others] >= self.max_separation**2 * spread]
+
     def closest(self) -> tuple[int, int, float]:
-        """The closest pair ``(i, j)`` of live groups and their squared distance."""
+        """The closest pair ``(i, j)`` of live groups not kept apart, and their squared distance (inf: none)."""
         i = int(np.argmin(self.nn_d2))
         return i, int(self.nn[i]), float(self.nn_d2[i])
 
-    def closest_kept_apart(self) -> tuple[int, int, float]:
-        """The closest pair of live groups among those kept apart (when :meth:`closest` offers none)."""
-        best = (-1, -1, np.inf)
-        for i, j in self.apart:
-            if self.alive[i] and self.alive[j] and not np.isfinite(self.d2[i, j]):
-                d2 = float(np.sum(np.square(self.mean[i] - self.mean[j])))
-                best = min(best, (i, j, d2), key=lambda pair: pair[2])
-        return best
-
-    def separation(self, i: int, j: int) -> float:
-        """:func:`separation` of groups ``i`` and ``j`` (needs ``second_moments``)."""
-        var_i = self.moment[i] - np.square(self.mean[i])
-        var_j = self.moment[j] - np.square(self.mean[j])
-        return separation(self.mean[i], self.mean[j], var_i, var_j, self.weight[i], self.weight[j])
-
-    def keep_apart(self, i: int, j: int) -> None:
-        """Groups ``i`` and ``j`` are not offered by :meth:`closest` again until one of them merges."""
-        self.d2[i, j] = self.d2[j, i] = np.inf
-        self.apart.append((i, j))
-        for row in (i, j):
-            self.nn[row] = int(np.argmin(self.d2[row]))
-            self.nn_d2[row] = self.d2[row, self.nn[row]]
+    def closest_kept_apart(self) -> tuple[int, int]:
+        """The closest pair of live groups by true distance (when :meth:`closest` offers none)."""
+        a, b = np.unravel_index(int(np.argmin(self.raw)), self.raw.shape)  # rows and columns of the dead: inf
+        return int(a), int(b)
 
     def merge(self, i: int, j: int) -> None:
         """Group ``j`` joins group ``i`` (which keeps its index)."""
         w = self.weight[i] + self.weight[j]
         self.mean[i] = (self.mean[i] * self.weight[i] + self.mean[j] * self.weight[j]) / w
-        if self.moment is not None:
+        if self.rule:
             self.moment[i] = (self.moment[i] * self.weight[i] + self.moment[j] * self.weight[j]) / w
+            self._spread_cache([i])
         self.weight[i], self.weight[j] = w, 0.0
         self.alive[j] = False
         self.owner[self.owner == j] = i
         d = np.einsum("ij,ij->i", self.mean - self.mean[i], self.mean - self.mean[i])
         d[~self.alive] = np.inf
         d[i] = np.inf
+        if self.rule:
+            self.raw[i], self.raw[:, i] = d, d
+            self.raw[j], self.raw[:, j] = np.inf, np.inf
+            d = d.copy()
+            d[self._kept_apart_from(i, d)] = np.inf
         self.d2[i], self.d2[:, i] = d, d
         self.d2[j], self.d2[:, j] = np.inf, np.inf
         self.nn_d2[j] = np.inf
