@@ -168,6 +168,9 @@ def group_centroids(
     if n_clusters is not None and n_clusters < 1:
         msg = f"`n_clusters` must be >= 1, got {n_clusters}"
         raise ValueError(msg)
+    if max_separation is not None and not max_separation > 0:
+        msg = f"`max_separation` must be > 0 or None, got {max_separation}"
+        raise ValueError(msg)
     n = centroids.shape[0]
     if n <= 1 or (n_clusters is not None and n_clusters >= n):
         return np.arange(n)

@@ -200,6 +200,13 @@ def test_separated_populations_stay_apart_and_overlapping_halves_merge():
         assert cluster.merge_clusters(labels, cells).max() + 1 == 1
 
 
+def test_max_separation_must_be_positive():
+    import pytest
+
+    with pytest.raises(ValueError, match="max_separation"):
+        cluster.merge_clusters(np.array([0, 1]), np.array([[0.0], [2.1]]), max_separation=0.0)
+
+
 def test_separation_is_distance_over_pooled_sd_along_the_mean_difference():
     # along the first feature the pooled variance is (3 * 0.25 + 1 * 1.0) / 4 = 0.4375; the second feature's
     # variance (100) is orthogonal to the difference and does not count
