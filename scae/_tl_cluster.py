@@ -37,7 +37,8 @@ def cluster(
       Larger → fewer, coarser clusters; the count it gives is data-driven and varies a little between seeds.
       A pair 2.0 or more apart merges only when its cells overlap (means less than 2.8 pooled within-group
       standard deviations apart along the line joining them; :func:`scae.cluster.separation`), so two
-      distinct populations whose means happen to lie a little closer than the threshold stay apart.
+      distinct populations whose means happen to lie a little closer than the threshold stay apart
+      (inputs of at most 50 features, i.e. cytometry panels).
     - ``n_clusters``: merge the same way until exactly this many clusters remain (e.g. the number of manual
       gates, as FlowSOM's metaclustering does with its SOM nodes); groups holding less
       than 1% of the cells do not count as one of them. The count is then identical across seeds. Pairs of

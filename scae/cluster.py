@@ -16,6 +16,7 @@ from ._codes import (
     MAX_SEPARATION,
     MIN_GROUP_SHARE,
     SEPARATION_FROM,
+    SEPARATION_MAX_FEATURES,
     _centroids,
     binarize,
     code_words,
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_SEPARATION",
     "MIN_GROUP_SHARE",
     "SEPARATION_FROM",
+    "SEPARATION_MAX_FEATURES",
     "absorb_small",
     "binarize",
     "code_words",
@@ -92,7 +94,9 @@ def merge_clusters(
     deviations along the line joining them (:func:`separation`): two distinct populations whose means lie
     a little closer than the threshold (NK and NK T cells in flowsom_bal_flow) stay apart, while the halves
     of one population, which overlap, still merge. With ``n_clusters`` such pairs are put off instead: they
-    merge only when no other pair may, closest first.
+    merge only when no other pair may, closest first. The test applies to at most
+    :data:`SEPARATION_MAX_FEATURES` (50) features, i.e. cytometry panels: over hundreds of genes every pair
+    looks separated and the test would stop ``merge_threshold`` from acting.
     With ``n_clusters`` it goes on until exactly that many groups hold at least ``min_share`` of the cells;
     the smaller groups then join the nearest of them, so outlying codes of a few cells (debris, doublets)
     cannot take one of the ``n_clusters``.

@@ -200,6 +200,18 @@ def test_separated_populations_stay_apart_and_overlapping_halves_merge():
         assert cluster.merge_clusters(labels, cells).max() + 1 == 1
 
 
+def test_separation_test_is_off_for_wide_inputs():
+    # the separated populations of the test above, padded with constant features: up to
+    # SEPARATION_MAX_FEATURES features they stay apart, above it (RNA) every pair under the threshold merges
+    rng = np.random.default_rng(3)
+    cells = rng.normal(0.0, 0.5, (4000, 3))
+    cells[2000:, 0] += 2.2
+    labels = np.repeat([0, 1, 2, 3], 1000)
+    for n_features, expected in ((cluster.SEPARATION_MAX_FEATURES, 2), (cluster.SEPARATION_MAX_FEATURES + 1, 1)):
+        padded = np.hstack([cells, np.zeros((4000, n_features - 3))])
+        assert cluster.merge_clusters(labels, padded).max() + 1 == expected, n_features
+
+
 def test_max_separation_must_be_positive():
     import pytest
 
