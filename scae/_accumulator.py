@@ -35,6 +35,7 @@ from ._codes import (
     code_words,
     default_min_cluster_size,
     group_centroids,
+    label_moments,
     label_sums,
     relabel_by_size,
 )
@@ -50,24 +51,31 @@ class Chunk:
     merge_features: object = None  # (m, g) dense or sparse merge features; None: the absorb features
 
 
-def _add_by_label(
-    total: np.ndarray, labels: np.ndarray, values, n_labels: int, sign: float = 1.0, *, square: bool = False
-) -> np.ndarray:
-    """``total[label] += sign * value`` (``value ** 2`` with ``square``) for every row; ``total`` grows to
-    ``n_labels`` rows (returned).
+def _add_by_label(totals: list[np.ndarray], labels: np.ndarray, values, n_labels: int, sign: float = 1.0):
+    """``totals[0][label] += sign * value`` for every row and, when a second total is given,
+    ``totals[1][label] += sign * value ** 2`` (one read of ``values``); the totals grow to ``n_labels`` rows
+    and are returned as a list.
 
     Summed over the labels present in the chunk only, so the temporaries are (labels in the chunk × features),
     not (all codes × features).
     """
-    if total.shape[0] < n_labels:
-        grown = np.zeros((max(n_labels, total.shape[0] + total.shape[0] // 4), values.shape[1]))
-        if total.size:
-            grown[: total.shape[0]] = total
-        total = grown
     present, inverse = np.unique(labels, return_inverse=True)
-    sums = label_sums(inverse.ravel(), values, present.size, square=square)
-    total[present] += sums if sign == 1.0 else sign * sums
-    return total
+    inverse = inverse.ravel()
+    parts = (
+        label_moments(inverse, values, present.size)
+        if len(totals) == 2
+        else (label_sums(inverse, values, present.size),)
+    )
+    out = []
+    for total, part in zip(totals, parts, strict=True):
+        if total.shape[0] < n_labels:
+            grown = np.zeros((max(n_labels, total.shape[0] + total.shape[0] // 4), values.shape[1]))
+            if total.size:
+                grown[: total.shape[0]] = total
+            total = grown
+        total[present] += part if sign == 1.0 else sign * part
+        out.append(total)
+    return out
 
 
 class ClusterAccumulator:
@@ -147,10 +155,10 @@ class ClusterAccumulator:
         lab = ids[np.asarray(local)]
         self.code_ids[chunk.start : chunk.start + len(lab)] = lab
         k = len(self._keys)
-        self._feature_sums = _add_by_label(self._feature_sums, lab, chunk.features, k)
+        (self._feature_sums,) = _add_by_label([self._feature_sums], lab, chunk.features, k)
         merge = chunk.features if chunk.merge_features is None else chunk.merge_features
-        self._merge_sums = _add_by_label(self._merge_sums, lab, merge, k)
-        self._merge_squares = _add_by_label(self._merge_squares, lab, merge, k, square=True)
+        moments = [self._merge_sums, self._merge_squares]
+        self._merge_sums, self._merge_squares = _add_by_label(moments, lab, merge, k)
 
     def set_codes(
         self,
@@ -210,10 +218,8 @@ class ClusterAccumulator:
         merge = chunk.features if chunk.merge_features is None else chunk.merge_features
         merge = merge[rows]
         k = len(self._keys)
-        self._merge_sums = _add_by_label(self._merge_sums, target, merge, k)
-        self._merge_sums = _add_by_label(self._merge_sums, lab[rows], merge, k, sign=-1.0)
-        self._merge_squares = _add_by_label(self._merge_squares, target, merge, k, square=True)
-        self._merge_squares = _add_by_label(self._merge_squares, lab[rows], merge, k, sign=-1.0, square=True)
+        moments = _add_by_label([self._merge_sums, self._merge_squares], target, merge, k)
+        self._merge_sums, self._merge_squares = _add_by_label(moments, lab[rows], merge, k, sign=-1.0)
 
     # ------------------------------------------------------------------ result
     def labels(self) -> np.ndarray:

@@ -104,32 +104,51 @@ SEPARATION_MAX_FEATURES = 50
 MIN_GROUP_SHARE = 0.01
 
 
+def _label_blocks(labels: np.ndarray, X, n: int, chunk_rows: int):
+    """Row blocks of ``X`` as float64 (dense or sparse) with the ``(n, rows)`` one-hot matrix of their labels."""
+    for start in range(0, X.shape[0], chunk_rows):
+        lab = labels[start : start + chunk_rows]
+        block = X[start : start + chunk_rows]
+        block = block.astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64)
+        yield sp.csr_matrix((np.ones(lab.size), (lab, np.arange(lab.size))), shape=(n, lab.size)), block
+
+
+def _dense(m) -> np.ndarray:
+    return m.toarray() if sp.issparse(m) else m
+
+
+def _square(block):
+    return block.multiply(block) if sp.issparse(block) else np.square(block)
+
+
 def label_sums(labels: np.ndarray, X, n: int, *, square: bool = False, chunk_rows: int = 65536) -> np.ndarray:
     """Per-label sums of the rows of ``X`` (dense, sparse or backed): ``(n, n_features)`` float64, by row blocks.
 
     ``square``: sums of the squared values instead.
     """
     out = np.zeros((n, X.shape[1]))
-    for start in range(0, X.shape[0], chunk_rows):
-        lab = labels[start : start + chunk_rows]
-        block = X[start : start + chunk_rows]
-        block = block.astype(np.float64) if sp.issparse(block) else np.asarray(block, dtype=np.float64)
-        if square:
-            block = block.multiply(block) if sp.issparse(block) else np.square(block)
-        onehot = sp.csr_matrix((np.ones(lab.size), (lab, np.arange(lab.size))), shape=(n, lab.size))
-        summed = onehot @ block
-        out += summed.toarray() if sp.issparse(summed) else summed
+    for onehot, block in _label_blocks(labels, X, n, chunk_rows):
+        out += _dense(onehot @ (_square(block) if square else block))
     return out
+
+
+def label_moments(labels: np.ndarray, X, n: int, *, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label sums and sums of squares of the rows of ``X`` (as :func:`label_sums`), in one read of ``X``."""
+    sums, squares = np.zeros((n, X.shape[1])), np.zeros((n, X.shape[1]))
+    for onehot, block in _label_blocks(labels, X, n, chunk_rows):
+        sums += _dense(onehot @ block)
+        squares += _dense(onehot @ _square(block))
+    return sums, squares
 
 
 def _centroids(labels: np.ndarray, features, n: int, *, square: bool = False):
     """Per-label means of ``features`` and cell counts; with ``square`` also the means of the squares."""
     counts = np.bincount(labels, minlength=n).astype(np.float64)
     per_cell = np.maximum(counts, 1)[:, None]
-    means = label_sums(labels, features, n) / per_cell
     if square:
-        return means, counts, label_sums(labels, features, n, square=True) / per_cell
-    return means, counts
+        sums, squares = label_moments(labels, features, n)
+        return sums / per_cell, counts, squares / per_cell
+    return label_sums(labels, features, n) / per_cell, counts
 
 
 def separation(mean_a, mean_b, var_a, var_b, weight_a: float, weight_b: float) -> float:
@@ -185,7 +204,7 @@ def group_centroids(
         return np.arange(n)
     if n_clusters is None and (merge_threshold is None or merge_threshold <= 0):
         return np.arange(n)
-    wide = centroids.ndim == 2 and centroids.shape[1] > SEPARATION_MAX_FEATURES
+    wide = centroids.shape[1] > SEPARATION_MAX_FEATURES
     rule = max_separation if second_moments is not None and not wide else None
     limit = np.inf if n_clusters is not None else merge_threshold**2
     merger = _Merger(centroids, counts, second_moments if rule is not None else None, rule, limit)
