@@ -30,15 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from ._codes import (
-    DEFAULT_MERGE_THRESHOLD,
-    code_words,
-    default_min_cluster_size,
-    group_centroids,
-    label_moments,
-    label_sums,
-    relabel_by_size,
-)
+from ._codes import code_words, default_min_cluster_size, label_moments, label_sums, relabel_by_size
+from ._merge import DEFAULT_MERGE_THRESHOLD, group_centroids
 
 
 @dataclass
@@ -93,7 +86,8 @@ class ClusterAccumulator:
     merge_threshold, n_clusters
         Merge distance of the code clusters (see :func:`scae.cluster.merge_clusters`).
     merge_scale
-        Unit of the merge distances (:func:`scae.cluster.common_scale` of the input's standard deviations).
+        Unit of the merge distances (:func:`scae.cluster.common_scale` of the input's standard deviations; over
+        more than 50 merge features :func:`scae.cluster.group_centroids` measures in :func:`scae.cluster.merge_unit`).
     """
 
     def __init__(

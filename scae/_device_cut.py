@@ -21,7 +21,7 @@ import torch
 
 from . import _features
 from ._accumulator import ClusterAccumulator, array_chunks
-from ._codes import DEFAULT_MERGE_THRESHOLD
+from ._merge import DEFAULT_MERGE_THRESHOLD
 from .train import INFER_CHUNK_ROWS
 
 #: Value of local bit ``j`` (0-63) of a packed word, as :func:`scae.cluster.pack_bits` lays bits out.

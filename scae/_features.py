@@ -4,7 +4,8 @@ Rare codes join the nearest code cluster, and code clusters are merged, by per-c
 from the reconstruction as stored in the AnnData, so re-cutting a fitted AnnData reproduces the fit exactly:
 
 - all-``mse`` models: the reconstruction standardized by the feature moments; merging compares cluster means
-  of the input values in units of :func:`scae.cluster.common_scale`;
+  of the input values in units of :func:`scae.cluster.common_scale` (over more than 50 features, of
+  :func:`scae.cluster.merge_unit`);
 - models with count or binary blocks: the prediction in the encoder's standardized units (count blocks as
   ``log1p`` of the normalized expected counts, the network's input transform) for both steps.
 """

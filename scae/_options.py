@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import _checks as c
-from ._codes import DEFAULT_MERGE_THRESHOLD
+from ._merge import DEFAULT_MERGE_THRESHOLD
 
 _WEIGHT = c.real(0)
 _SEED = c.integer(0, hi=2**63 - 1)

@@ -15,7 +15,7 @@ after 40 (flowsom_bal_flow, levine3k; see README "Time to result") while the tot
 
 Why 8 passes: flowsom_bal_flow (the one shared set whose budget is set by passes, 38 steps each) clusters as
 well after 8 passes as after 12, in two thirds of the time. 80 seeds (50-129, 2026-11-27, automatic clusters
-at the merge threshold of 2.4 used then; 2.3 halves the NK/NK T mode, see scae/_codes.py): 8 passes gave
+at the merge threshold of 2.4 used then; 2.3 halves the NK/NK T mode, see scae/_merge.py): 8 passes gave
 automatic F1 0.925 on average (13 fits of 80 below 0.85, where NK and NK T cells share a cluster) and k=7 F1
 0.951 (8 below 0.93), 1.38 s a fit; 12 passes 0.917 (18 of 80) and 0.952 (4 below 0.93), 2.21 s; 6 passes
 0.917 (14 of 80) and 0.943 (15 below 0.93). Seeds 10-49 (the step before scae/_cluster_grad.py's leaner

@@ -33,7 +33,9 @@ def cluster(
 
     - ``merge_threshold`` (default 2.3): groups of code clusters whose mean marker values lie closer than
       this (Euclidean distance over all markers, between the count-weighted means) are merged, closest first;
-      the unit is the root mean square of the markers' standard deviations, about 1 for arcsinh CyTOF.
+      the unit is the root mean square of the markers' standard deviations, about 1 for arcsinh CyTOF; over
+      more than 50 features (RNA) that of the top 50 principal components (:func:`scae.cluster.merge_unit`),
+      e.g. CellBench's 3 cell lines at 6-8.
       Larger → fewer, coarser clusters; the count it gives is data-driven and varies a little between seeds.
       A pair 2.0 or more apart merges only when its cells overlap (means less than 2.8 pooled within-group
       standard deviations apart along the line joining them; :func:`scae.cluster.separation`), so two

@@ -1,8 +1,8 @@
 """Binary codes → clusters: binarize, hash, absorb rare codes, merge near-identical clusters.
 
-The public functions of the clustering. The primitives live in :mod:`scae._codes`; the algorithm that every
-mode runs (in memory, backed, torchrun) is the chunked :class:`scae._accumulator.ClusterAccumulator`, which
-:func:`codes_to_clusters` runs over arrays held in memory.
+The public functions of the clustering. The primitives live in :mod:`scae._codes` and :mod:`scae._merge`; the
+algorithm that every mode runs (in memory, backed, torchrun) is the chunked
+:class:`scae._accumulator.ClusterAccumulator`, which :func:`codes_to_clusters` runs over arrays held in memory.
 """
 
 from __future__ import annotations
@@ -12,29 +12,34 @@ from scipy.spatial import cKDTree
 
 from ._accumulator import cluster_arrays
 from ._codes import (
-    DEFAULT_MERGE_THRESHOLD,
-    MAX_SEPARATION,
-    MIN_GROUP_SHARE,
-    SEPARATION_FROM,
-    SEPARATION_MAX_FEATURES,
     _centroids,
     binarize,
     code_words,
-    common_scale,
     default_min_cluster_size,
-    group_centroids,
     hash_codes,
     label_moments,
     label_sums,
     pack_bits,
     relabel_by_size,
-    separation,
     word_ids,
+)
+from ._merge import (
+    DEFAULT_MERGE_THRESHOLD,
+    MAX_SEPARATION,
+    MERGE_COMPONENTS,
+    MIN_GROUP_SHARE,
+    SEPARATION_FROM,
+    SEPARATION_MAX_FEATURES,
+    common_scale,
+    group_centroids,
+    merge_unit,
+    separation,
 )
 
 __all__ = [
     "DEFAULT_MERGE_THRESHOLD",
     "MAX_SEPARATION",
+    "MERGE_COMPONENTS",
     "MIN_GROUP_SHARE",
     "SEPARATION_FROM",
     "SEPARATION_MAX_FEATURES",
@@ -49,6 +54,7 @@ __all__ = [
     "label_moments",
     "label_sums",
     "merge_clusters",
+    "merge_unit",
     "pack_bits",
     "relabel_by_size",
     "separation",
@@ -87,6 +93,10 @@ def merge_clusters(
     passes the input values (arcsinh markers, log-normalized expression) and the root mean square of the
     per-feature standard deviations (:func:`common_scale`): one unit for all features, so a marker that
     barely varies cannot split a population, and the thresholds do not depend on the units of the data.
+    Over more than :data:`MERGE_COMPONENTS` (50) features (RNA, bulk omics) distances are measured in
+    :func:`merge_unit` instead, the root mean square standard deviation of the top 50 principal components
+    (``scale`` then does not matter): in the unit of one feature a distance grows with the number of
+    features that differ, and ``merge_threshold`` stopped acting on RNA.
 
     Groups are joined greedily: the two groups whose count-weighted means (the mean input values of all
     their cells) are closest merge, and the merged group's mean is recomputed. Without ``n_clusters``
@@ -116,7 +126,8 @@ def merge_clusters(
     features
         ``(n_cells, n_features)`` values, dense, sparse or backed (read in row blocks).
     merge_threshold
-        Merge distance of group means (Euclidean, in units of ``scale``); ``None`` or 0: no merging.
+        Merge distance of group means (Euclidean, in units of ``scale``, or of :func:`merge_unit` over more
+        than 50 features); ``None`` or 0: no merging.
     n_clusters
         Exact number of clusters (overrides ``merge_threshold``).
     scale

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from scae import cluster
 
@@ -201,15 +202,62 @@ def test_separated_populations_stay_apart_and_overlapping_halves_merge():
 
 
 def test_separation_test_is_off_for_wide_inputs():
-    # the separated populations of the test above, padded with constant features: up to
-    # SEPARATION_MAX_FEATURES features they stay apart, above it (RNA) every pair under the threshold merges
+    # the separated populations of the test above, padded with features of unit noise (so that the unit of wide
+    # inputs, merge_unit, stays ~1): up to SEPARATION_MAX_FEATURES features they stay apart, above it (RNA)
+    # every pair under the threshold merges
     rng = np.random.default_rng(3)
     cells = rng.normal(0.0, 0.5, (4000, 3))
     cells[2000:, 0] += 2.2
     labels = np.repeat([0, 1, 2, 3], 1000)
     for n_features, expected in ((cluster.SEPARATION_MAX_FEATURES, 2), (cluster.SEPARATION_MAX_FEATURES + 1, 1)):
-        padded = np.hstack([cells, np.zeros((4000, n_features - 3))])
+        padded = np.hstack([cells, rng.normal(0.0, 1.0, (4000, n_features - 3))])
         assert cluster.merge_clusters(labels, padded).max() + 1 == expected, n_features
+
+
+def _group_moments(n_features: int, seed: int):
+    """Cells of 6 groups with different means and per-feature spreads; their centroids, counts and second moments."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, 3000)
+    scales = rng.gamma(2.0, 0.5, n_features)
+    cells = rng.normal(0.0, 3.0, (6, n_features))[labels] * scales + rng.normal(size=(3000, n_features)) * scales
+    centroids, counts, moments = cluster._centroids(labels, cells, 6, square=True)
+    return cells, labels, centroids, counts, moments
+
+
+@pytest.mark.parametrize("n_features", [20, 120, 2400])
+def test_merge_unit_is_rms_sd_of_the_top_components(n_features):
+    cells, labels, centroids, counts, moments = _group_moments(n_features, n_features)
+    unit = cluster.merge_unit(centroids, counts, moments)
+    if n_features <= cluster.MERGE_COMPONENTS:  # all components: the root mean square per-feature SD of the cells
+        assert np.isclose(unit, cluster.common_scale(cells.std(0)), rtol=1e-10)
+        return
+    # between-group covariance of the means plus the pooled within-group variances on the diagonal, written
+    # plainly from the cells (2,400 features: the Lanczos branch, 120: the dense one)
+    w = counts / counts.sum()
+    centred = centroids - w @ centroids
+    cov = (centred * w[:, None]).T @ centred
+    within = sum(w[g] * cells[labels == g].var(0) for g in range(6))
+    cov[np.diag_indices(n_features)] += within
+    top = np.linalg.eigvalsh(cov)[-cluster.MERGE_COMPONENTS :]
+    assert np.isclose(unit, np.sqrt(top.sum() / cluster.MERGE_COMPONENTS), rtol=1e-8)
+    assert unit > cluster.common_scale(cells.std(0))  # the top components hold more than their share
+
+
+def test_wide_merge_distances_do_not_depend_on_the_units_of_the_features():
+    from scipy.spatial.distance import pdist
+
+    for n_features in (cluster.MERGE_COMPONENTS, cluster.MERGE_COMPONENTS + 1):
+        _, _, centroids, counts, moments = _group_moments(n_features, 7)
+        wide = n_features > cluster.MERGE_COMPONENTS
+        unit = cluster.merge_unit(centroids, counts, moments) if wide else 1.0
+        kw = {"merge_threshold": float(np.quantile(pdist(centroids), 0.2)) / unit, "max_separation": None}
+        groups = cluster.group_centroids(centroids, counts, second_moments=moments, **kw)
+        scaled = cluster.group_centroids(10.0 * centroids, counts, second_moments=100.0 * moments, **kw)
+        assert 1 < len(set(groups)) < 6, n_features
+        if wide:  # in units of the top components
+            np.testing.assert_array_equal(groups, scaled)
+        else:  # in the units given: ten times the distances, no merge
+            assert len(set(scaled)) == 6
 
 
 def test_max_separation_must_be_positive():

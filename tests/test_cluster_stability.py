@@ -2,7 +2,7 @@
 
 Seeds 0-2 under 1 and 2 torch threads, and a run whose feature moments are computed in float32 instead of
 float64: the same algorithm, slightly different numbers, as on another CPU or BLAS. Each path is one draw
-from the distribution of fits. Before the separation rule of the merge (scae/_codes.py MAX_SEPARATION) about
+from the distribution of fits. Before the separation rule of the merge (scae/_merge.py MAX_SEPARATION) about
 one default fit in thirteen put NK and NK T cells in one cluster (automatic F1 below 0.85); with it, none of 68
 saved flowsom_bal_flow fits (CPU seeds 0-59, 8 CUDA fits) is below 0.89, so the test allows one run of the 9
 below the floor (a mode rarer than one fit in 68) instead of two. Clusters holding >= 1% of the cells are
