@@ -123,8 +123,11 @@ def _scvi(n_cells: int) -> None:
     for batch_size, most in SCVI_ROWS:
         cells = n_cells if most is None else min(n_cells, most)
         r = scvi_speed(cells, 1, batch_size, device, adata=adata if cells == n_cells else adata[:cells].copy())
-        print(f"scvi cells={cells} batch={batch_size} device={device} train_cells_per_s="
-              f"{r['train_cells_per_s']:,.0f} peak_gpu_mb={r['peak_gpu_mb']:,.0f}", flush=True)
+        print(
+            f"scvi cells={cells} batch={batch_size} device={device} train_cells_per_s="
+            f"{r['train_cells_per_s']:,.0f} peak_gpu_mb={r['peak_gpu_mb']:,.0f}",
+            flush=True,
+        )
 
 
 def _big(n_cells: int) -> None:

@@ -51,13 +51,13 @@ def activity_adata(adata: AnnData, *, key: str = "scae", obs_keys: Sequence[str]
     return AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=pd.Index(names, name="gene_set")))
 
 
-
 def grouped_activities(adata: AnnData, groupby: str, *, key: str = "scae") -> AnnData:
     """:func:`activity_adata` with ``obs[groupby]`` as string categories, cells without a group dropped."""
     act = activity_adata(adata, key=key, obs_keys=[groupby])
     act = act[act.obs[groupby].notna().to_numpy()].copy()
     act.obs[groupby] = act.obs[groupby].astype(str).astype("category")
     return act
+
 
 def rank_gene_sets(
     adata: AnnData,

@@ -25,8 +25,9 @@ def test_backed_fit_contract(tmp_path, levine, sparse):
     backed = ad.read_h5ad(path, backed="r")
     out = tmp_path / "out.h5ad"
     # batch_size given: the same number of steps (and loss decrease) on every device
-    scae.tl.fit(backed, max_epochs=3, hidden=(64, 32, 16), batch_size=256, block_rows=2048, out_path=str(out),
-                progress=False)
+    scae.tl.fit(
+        backed, max_epochs=3, hidden=(64, 32, 16), batch_size=256, block_rows=2048, out_path=str(out), progress=False
+    )
     emb = backed.obsm["X_scae"]
     assert emb.shape == (4000, 2) and np.isfinite(emb).all()
     assert backed.obs["scae_cluster"].notna().all()
@@ -59,8 +60,12 @@ def test_backed_batch_stratified(tmp_path):
 def test_streamed_clusters_equal_in_memory(levine):
     model = scae.SAUCIE(levine, hidden=(64, 32, 16), random_state=0)
     model.train(max_epochs=8, progress=False)
-    settings = ({"merge_threshold": None, "min_cluster_size": 10}, {"merge_threshold": 1.0, "min_cluster_size": 30},
-                {"n_clusters": 4, "min_cluster_size": 10}, {})
+    settings = (
+        {"merge_threshold": None, "min_cluster_size": 10},
+        {"merge_threshold": 1.0, "min_cluster_size": 30},
+        {"n_clusters": 4, "min_cluster_size": 10},
+        {},
+    )
     scale = scae.cluster.common_scale(model.net.feature_std.numpy())
     model.row_source().block_rows = 700  # the streamed passes run the network over chunks of 700 rows
     for kw in settings:
@@ -117,8 +122,10 @@ def _fit_under_cap(tmp_path, data_dir, n_cells, ratio, sparse):
     )
     info = json.loads(res.stdout.strip().splitlines()[-1])
     grown = info["peak_mb"] - info["base_mb"]
-    print(f"dense matrix {dense_mb:.0f} MB; peak RSS after imports and warm-up {info['base_mb']:.0f} MB, "
-          f"peak after the backed fit {info['peak_mb']:.0f} MB (+{grown:.0f} MB)")
+    print(
+        f"dense matrix {dense_mb:.0f} MB; peak RSS after imports and warm-up {info['base_mb']:.0f} MB, "
+        f"peak after the backed fit {info['peak_mb']:.0f} MB (+{grown:.0f} MB)"
+    )
     # the fit itself (everything after imports and a tiny warm-up fit) stays under 1/ratio of the dense matrix
     assert grown < dense_mb / ratio, (grown, dense_mb)
     assert info["n_clusters"] >= 1 and np.isfinite(info["loss"])

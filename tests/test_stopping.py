@@ -24,6 +24,7 @@ def test_rule_stops_when_the_curve_flattens():
     curve = 1.0 + 2.0 * np.exp(-steps / 300)
     stopped = _feed(rule, curve)
     assert stopped is not None
+
     # first step where mean(last 3 windows) is < 1% below mean(3 windows before)
     def improvement(i):  # windows i-6..i-4 against i-3..i-1
         before, last = curve[i - 6 : i - 3].mean(), curve[i - 3 : i].mean()
