@@ -326,19 +326,29 @@ def test_device_packing_and_numbering_equal_the_host_ones():
         np.testing.assert_array_equal(uniq.numpy()[ids.numpy()], repeated.numpy())
 
 
-def test_clusters_cut_on_the_device_equal_the_host_ones(levine, monkeypatch):
+@pytest.mark.parametrize("data", ["levine", "pbmc68k"])
+def test_clusters_cut_on_the_device_equal_the_host_ones(data, request, monkeypatch):
     """The device passes (torch, here on the CPU; tests/test_cuda.py runs them on a GPU) give the host's labels
-    and the same per-code sums and sums of squares."""
+    and the same per-code sums and sums of squares: on 23 CyTOF markers and on 765 genes (pbmc68k_reduced
+    ``.raw``: merge distances in units of :func:`scae.cluster.merge_unit`, from those sums and squares)."""
     import scae
     from scae import _pipeline
     from scae._accumulator import ClusterAccumulator
 
+    adata = request.getfixturevalue(data)
+    adata = adata.raw.to_adata() if data == "pbmc68k" else adata
     seen = []
     labels = ClusterAccumulator.labels
     monkeypatch.setattr(ClusterAccumulator, "labels", lambda self: seen.append(self) or labels(self))
-    model = scae.SAUCIE(levine, random_state=0).train(max_epochs=15, progress=False)
+    model = scae.SAUCIE(adata, random_state=0).train(max_epochs=15, progress=False)
     out = model.outputs()
-    for options in ({}, {"n_clusters": 3}, {"merge_threshold": None}, {"min_cluster_size": 60, "threshold": 0.2}):
+    for options in (
+        {},
+        {"n_clusters": 3},
+        {"merge_threshold": None},
+        {"merge_threshold": 4.0},
+        {"min_cluster_size": 60, "threshold": 0.2},
+    ):
         host = _pipeline.cut_labels(model, out["codes"], out["reconstruction"], on_device=False, **options)
         dev = _pipeline.cut_labels(model, out["codes"], out["reconstruction"], on_device=True, **options)
         np.testing.assert_array_equal(dev, host)
@@ -347,6 +357,7 @@ def test_clusters_cut_on_the_device_equal_the_host_ones(levine, monkeypatch):
         for name in ("_merge_sums", "_merge_squares", "_feature_sums"):
             np.testing.assert_allclose(getattr(on_device, name)[:k], getattr(on_host, name)[:k], rtol=1e-5, atol=1e-6)
         assert host.max() + 1 >= (3 if options.get("n_clusters") else 2), options
+        assert (on_host._merge_sums.shape[1] > scae.cluster.MERGE_COMPONENTS) == (data == "pbmc68k")
 
 
 def test_accumulator_set_codes_checks_shapes():

@@ -138,10 +138,15 @@ def test_cuda_graph_step_matches_eager(monkeypatch, batch_key, precision, compil
         np.testing.assert_allclose(a.detach().cpu().numpy(), b.detach().cpu().numpy(), rtol=1e-3, atol=1e-4)
 
 
-def test_cuda_clusters_cut_on_the_device_equal_the_host_ones(flow):
+@pytest.mark.parametrize("data", ["flow", "pbmc68k"])
+def test_cuda_clusters_cut_on_the_device_equal_the_host_ones(data, request):
+    """On 8 flow markers and on 765 genes (pbmc68k_reduced ``.raw``: merge distances in units of
+    :func:`scae.cluster.merge_unit`, from the sums and squares accumulated on the device)."""
     from scae import _pipeline
 
-    model = scae.SAUCIE(flow, random_state=0).train(progress=False)
+    adata = request.getfixturevalue(data)
+    adata = adata.raw.to_adata() if data == "pbmc68k" else adata
+    model = scae.SAUCIE(adata, random_state=0).train(progress=False)
     out = model.outputs()
     for options in ({}, {"n_clusters": 7}, {"merge_threshold": None}, {"min_cluster_size": 100, "threshold": 0.2}):
         host = _pipeline.cut_labels(model, out["codes"], out["reconstruction"], on_device=False, **options)
