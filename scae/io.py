@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def _read_one(path: Path) -> AnnData:
         msg = f"FCS file {str(path)!r} not found"
         raise FileNotFoundError(msg)
     try:
-        adata = readfcs.read(path)
+        with warnings.catch_warnings():  # readfcs re-indexes its var ("Transforming to str index"); we name below
+            warnings.simplefilter("ignore", ad.ImplicitModificationWarning)
+            adata = readfcs.read(path)
     except Exception as e:  # readfcs/flowio raise many kinds on malformed files
         if "PnS" not in str(e):
             msg = f"could not parse {str(path)!r} as an FCS file: {e}"
