@@ -102,7 +102,7 @@ def _finish_in_memory(adata, model: SAUCIE, settings: FitSettings, params: dict,
         target, key, embedding=outputs["embedding"], codes=outputs["codes"], clusters=clusters,
         layers={k: v for k, v in layers.items() if v is not None}, gene_sets=_gene_set_outputs(model), record=record,
     )  # fmt: skip
-    logger.info("scae: %d clusters in %.1fs", len(clusters.categories), record["runtime"]["total_s"])
+    logger.info("%d clusters in %.1fs", len(clusters.categories), record["runtime"]["total_s"])
     return target if settings.output.copy else None
 
 
@@ -166,7 +166,7 @@ def _finish_streamed(adata, model: SAUCIE, settings: FitSettings, params: dict, 
     write_contract(adata, key, embedding=embedding, clusters=clusters, gene_sets=gene_sets, record=record)
     if out_path is None:
         logger.info("backed input: codes and imputed values are not kept; pass `out_path=` to write them to a file")
-    logger.info("scae (%s): %d clusters in %.1fs", mode, len(clusters.categories), record["runtime"]["total_s"])
+    logger.info("%s: %d clusters in %.1fs", mode, len(clusters.categories), record["runtime"]["total_s"])
     return None
 
 

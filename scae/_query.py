@@ -196,7 +196,7 @@ def query(
         "n_ref_codes": int(len(np.unique(ref_keys, axis=0))),
         "query_s": elapsed,
     }
-    logger.info("scae query: %d query cells × %d reference cells in %.2fs", adata.n_obs, adata_ref.n_obs, elapsed)
+    logger.info("query: %d query cells × %d reference cells in %.2fs", adata.n_obs, adata_ref.n_obs, elapsed)
     return adata if copy else None
 
 
