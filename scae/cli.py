@@ -150,6 +150,8 @@ def _fit(args: argparse.Namespace) -> int:
         "save_model": args.save_model,
         "likelihood": args.likelihood,
         "block_key": args.block_key,
+        "merge_threshold": args.merge_threshold,
+        "n_clusters": args.n_clusters,
         "progress": False if args.quiet else None,
     }
     if args.gene_sets is not None:
@@ -243,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max-epochs", type=int, default=None, help="default: until the loss has converged")
     fit.add_argument("--likelihood", default=None, help="mse (default), nb, zinb or bernoulli (one for every block)")
     fit.add_argument("--block-key", default=None, help="adata.var column naming feature blocks")
+    fit.add_argument(
+        "--merge-threshold",
+        type=float,
+        default=None,
+        help="merge distance of code clusters (default 2.3; larger: fewer)",
+    )
+    fit.add_argument("--n-clusters", type=int, default=None, help="exact number of clusters (overrides the threshold)")
     common(fit)
     fit.set_defaults(func=_fit)
 

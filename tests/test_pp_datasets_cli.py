@@ -68,3 +68,18 @@ def test_cli_fit_round_trip(tmp_path, small):
     out = ad.read_h5ad(dst)
     assert out.uns["scae"]["seed"] == 1 and out.obsm["X_scae"].shape == (small.n_obs, 2)
     assert not list(tmp_path.glob(".out.h5ad.*"))  # no temporary file left behind
+
+
+def test_cli_fit_cluster_flags(tmp_path, small):
+    """--n-clusters and --merge-threshold reach scae.tl.fit (and a bad value is refused by its check)."""
+    src = tmp_path / "in.h5ad"
+    small.write_h5ad(src)
+    argv = ["fit", str(src), str(tmp_path / "k3.h5ad"), "--max-epochs", "3", "--quiet", "--n-clusters", "3"]
+    assert cli.main(argv) == 0
+    out = ad.read_h5ad(tmp_path / "k3.h5ad")
+    assert out.obs["scae_cluster"].nunique() == 3 and out.uns["scae"]["params"]["n_clusters"] == 3
+    argv = ["fit", str(src), str(tmp_path / "t.h5ad"), "--max-epochs", "3", "--quiet", "--merge-threshold", "6.5"]
+    assert cli.main(argv) == 0
+    assert ad.read_h5ad(tmp_path / "t.h5ad").uns["scae"]["params"]["merge_threshold"] == 6.5
+    assert cli.main(["fit", str(src), str(tmp_path / "bad.h5ad"), "--quiet", "--n-clusters", "0"]) != 0
+    assert not (tmp_path / "bad.h5ad").exists()
