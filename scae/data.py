@@ -20,6 +20,9 @@ logger = logging.getLogger("scae")
 DENSE_BUDGET_BYTES = 4 * 1024**3
 #: Absolute input values above this suggest an untransformed matrix.
 LARGE_VALUE_WARNING = 20.0
+#: Above this many features, a ``var["highly_variable"]`` column that marks fewer of them gets a warning: scae
+#: trains on every feature it is given (CellBench, 450 cells: 25.8 s on all 15,072 genes, 3.3 s on 2,000).
+HIGHLY_VARIABLE_HINT = 5000
 
 
 def get_matrix(adata: AnnData, layer: str | None):
@@ -58,6 +61,25 @@ def validate_matrix(X, *, where: str) -> None:
         n_nan = int(np.count_nonzero(np.isnan(values)))
         msg = f"{where} contains {n_nan} NaN and {n_bad - n_nan} infinite values; remove or impute them first"
         raise ValueError(msg)
+
+
+def warn_if_highly_variable_unused(adata: AnnData) -> None:
+    """Log a warning when ``var["highly_variable"]`` marks a subset of many genes that scae will not use.
+
+    scanpy's PCA uses that subset by default; scae trains on (and imputes) every feature of the matrix it is
+    given, so a user who selected genes most likely meant to pass only those.
+    """
+    column = adata.var.get("highly_variable")
+    if column is None or adata.n_vars <= HIGHLY_VARIABLE_HINT or not pd.api.types.is_bool_dtype(column):
+        return
+    n_marked = int(np.count_nonzero(column.to_numpy()))
+    if 0 < n_marked < adata.n_vars:
+        logger.warning(
+            "adata.var['highly_variable'] marks %d of %d genes, but scae trains on all of them (time grows with "
+            "the genes); to train on the marked ones, pass adata[:, adata.var['highly_variable']].copy()",
+            n_marked,
+            adata.n_vars,
+        )
 
 
 def warn_if_untransformed(X, *, where: str) -> None:

@@ -117,3 +117,24 @@ def test_outputs_larger_than_memory_fail_before_training(small, guard, monkeypat
     monkeypatch.undo()
     available = scae._fit._available_memory()  # MemAvailable + SwapFree on Linux, None elsewhere
     assert available is None or 2**20 < available < 2**50
+
+
+def test_unused_highly_variable_genes_warn(data_dir, caplog):
+    """A gene selection in var['highly_variable'] that scae would not use (it trains on every gene given) is named."""
+    import scanpy as sc
+
+    adata = scae.datasets.cellbench(data_dir)  # 499 cells x 15,073 genes, raw counts
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=2000)
+    before = adata.var.copy()
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(adata)
+    assert f"marks 2000 of {adata.n_vars} genes, but scae trains on all of them" in caplog.text
+    pd.testing.assert_frame_equal(adata.var, before)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(adata[:, adata.var["highly_variable"]].copy())  # the selection itself: nothing to say
+        adata.var["highly_variable"] = True
+        scae.SAUCIE(adata)  # every gene marked
+    assert "highly_variable" not in caplog.text
