@@ -40,7 +40,6 @@ def read_inputs(adata: AnnData, args: dict) -> ModelInputs:
     device = group.device if group is not None and device == "auto" else data.resolve_device(device)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     data.validate_matrix(X, where=where)
-    data.warn_if_highly_variable_unused(adata)
     blocks = _blocks.resolve_blocks(
         adata, likelihood=args["likelihood"], block_key=args["block_key"], block_weights=args["block_weights"]
     )

@@ -119,7 +119,7 @@ def test_outputs_larger_than_memory_fail_before_training(small, guard, monkeypat
     assert available is None or 2**20 < available < 2**50
 
 
-def test_unused_highly_variable_genes_warn(data_dir, caplog):
+def test_unused_highly_variable_genes_warn(data_dir, caplog, tmp_path):
     """A gene selection in var['highly_variable'] that scae would not use (it trains on every gene given) is named."""
     import scanpy as sc
 
@@ -129,12 +129,15 @@ def test_unused_highly_variable_genes_warn(data_dir, caplog):
     sc.pp.highly_variable_genes(adata, n_top_genes=2000)
     before = adata.var.copy()
     with caplog.at_level("WARNING", logger="scae"):
-        scae.SAUCIE(adata)
+        scae.SAUCIE(adata, hidden=(8, 4, 2)).train(max_epochs=1, progress=False).save(tmp_path / "m")
     assert f"marks 2000 of {adata.n_vars} genes, but scae trains on all of them" in caplog.text
     pd.testing.assert_frame_equal(adata.var, before)
     caplog.clear()
     with caplog.at_level("WARNING", logger="scae"):
-        scae.SAUCIE(adata[:, adata.var["highly_variable"]].copy())  # the selection itself: nothing to say
+        subset = adata[:, adata.var["highly_variable"]].copy()
+        scae.SAUCIE(subset, hidden=(8, 4, 2)).train(max_epochs=1, progress=False)  # the selection: nothing to say
         adata.var["highly_variable"] = True
-        scae.SAUCIE(adata)  # every gene marked
+        scae.SAUCIE(adata, hidden=(8, 4, 2)).train(max_epochs=1, progress=False)  # every gene marked
+        adata.var["highly_variable"] = before["highly_variable"]
+        scae.SAUCIE.load(tmp_path / "m", adata).train(max_epochs=1, progress=False)  # fine-tuning a loaded model
     assert "highly_variable" not in caplog.text
