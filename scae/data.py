@@ -72,7 +72,7 @@ def warn_if_highly_variable_unused(adata: AnnData) -> None:
     column = adata.var.get("highly_variable")
     if column is None or adata.n_vars <= HIGHLY_VARIABLE_HINT or not pd.api.types.is_bool_dtype(column):
         return
-    n_marked = int(np.count_nonzero(column.to_numpy()))
+    n_marked = int(column.fillna(False).astype(bool).sum())  # (a nullable column may hold NA)
     if 0 < n_marked < adata.n_vars:
         logger.warning(
             "adata.var['highly_variable'] marks %d of %d genes, but scae trains on all of them (time grows with "
