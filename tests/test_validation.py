@@ -99,6 +99,14 @@ def test_untransformed_input_warns(small, caplog):
     assert "expects transformed data" in caplog.text
 
 
+def test_transformed_inputs_do_not_warn(data_dir, pbmc68k, caplog):
+    """log2 bulk expression (TCGA CRC, up to 28.6) and scaled RNA (pbmc68k_reduced X, up to 28.4) are transformed."""
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(scae.datasets.tcga_coread(data_dir))
+        scae.SAUCIE(pbmc68k)
+    assert "expects transformed data" not in caplog.text
+
+
 def test_unknown_device(small):
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         scae.tl.fit(small, device="gpu0", progress=False)
