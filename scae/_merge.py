@@ -36,6 +36,11 @@ SEPARATION_FROM = 2.0
 #: 2 flow fits fall below 0.78 again, and starting the rule at 1.8 instead of 2.0 split the B cells (0.904).
 #: With ``n_clusters`` the same pairs merge last: flow k=7 F1 0.950 -> 0.952 (fits below 0.93: 9 -> 7 of 68,
 #: lowest 0.860 -> 0.901; CUDA seed 1 0.919 -> 0.954), levine3k k=3 unchanged (0.964).
+#: Above the default threshold it grows in proportion (``MAX_SEPARATION * merge_threshold / 2.3``): held fixed, it
+#: kept every separated pair apart whatever the threshold, so ``merge_threshold`` above 2.3 changed nothing on
+#: cytometry (flowsom_bal_flow, levine3k, CytoNorm: the same clusters from 2.3 to 12, 2026-11-29); scaled, levine3k
+#: reaches its 3 reference groups at 3-4 (seeds 0-2: F1 0.97-0.99, against 5-7 clusters and 0.94-0.96 held fixed)
+#: and CytoNorm goes from 13-16 clusters at 2.3 to 8-11 at 4 and 5-8 at 6.
 MAX_SEPARATION = 2.8
 
 #: The separation test applies to merge features of at most this many dimensions (cytometry panels; the
@@ -142,7 +147,8 @@ def group_centroids(
     being that of their count-weighted means (the mean input values of all their cells). ``second_moments``
     (per centre, the mean of the squared values, same units as ``centroids``) give the within-group spread:
     with them, a pair at least :data:`SEPARATION_FROM` apart whose :func:`separation` is ``max_separation``
-    or more is kept apart (features of at most :data:`SEPARATION_MAX_FEATURES` dimensions only). With
+    or more is kept apart (features of at most :data:`SEPARATION_MAX_FEATURES` dimensions only; above the default
+    threshold ``max_separation`` grows in proportion to ``merge_threshold``). With
     ``n_clusters`` such a pair is only put off: when every remaining pair is kept apart, the closest of them
     merges, so the count is always reached. Over more than :data:`MERGE_COMPONENTS` features with
     ``second_moments``, ``merge_threshold`` is in units of :func:`merge_unit` (the distances' own units then
@@ -161,6 +167,8 @@ def group_centroids(
         return np.arange(n)
     wide = centroids.shape[1] > SEPARATION_MAX_FEATURES
     rule = max_separation if second_moments is not None and not wide else None
+    if rule is not None and n_clusters is None and merge_threshold > DEFAULT_MERGE_THRESHOLD:
+        rule *= merge_threshold / DEFAULT_MERGE_THRESHOLD  # a coarser cut lets more separated pairs merge too
     limit = np.inf if n_clusters is not None else merge_threshold**2
     if n_clusters is None and second_moments is not None and centroids.shape[1] > MERGE_COMPONENTS:
         unit = merge_unit(centroids, counts, second_moments)

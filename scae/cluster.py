@@ -103,7 +103,9 @@ def merge_clusters(
     merging stops when no two groups are closer than ``merge_threshold``, so the count is data-driven;
     a pair at least :data:`SEPARATION_FROM` (2.0) apart is then joined only when its cells overlap, i.e.
     when the distance of the two means is less than ``max_separation`` pooled within-group standard
-    deviations along the line joining them (:func:`separation`): two distinct populations whose means lie
+    deviations along the line joining them (:func:`separation`; above :data:`DEFAULT_MERGE_THRESHOLD`,
+    ``max_separation * merge_threshold / DEFAULT_MERGE_THRESHOLD``, so larger thresholds still coarsen
+    the clusters): two distinct populations whose means lie
     a little closer than the threshold (NK and NK T cells in flowsom_bal_flow) stay apart, while the halves
     of one population, which overlap, still merge. With ``n_clusters`` such pairs are put off instead: they
     merge only when no other pair may, closest first. The test applies to at most

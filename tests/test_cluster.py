@@ -105,7 +105,8 @@ def _closest_means_first(centroids, counts, *, threshold=None, n_clusters=None, 
         pooled = (weight[i] * (second[i] - means[i] ** 2) + weight[j] * (second[j] - means[j] ** 2)) / (
             weight[i] + weight[j]
         )
-        return np.sqrt((diff @ diff) ** 2 / (diff**2 @ pooled)) >= cluster.MAX_SEPARATION
+        scale = max(1.0, threshold / cluster.DEFAULT_MERGE_THRESHOLD) if n_clusters is None else 1.0
+        return np.sqrt((diff @ diff) ** 2 / (diff**2 @ pooled)) >= cluster.MAX_SEPARATION * scale
 
     def merge(i, j):
         means[i] = (means[i] * weight[i] + means[j] * weight[j]) / (weight[i] + weight[j])
@@ -199,6 +200,21 @@ def test_separated_populations_stay_apart_and_overlapping_halves_merge():
         # the rule starts at SEPARATION_FROM: the same populations 1.9 apart always merge
         cells[2000:, 0] -= 0.3
         assert cluster.merge_clusters(labels, cells).max() + 1 == 1
+
+
+def test_larger_threshold_lets_separated_pairs_merge():
+    """Above the default threshold the separation allowed grows with it (MAX_SEPARATION * t / 2.3), so a larger
+    ``merge_threshold`` still coarsens cytometry: two populations 2.2 apart with SD 0.5 (separation 4.4) stay apart
+    up to t = 3.3 (allowed 4.0) and merge at 4.0 (allowed 4.9); ``n_clusters`` is not affected."""
+    rng = np.random.default_rng(3)
+    cells = np.concatenate([rng.normal(0.0, 0.5, (2000, 3)), rng.normal(0.0, 0.5, (2000, 3))])
+    cells[2000:, 0] += 2.2
+    labels = np.repeat([0, 1, 2, 3], 1000)
+    assert cluster.separation(cells[:2000].mean(0), cells[2000:].mean(0), cells[:2000].var(0), cells[2000:].var(0),
+                              2000, 2000) == pytest.approx(4.4, abs=0.15)  # fmt: skip
+    counts = [cluster.merge_clusters(labels, cells, merge_threshold=t).max() + 1 for t in (2.3, 3.3, 4.0)]
+    assert counts == [2, 2, 1]
+    assert cluster.merge_clusters(labels, cells, n_clusters=2).max() + 1 == 2
 
 
 def test_separation_test_is_off_for_wide_inputs():
