@@ -1,13 +1,19 @@
-"""``scae.tl.cluster`` (re-cut clusters from stored codes) and ``scae.tl.cluster_stats`` (per-cluster markers)."""
+"""``scae.tl.cluster`` (re-cut clusters from stored codes), ``scae.tl.granularity`` (clusters per merge threshold)
+and ``scae.tl.cluster_stats`` (per-cluster markers).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from . import _blocks, _features, _settings
+from ._accumulator import cluster_arrays
 from ._contract import stats_entries
+from ._merge import MIN_GROUP_SHARE
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .data import get_matrix
 
@@ -38,9 +44,10 @@ def cluster(
       e.g. CellBench's 3 cell lines at 6-8.
       Larger → fewer, coarser clusters; the count it gives is data-driven and varies a little between seeds.
       A pair 2.0 or more apart merges only when its cells overlap (means less than 2.8 pooled within-group
-      standard deviations apart along the line joining them; :func:`scae.cluster.separation`), so two
-      distinct populations whose means happen to lie a little closer than the threshold stay apart
-      (inputs of at most 50 features, i.e. cytometry panels).
+      standard deviations apart along the line joining them, 2.8 × ``merge_threshold`` / 2.3 above the
+      default; :func:`scae.cluster.separation`), so two distinct populations whose means happen to lie a
+      little closer than the threshold stay apart (inputs of at most 50 features, i.e. cytometry panels).
+      :func:`granularity` counts the clusters at a range of thresholds without writing anything.
     - ``n_clusters``: merge the same way until exactly this many clusters remain (e.g. the number of manual
       gates, as FlowSOM's metaclustering does with its SOM nodes); groups holding less
       than 1% of the cells do not count as one of them. The count is then identical across seeds. Pairs of
@@ -90,21 +97,94 @@ def cluster(
     return adata if copy else None
 
 
+#: Merge thresholds :func:`granularity` tries by default: around the default 2.3 (cytometry) up to where RNA
+#: cell types merge (CellBench's 3 cell lines at 6-8, see README "Granularity of clusters").
+GRANULARITY_THRESHOLDS = (1.5, 2.0, 2.3, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
+
+
+def granularity(
+    adata: AnnData,
+    *,
+    thresholds: Sequence[float] | None = None,
+    min_share: float = MIN_GROUP_SHARE,
+    min_cluster_size: int | None = None,
+    threshold: float = 0.1,
+    key_added: str = "scae",
+) -> pd.DataFrame:
+    """Number of clusters at each of several merge thresholds, from the codes one fit stored (writes nothing).
+
+    The codes are binarized and rare codes absorbed once; only the merge is repeated, so a row is exactly
+    what ``scae.tl.cluster(adata, merge_threshold=t)`` would give. Use it to choose ``merge_threshold``: a
+    range of thresholds over which the count stays put is a level of structure the data support.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :func:`scae.tl.fit` with ``impute=True``.
+    thresholds
+        Merge thresholds to try (positive); default :data:`GRANULARITY_THRESHOLDS`.
+    min_share
+        Clusters holding at least this share of the cells are counted in ``n_large``.
+    min_cluster_size, threshold, key_added
+        As in :func:`cluster`.
+
+    Returns
+    -------
+    DataFrame indexed by ``merge_threshold`` (ascending) with ``n_clusters``, ``n_large`` (clusters holding at
+    least ``min_share`` of the cells) and ``largest_share`` (share of the cells in the largest cluster).
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.cytonorm()
+    >>> scae.tl.fit(adata, max_epochs=3, progress=False)
+    >>> table = scae.tl.granularity(adata)
+    >>> bool(table["n_clusters"].iloc[0] >= table["n_clusters"].iloc[-1])
+    True
+    """
+    _settings.check_anndata("adata", adata)
+    grid = GRANULARITY_THRESHOLDS if thresholds is None else thresholds
+    try:
+        grid = np.unique(np.asarray(list(grid), dtype=np.float64))
+    except (TypeError, ValueError):
+        grid = np.array([np.nan])
+    if grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
+        msg = f"`thresholds` must be a non-empty sequence of positive numbers, got {thresholds!r}"
+        raise ValueError(msg)
+    if not 0.0 <= min_share < 1.0:
+        msg = f"`min_share` must be in [0, 1), got {min_share!r}"
+        raise ValueError(msg)
+    _settings.check_cluster(
+        adata, {"n_clusters": None, "merge_threshold": float(grid[0]), "min_cluster_size": min_cluster_size,
+                "threshold": threshold, "key_added": key_added, "copy": False},
+    )  # fmt: skip
+    stored = _stored_inputs(adata, key_added)
+    features, merge_features, scale = _features.cluster_inputs(
+        stored["values"], stored["X"], stored["blocks"], stored["mean"], stored["std"], units=stored["units"]
+    )
+    acc = cluster_arrays(
+        stored["codes"], features, merge_features, threshold=threshold, min_cluster_size=min_cluster_size,
+        merge_threshold=float(grid[0]), merge_scale=scale,
+    )  # fmt: skip
+    rows = []
+    for t in grid:
+        acc.merge_threshold = float(t)
+        sizes = np.bincount(acc.labels()) / adata.n_obs
+        rows.append((int(sizes.size), int(np.count_nonzero(sizes >= min_share)), float(sizes.max())))
+    table = pd.DataFrame(rows, columns=["n_clusters", "n_large", "largest_share"], index=pd.Index(grid))
+    table.index.name = "merge_threshold"
+    return table
+
+
 def _fit_params(adata: AnnData, key_added: str) -> dict:
     """The ``params`` that :func:`scae.tl.fit` recorded in ``uns[key_added]`` (empty when it recorded none)."""
     return adata.uns[key_added].get("params", {})
 
 
-def _cut_stored_codes(
-    adata: AnnData,
-    key_added: str,
-    *,
-    threshold: float,
-    min_cluster_size: int | None,
-    merge_threshold: float | None,
-    n_clusters: int | None,
-) -> np.ndarray:
-    """Cluster labels cut from the codes and reconstruction that :func:`scae.tl.fit` stored under ``key_added``."""
+def _stored_inputs(adata: AnnData, key_added: str) -> dict:
+    """The codes, reconstruction and input that :func:`scae.tl.fit` stored under ``key_added``, as
+    :func:`scae._features.cut` takes them.
+    """
     codes_key, imputed_key = f"X_{key_added}_codes", f"{key_added}_imputed"
     if codes_key not in adata.obsm or key_added not in adata.uns:
         msg = f"adata.obsm[{codes_key!r}] not found: run `scae.tl.fit(adata)` first"
@@ -124,14 +204,23 @@ def _cut_stored_codes(
         adata.layers[imputed_key],
         params.get("imputed_units", "counts"),
     )
+    codes = np.asarray(adata.obsm[codes_key])
+    values = np.asarray(values, dtype=np.float32)
+    return {"codes": codes, "values": values, "X": X, "blocks": blocks, "mean": mean, "std": std, "units": units}
+
+
+def _cut_stored_codes(
+    adata: AnnData,
+    key_added: str,
+    *,
+    threshold: float,
+    min_cluster_size: int | None,
+    merge_threshold: float | None,
+    n_clusters: int | None,
+) -> np.ndarray:
+    """Cluster labels cut from the codes and reconstruction that :func:`scae.tl.fit` stored under ``key_added``."""
     return _features.cut(
-        np.asarray(adata.obsm[codes_key]),
-        np.asarray(values, dtype=np.float32),
-        X,
-        blocks=blocks,
-        mean=mean,
-        std=std,
-        units=units,
+        **_stored_inputs(adata, key_added),
         threshold=threshold,
         min_cluster_size=min_cluster_size,
         merge_threshold=merge_threshold,

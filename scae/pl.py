@@ -88,6 +88,48 @@ def loss_history(adata: AnnData, *, key_added: str = "scae", ax: Axes | None = N
     return ax
 
 
+def granularity(
+    adata: AnnData,
+    *,
+    thresholds: Sequence[float] | None = None,
+    key_added: str = "scae",
+    ax: Axes | None = None,
+    show: bool | None = None,
+) -> Axes:
+    """Clusters against ``merge_threshold`` (:func:`scae.tl.granularity`), the threshold in use marked.
+
+    Plateaus are levels of structure the data support; the dashed line is the threshold the clusters in
+    ``obs`` were cut at (unless they were cut to ``n_clusters``).
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.cytonorm()
+    >>> scae.tl.fit(adata, max_epochs=2, progress=False)
+    >>> ax = scae.pl.granularity(adata, show=False)
+    """
+    from ._tl_cluster import granularity as table_of
+
+    table = table_of(adata, thresholds=thresholds, key_added=key_added)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    x = table.index.to_numpy()
+    ax.plot(x, table["n_clusters"], marker="o", label="clusters")
+    ax.plot(x, table["n_large"], marker="o", linestyle="--", label="clusters with ≥ 1% of the cells")
+    info = adata.uns[key_added]
+    cut = info.get("cluster_params", info.get("params", {}))
+    used, k = float(cut.get("merge_threshold", 0.0) or 0.0), int(cut.get("n_clusters", -1) or -1)
+    if used > 0 and k < 1:
+        ax.axvline(used, color="grey", linestyle=":", label=f"in use ({used:g})")
+    ax.set_xlabel("merge_threshold")
+    ax.set_ylabel("clusters")
+    ax.set_ylim(bottom=0)
+    ax.legend(frameon=False, fontsize=8)
+    if show or (show is None and plt.isinteractive()):
+        plt.show()
+    return ax
+
+
 def clusters(
     adata: AnnData,
     *,

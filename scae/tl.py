@@ -12,7 +12,7 @@ from . import _fit, _settings, genesets
 from ._docs import FIT_PARAMS, FIT_RETURNS, doc_params
 from ._options import FitSettings
 from ._query import query
-from ._tl_cluster import cluster, cluster_stats
+from ._tl_cluster import cluster, cluster_stats, granularity
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
 from ._transform import transform
 from .cluster import DEFAULT_MERGE_THRESHOLD
@@ -22,6 +22,7 @@ __all__ = [
     "cluster",
     "cluster_stats",
     "fit",
+    "granularity",
     "query",
     "rank_gene_sets",
     "rank_gene_sets_df",

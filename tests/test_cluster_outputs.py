@@ -90,6 +90,37 @@ def test_pl_clusters_and_embedding(small_fitted):
     matplotlib.pyplot.close("all")
 
 
+def test_granularity_table_equals_recuts_and_plot(small_fitted, guard):
+    """Each row of tl.granularity is what tl.cluster gives at that threshold; nothing is written."""
+    a = small_fitted
+    check = guard(a)
+    thresholds = [8.0, 1.5, 2.3, 3.0, 4.0]  # any order: the table is sorted
+    table = scae.tl.granularity(a, thresholds=thresholds)
+    assert list(table.index) == sorted(thresholds) and table.index.name == "merge_threshold"
+    assert list(table.columns) == ["n_clusters", "n_large", "largest_share"]
+    for t, row in table.iterrows():
+        labels = scae.tl.cluster(a, merge_threshold=t, copy=True).obs["scae_cluster"]
+        sizes = labels.value_counts(normalize=True)
+        assert row["n_clusters"] == labels.nunique() and row["n_large"] == int((sizes >= 0.01).sum()), t
+        assert row["largest_share"] == pytest.approx(sizes.max())
+    assert table.loc[2.3, "n_clusters"] == a.obs["scae_cluster"].nunique()  # the fit's own threshold
+    assert table.loc[8.0, "n_clusters"] < table.loc[2.3, "n_clusters"]  # larger thresholds coarsen cytometry too
+    check()
+    for bad in ([], [0.0, 2.0], [np.nan], "abc", [-1]):
+        with pytest.raises(ValueError, match="thresholds"):
+            scae.tl.granularity(a, thresholds=bad)
+    with pytest.raises(ValueError, match="min_share"):
+        scae.tl.granularity(a, min_share=1.5)
+    with pytest.raises(KeyError, match="run `scae.tl.fit"):
+        scae.tl.granularity(ad.AnnData(a.X.copy()))
+    ax = scae.pl.granularity(a, thresholds=thresholds, show=False)
+    lines = ax.get_lines()
+    assert list(lines[0].get_ydata()) == list(table["n_clusters"])
+    assert lines[-1].get_xdata()[0] == 2.3  # the threshold in use, marked
+    matplotlib.pyplot.close("all")
+    check()
+
+
 def test_names_with_slashes_survive_write_h5ad(small, tmp_path):
     """anndata 0.13 refuses '/' in uns keys: marker and block names with '/' must not make the result unwritable."""
     a = small.copy()
