@@ -13,6 +13,12 @@ from matplotlib.axes import Axes
 from ._pl_genesets import gene_sets  # noqa: F401
 
 
+def _show(show: bool | None) -> None:
+    """Show the figure when asked, or by default in interactive sessions."""
+    if show or (show is None and plt.isinteractive()):
+        plt.show()
+
+
 def _require(adata: AnnData, key_added: str) -> None:
     if f"X_{key_added}" not in adata.obsm:
         msg = f"adata.obsm['X_{key_added}'] not found: run `scae.tl.fit(adata)` first"
@@ -83,8 +89,7 @@ def loss_history(adata: AnnData, *, key_added: str = "scae", ax: Axes | None = N
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend(frameon=False, fontsize=8)
-    if show or (show is None and plt.isinteractive()):
-        plt.show()
+    _show(show)
     return ax
 
 
@@ -98,7 +103,7 @@ def granularity(
 ) -> Axes:
     """Clusters against ``merge_threshold`` (:func:`scae.tl.granularity`), the threshold in use marked.
 
-    Plateaus are levels of structure the data support; the dashed line is the threshold the clusters in
+    Plateaus are levels of structure the data support; the dotted line is the threshold the clusters in
     ``obs`` were cut at (unless they were cut to ``n_clusters``).
 
     Examples
@@ -125,8 +130,7 @@ def granularity(
     ax.set_ylabel("clusters")
     ax.set_ylim(bottom=0)
     ax.legend(frameon=False, fontsize=8)
-    if show or (show is None and plt.isinteractive()):
-        plt.show()
+    _show(show)
     return ax
 
 
@@ -197,6 +201,5 @@ def clusters(
     groupby = adata.uns[key_added].get("cluster_stats_params", {}).get("groupby", f"{key_added}_cluster")
     ax.set_ylabel(f"{groupby} (cells)")
     ax.figure.colorbar(im, ax=ax, label=f"{stat}{' (scaled per marker)' if standard_scale else ''}", shrink=0.8)
-    if show or (show is None and plt.isinteractive()):
-        plt.show()
+    _show(show)
     return ax
