@@ -109,8 +109,9 @@ def test_granularity_table_equals_recuts_and_plot(small_fitted, guard):
     for bad in ([], [0.0, 2.0], [np.nan], "abc", [-1]):
         with pytest.raises(ValueError, match="thresholds"):
             scae.tl.granularity(a, thresholds=bad)
-    with pytest.raises(ValueError, match="min_share"):
-        scae.tl.granularity(a, min_share=1.5)
+    for bad in (1.5, "0.1", -0.1):
+        with pytest.raises(ValueError, match="min_share"):
+            scae.tl.granularity(a, min_share=bad)
     with pytest.raises(KeyError, match="run `scae.tl.fit"):
         scae.tl.granularity(ad.AnnData(a.X.copy()))
     ax = scae.pl.granularity(a, thresholds=thresholds, show=False)
