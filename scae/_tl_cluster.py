@@ -5,6 +5,7 @@ and ``scae.tl.cluster_stats`` (per-cluster markers).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Real
 
 import numpy as np
 import pandas as pd
@@ -151,7 +152,7 @@ def granularity(
     if grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
         msg = f"`thresholds` must be a non-empty sequence of positive numbers, got {thresholds!r}"
         raise ValueError(msg)
-    if isinstance(min_share, bool) or not isinstance(min_share, int | float) or not 0.0 <= min_share < 1.0:
+    if isinstance(min_share, bool) or not isinstance(min_share, Real) or not 0.0 <= min_share < 1.0:
         msg = f"`min_share` must be in [0, 1), got {min_share!r}"
         raise ValueError(msg)
     _settings.check_cluster(
