@@ -37,8 +37,8 @@ SEPARATION_FROM = 2.0
 #: With ``n_clusters`` the same pairs merge last: flow k=7 F1 0.950 -> 0.952 (fits below 0.93: 9 -> 7 of 68,
 #: lowest 0.860 -> 0.901; CUDA seed 1 0.919 -> 0.954), levine3k k=3 unchanged (0.964).
 #: Above the default threshold it grows in proportion (``MAX_SEPARATION * merge_threshold / 2.3``): held fixed, it
-#: kept every separated pair apart whatever the threshold, so ``merge_threshold`` above 2.3 changed nothing on
-#: cytometry (flowsom_bal_flow, levine3k, CytoNorm: the same clusters from 2.3 to 12, 2026-11-29); scaled, levine3k
+#: kept every separated pair apart whatever the threshold, so ``merge_threshold`` above 2.5 hardly acted on
+#: cytometry (from 2.5 to 12, 2026-11-29: flowsom_bal_flow 8-9 clusters, levine3k 5-7, CytoNorm 12-15); scaled, levine3k
 #: reaches its 3 reference groups at 3-4 (seeds 0-2: F1 0.97-0.99, against 5-7 clusters and 0.94-0.96 held fixed)
 #: and CytoNorm goes from 13-16 clusters at 2.3 to 8-11 at 4 and 5-8 at 6.
 MAX_SEPARATION = 2.8
