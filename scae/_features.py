@@ -17,6 +17,7 @@ from functools import partial
 import numpy as np
 
 from . import cluster, data
+from ._accumulator import ClusterAccumulator, cluster_arrays
 from .cluster import DEFAULT_MERGE_THRESHOLD
 from .nn.likelihoods import get_likelihood, is_plain
 
@@ -53,7 +54,16 @@ def absorb_features(values: np.ndarray, X, blocks, mean, std, *, units: str = "c
     return standardized(values, X, blocks, mean, std, units=units)
 
 
-def cut(
+def cut(codes: np.ndarray, values: np.ndarray, X, **options) -> np.ndarray:
+    """Cluster labels from clustering-layer ``codes`` and the reconstruction ``values`` (see the module docstring).
+
+    ``X`` is the model's input matrix (merge features of ``mse`` models, library sizes of count blocks);
+    ``options`` as :func:`cut_accumulator`.
+    """
+    return cut_accumulator(codes, values, X, **options).final
+
+
+def cut_accumulator(
     codes: np.ndarray,
     values: np.ndarray,
     X,
@@ -66,16 +76,15 @@ def cut(
     min_cluster_size: int | None = None,
     merge_threshold: float | None = DEFAULT_MERGE_THRESHOLD,
     n_clusters: int | None = None,
-) -> np.ndarray:
-    """Cluster labels from clustering-layer ``codes`` and the reconstruction ``values`` (see the module docstring).
-
-    ``X`` is the model's input matrix (merge features of ``mse`` models, library sizes of count blocks).
+) -> ClusterAccumulator:
+    """The accumulator behind :func:`cut` after every pass (labels in ``final``): calling its ``labels()`` again
+    after changing ``merge_threshold`` re-runs only the merge (:func:`scae.tl.granularity`).
     """
     features, merge_features, scale = cluster_inputs(values, X, blocks, mean, std, units=units)
-    return cluster.codes_to_clusters(
+    return cluster_arrays(
         codes,
         features,
-        merge_features=merge_features,
+        merge_features,
         merge_scale=scale,
         threshold=threshold,
         min_cluster_size=min_cluster_size,

@@ -12,7 +12,6 @@ import pandas as pd
 from anndata import AnnData
 
 from . import _blocks, _features, _settings
-from ._accumulator import cluster_arrays
 from ._contract import stats_entries
 from ._merge import MIN_GROUP_SHARE
 from .cluster import DEFAULT_MERGE_THRESHOLD
@@ -159,14 +158,12 @@ def granularity(
         adata, {"n_clusters": None, "merge_threshold": float(grid[0]), "min_cluster_size": min_cluster_size,
                 "threshold": threshold, "key_added": key_added, "copy": False},
     )  # fmt: skip
-    stored = _stored_inputs(adata, key_added)
-    features, merge_features, scale = _features.cluster_inputs(
-        stored["values"], stored["X"], stored["blocks"], stored["mean"], stored["std"], units=stored["units"]
+    acc = _features.cut_accumulator(
+        **_stored_inputs(adata, key_added),
+        threshold=threshold,
+        min_cluster_size=min_cluster_size,
+        merge_threshold=float(grid[0]),
     )
-    acc = cluster_arrays(
-        stored["codes"], features, merge_features, threshold=threshold, min_cluster_size=min_cluster_size,
-        merge_threshold=float(grid[0]), merge_scale=scale,
-    )  # fmt: skip
     rows = []
     for t in grid:
         acc.merge_threshold = float(t)

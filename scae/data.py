@@ -19,7 +19,7 @@ logger = logging.getLogger("scae")
 #: Inputs whose dense float32 copy is below this many bytes are densified once on the device.
 DENSE_BUDGET_BYTES = 4 * 1024**3
 #: Absolute input values above this suggest an untransformed matrix: raw CyTOF intensities (levine3k's raw layer
-#: up to 7,603), raw counts (CellBench up to 2,320). Transformed inputs stay below it: arcsinh and log1p values
+#: up to 7,603), raw counts (CellBench up to 2,970). Transformed inputs stay below it: arcsinh and log1p values
 #: (CytoNorm up to 7.9), log2 bulk expression (TCGA CRC up to 28.6) or proteomics intensities (~20-40), scaled
 #: values (pbmc68k_reduced up to 28.4). It was 20, which warned on the last three.
 LARGE_VALUE_WARNING = 100.0
