@@ -124,7 +124,7 @@ def build_net(model, inputs: ModelInputs, args: dict) -> SAUCIENet:
             n_latent=args["n_latent"],
             feature_mean=torch.from_numpy(inputs.mean),
             feature_std=torch.from_numpy(inputs.std),
-            gene_set_mask=None if set_mask is None else torch.from_numpy(set_mask.to_numpy()),
+            gene_set_mask=None if set_mask is None else torch.tensor(set_mask.to_numpy()),  # a copy: pandas 3
             n_free_nodes=args["n_free_nodes"],
             gene_set_layer=args["gene_set_layer"],
             blocks=model.blocks,
