@@ -40,6 +40,7 @@ def read_inputs(adata: AnnData, args: dict) -> ModelInputs:
     device = group.device if group is not None and device == "auto" else data.resolve_device(device)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     data.validate_matrix(X, where=where)
+    data.check_unique_var_names(adata)
     blocks = _blocks.resolve_blocks(
         adata, likelihood=args["likelihood"], block_key=args["block_key"], block_weights=args["block_weights"]
     )

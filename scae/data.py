@@ -330,6 +330,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def check_unique_var_names(adata: AnnData) -> None:
+    """Raise ``ValueError`` naming the repeated features when ``adata.var_names`` has duplicates.
+
+    A model keeps its features by name (saved with it, matched by :func:`align_var_names` in ``transform``
+    and ``load``, and by gene sets), so two columns of one name would be told apart by position only.
+    """
+    names = pd.Index(adata.var_names.astype(str))
+    if names.has_duplicates:
+        dup = names[names.duplicated()].unique()
+        msg = (
+            f"adata.var_names has {dup.size} duplicated name{'s' if dup.size > 1 else ''} "
+            f"(e.g. {dup[:5].tolist()}); a model matches features by name: call "
+            "`adata.var_names_make_unique()` first (or drop the repeated columns)"
+        )
+        raise ValueError(msg)
+
+
 def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
     """``adata`` with its features in the model's order (a view when reordering or subsetting is needed).
 
@@ -338,10 +355,7 @@ def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
     names = pd.Index(adata.var_names.astype(str))
     if names.size == len(var_names) and (names == pd.Index(var_names)).all():
         return adata
-    if names.has_duplicates:
-        dup = names[names.duplicated()].unique()[:5].tolist()
-        msg = f"adata.var_names has duplicates (e.g. {dup}); call `adata.var_names_make_unique()` first"
-        raise ValueError(msg)
+    check_unique_var_names(adata)
     idx = names.get_indexer(pd.Index(var_names))
     if (idx < 0).any():
         missing = [g for g, i in zip(var_names, idx, strict=True) if i < 0]

@@ -52,6 +52,11 @@ CASES = {
         "fewer cells than the 128 that every minibatch draws from each batch .*'solo' \\(1 cells\\)",
     ),
     "negative_lambda": (lambda a: None, {"lambda_c": -1.0}, "`lambda_c` must be a finite number >= 0"),
+    "duplicate_var_names": (
+        lambda a: setattr(a, "var_names", [a.var_names[0], *a.var_names[:-1]]),
+        {},
+        r"adata.var_names has 1 duplicated name \(e.g. \['.+'\]\); .*var_names_make_unique",
+    ),
     "nan_sparse": (
         lambda a: setattr(a, "X", sp.csr_matrix(np.where(np.arange(a.n_vars) == 0, np.nan, a.X))),
         {},
