@@ -61,8 +61,39 @@ def iter_chunks(X, chunk_rows: int):
         yield start, read_rows(X, start, min(start + chunk_rows, X.shape[0]))
 
 
-def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """One pass over a backed matrix: validate it and return feature mean, std and max |value|.
+#: Entries whose integrality is tested at a time by :func:`value_range` (it stops at the first fraction).
+_INTEGER_TEST_ENTRIES = 1 << 22
+
+
+def _has_fraction(values: np.ndarray) -> bool:
+    """Whether any entry is not a whole number, tested a slice of rows at a time (transformed data: one slice)."""
+    if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
+        return False
+    rows = values.reshape(values.shape[0], -1)
+    step = max(1, _INTEGER_TEST_ENTRIES // max(1, rows.shape[1]))
+    for a in range(0, rows.shape[0], step):
+        part = rows[a : a + step]
+        if np.any(part != np.round(part)):
+            return True
+    return False
+
+
+def value_range(values) -> np.ndarray:
+    """``[max |value|, 0 if every entry is a non-negative whole number (count-like) else 1]`` of finite values.
+
+    What the untransformed-input warning reads (:func:`scae.data.report_range`); chunks combine with
+    ``np.maximum``. The integrality test stops at the first fraction (transformed data: in the first rows).
+    """
+    values = np.asarray(values)
+    if values.size == 0:
+        return np.zeros(2)
+    lo, hi = float(values.min()), float(values.max())  # (no |values| copy of a matrix that may fill memory)
+    not_counts = lo < 0 or _has_fraction(values)
+    return np.array([max(hi, -lo), float(not_counts)])
+
+
+def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over a backed matrix: validate it and return feature mean, std and :func:`value_range`.
 
     Raises ``ValueError`` for empty, non-numeric or non-finite data, like :func:`scae.data.validate_matrix`.
     """
@@ -78,7 +109,7 @@ def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, float]:
         raise ValueError(msg)
     s1 = np.zeros(X.shape[1])
     s2 = np.zeros(X.shape[1])
-    vmax, n_bad = 0.0, 0
+    vrange, n_bad = np.zeros(2), 0
     for _, block in iter_chunks(X, default_chunk_rows(X.shape[1], budget=SCAN_BYTES)):
         n_finite = np.count_nonzero(np.isfinite(block))
         if n_finite < block.size:
@@ -86,7 +117,7 @@ def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, float]:
             continue
         s1 += block.sum(0, dtype=np.float64)
         s2 += np.square(block).sum(0, dtype=np.float64)
-        vmax = max(vmax, float(np.abs(block).max()) if block.size else 0.0)
+        vrange = np.maximum(vrange, value_range(block))
     if n_bad:
         msg = f"{where} contains {n_bad} non-finite (NaN or infinite) values; remove or impute them first"
         raise ValueError(msg)
@@ -94,7 +125,7 @@ def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, float]:
     mean = s1 / n
     std = np.sqrt(np.clip(s2 / n - mean**2, 0, None))
     std[std < 1e-6] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32), vmax
+    return mean.astype(np.float32), std.astype(np.float32), vrange
 
 
 class BackedRowSource:

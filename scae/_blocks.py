@@ -32,18 +32,13 @@ class ValueCheck:
     report: Callable[..., None]
 
 
-def _warn_large(vmax: np.ndarray, *, where: str) -> None:
-    if float(vmax[0]) > data.LARGE_VALUE_WARNING:
-        data.logger.warning("%s has values up to %.3g: scae expects transformed data", where, float(vmax[0]))
-
-
 #: ``Likelihood.value_kind`` → the check of its input values.
 VALUE_CHECKS: dict[str, ValueCheck] = {
     "continuous": ValueCheck(
         data.warn_if_untransformed,
-        lambda xb: np.array([float(np.abs(xb).max()) if xb.size else 0.0]),
+        _backed.value_range,
         np.maximum,
-        _warn_large,
+        data.report_range,
     ),
     "counts": ValueCheck(
         data.validate_counts,

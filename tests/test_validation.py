@@ -104,6 +104,46 @@ def test_untransformed_input_warns(small, caplog):
     assert "expects transformed data" in caplog.text
 
 
+def test_raw_counts_below_the_large_value_bar_warn(data_dir, caplog, tmp_path):
+    """Whole numbers up to 100 (CellBench counts of the genes that never exceed 100) are named as raw counts:
+    in memory, sparse, backed and in one block of a mixed model; 0/1/2 dosages and their log1p are not."""
+    a = scae.datasets.cellbench(data_dir)
+    X = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+    peak = X.max(0)
+    keep = (peak > 10) & (peak <= 100)
+    counts = ad.AnnData(X[:, keep].astype(np.float32), obs=a.obs[[]].copy())
+    top = int(X[:, keep].max())
+    expected = f"holds whole numbers from 0 to {top}, like raw counts"
+    counts.write_h5ad(tmp_path / "counts.h5ad")
+    for matrix in (counts.X, sp.csr_matrix(counts.X)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="scae"):
+            scae.SAUCIE(ad.AnnData(matrix), hidden=(8, 4, 2))
+        assert f"adata.X {expected}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scae"):
+        backed = ad.read_h5ad(tmp_path / "counts.h5ad", backed="r")
+        scae.SAUCIE(backed, hidden=(8, 4, 2))
+        backed.file.close()
+    assert f"adata.X {expected}" in caplog.text
+    mixed = counts.copy()
+    mixed.var["kind"] = np.where(np.arange(mixed.n_vars) < 10, "dosage", "rna")
+    mixed.X[:, :10] = np.minimum(mixed.X[:, :10], 2)
+    mixed.write_h5ad(tmp_path / "mixed.h5ad")
+    for backed in (None, "r"):  # the in-memory checks, and the chunked scan of a backed file
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="scae"):
+            m = mixed if backed is None else ad.read_h5ad(tmp_path / "mixed.h5ad", backed=backed)
+            scae.SAUCIE(m, hidden=(8, 4, 2), block_key="kind", likelihood={"rna": "mse", "dosage": "mse"})
+        assert f"block 'rna' of adata.X {expected}" in caplog.text and "'dosage'" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(ad.AnnData(np.minimum(counts.X, 2)), hidden=(8, 4, 2))  # dosages 0/1/2
+        scae.SAUCIE(ad.AnnData(np.log1p(counts.X)), hidden=(8, 4, 2))
+        scae.SAUCIE(counts, hidden=(8, 4, 2), likelihood="nb")
+    assert "raw counts" not in caplog.text
+
+
 def test_transformed_inputs_do_not_warn(data_dir, pbmc68k, caplog):
     """log2 bulk expression (TCGA CRC, up to 28.6) and scaled RNA (pbmc68k_reduced X, up to 28.4) are transformed."""
     with caplog.at_level("WARNING", logger="scae"):
