@@ -251,6 +251,11 @@ def get_batches(
             "lower `batch_size`, merge small batches or drop them"
         )
         raise ValueError(msg)
+    if len(categories) == 1 and min_cells is None:  # (new cells mapped onto a model may well be one batch)
+        logger.warning(
+            "adata.obs[%r] holds a single batch (%r): there is no batch effect to correct; batch_key names a "
+            "column of several batches (samples, donors, runs)", batch_key, categories[0],
+        )  # fmt: skip
     if reference_batch is None:
         reference = int(np.argmax(counts))
     else:

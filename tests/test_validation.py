@@ -104,6 +104,19 @@ def test_untransformed_input_warns(small, caplog):
     assert "expects transformed data" in caplog.text
 
 
+def test_single_batch_warns(small, caplog):
+    a = small.copy()
+    a.obs["run"] = "r1"
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(a, batch_key="run")
+    assert "adata.obs['run'] holds a single batch ('r1'): there is no batch effect to correct" in caplog.text
+    caplog.clear()
+    a.obs["run"] = np.repeat(["r1", "r2"], a.n_obs // 2)
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(a, batch_key="run")
+    assert "single batch" not in caplog.text
+
+
 def test_raw_counts_below_the_large_value_bar_warn(data_dir, caplog, tmp_path):
     """Whole numbers up to 100 (CellBench counts of the genes that never exceed 100) are named as raw counts:
     in memory, sparse, backed and in one block of a mixed model; 0/1/2 dosages and their log1p are not."""
