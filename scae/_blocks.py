@@ -83,13 +83,9 @@ def resolve_blocks(
             msg = "`block_weights` was given without `block_key`"
             raise ValueError(msg)
         return [Block("all", _check_likelihood(likelihood, "likelihood"))]  # type: ignore[arg-type]
-    if block_key not in adata.var.columns:
-        msg = f"block_key {block_key!r} not found in adata.var (columns: {list(adata.var.columns)})"
-        raise ValueError(msg)
-    col = adata.var[block_key]
-    if col.isna().any():
-        msg = f"adata.var[{block_key!r}] has {int(col.isna().sum())} missing values; every feature needs a block"
-        raise ValueError(msg)
+    col = data.label_column(
+        adata.var, block_key, param="block_key", where="adata.var", each="every feature needs a block"
+    )
     names = [str(v) for v in pd.unique(col.astype(str))]
     values = col.astype(str).to_numpy()
     if isinstance(likelihood, str):

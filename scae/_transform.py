@@ -195,10 +195,7 @@ def _batch_codes(model, adata: AnnData, batch_key: str | None) -> tuple[np.ndarr
         batch_key = model.batch_key
     if batch_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), 1
-    if batch_key not in adata.obs.columns:
-        msg = f"batch_key {batch_key!r} not found in adata.obs (columns: {list(adata.obs.columns)})"
-        raise ValueError(msg)
-    batches = data.get_batches(adata, batch_key, min_cells=1)
+    batches = data.get_batches(adata, batch_key, min_cells=1)  # (checks the column)
     return batches.codes, len(batches.categories)
 
 

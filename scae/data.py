@@ -214,6 +214,21 @@ class BatchInfo:
     reference: int
 
 
+def label_column(frame: pd.DataFrame, key: str, *, param: str, where: str, each: str) -> pd.Series:
+    """``frame[key]``, the column that ``param`` names; ``ValueError`` when it is absent or has missing values.
+
+    ``where`` names the frame (``"adata.obs"``), ``each`` what every row needs (``"every cell needs a batch"``).
+    """
+    if key not in frame.columns:
+        msg = f"{param} {key!r} not found in {where} (columns: {list(frame.columns)})"
+        raise ValueError(msg)
+    col = frame[key]
+    if col.isna().any():
+        msg = f"{where}[{key!r}] has {int(col.isna().sum())} missing values; {each}"
+        raise ValueError(msg)
+    return col
+
+
 def get_batches(
     adata: AnnData, batch_key: str | None, reference_batch=None, *, batch_size: int = 256, min_cells: int | None = None
 ) -> BatchInfo | None:
@@ -227,13 +242,7 @@ def get_batches(
             msg = "`reference_batch` was given without `batch_key`"
             raise ValueError(msg)
         return None
-    if batch_key not in adata.obs.columns:
-        msg = f"batch_key {batch_key!r} not found in adata.obs (columns: {list(adata.obs.columns)})"
-        raise ValueError(msg)
-    col = adata.obs[batch_key]
-    if col.isna().any():
-        msg = f"adata.obs[{batch_key!r}] has {int(col.isna().sum())} missing values; every cell needs a batch"
-        raise ValueError(msg)
+    col = label_column(adata.obs, batch_key, param="batch_key", where="adata.obs", each="every cell needs a batch")
     cat = pd.Categorical(col.astype(str))
     cat = cat.remove_unused_categories()
     categories = [str(c) for c in cat.categories]
