@@ -74,3 +74,8 @@ def test_block_arguments_are_checked(multiomics, small, guard):
     with pytest.raises(ValueError, match="needs `block_key`"):
         scae.tl.fit(a, likelihood=LIKELIHOODS)
     check()
+    gap = a.copy()
+    gap.var["block"] = gap.var["block"].astype(object)
+    gap.var.iloc[:3, gap.var.columns.get_loc("block")] = None
+    with pytest.raises(ValueError, match=r"adata.var\['block'\] has 3 missing values; every feature needs a block"):
+        scae.tl.fit(gap, block_key="block", likelihood=LIKELIHOODS)
