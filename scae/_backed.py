@@ -81,7 +81,7 @@ def _has_fraction(values: np.ndarray) -> bool:
 def value_range(values) -> np.ndarray:
     """``[max |value|, 0 if every entry is a non-negative whole number (count-like) else 1]`` of finite values.
 
-    What the untransformed-input warning reads (:func:`scae.data.report_range`); chunks combine with
+    What the untransformed-input warning reads (:func:`scae._values.report_range`); chunks combine with
     ``np.maximum``. The integrality test stops at the first fraction (transformed data: in the first rows).
     """
     values = np.asarray(values)
@@ -95,7 +95,7 @@ def value_range(values) -> np.ndarray:
 def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass over a backed matrix: validate it and return feature mean, std and :func:`value_range`.
 
-    Raises ``ValueError`` for empty, non-numeric or non-finite data, like :func:`scae.data.validate_matrix`.
+    Raises ``ValueError`` for empty, non-numeric or non-finite data, like :func:`scae._values.validate_matrix`.
     """
     _check_layout(X)
     if X.shape[0] == 0 or X.shape[1] == 0:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from . import _backed, data
+from . import _backed, _values, data
 from .nn.heads import LIKELIHOODS, Block
 from .nn.likelihoods import get_likelihood, is_plain
 
@@ -35,22 +35,22 @@ class ValueCheck:
 #: ``Likelihood.value_kind`` → the check of its input values.
 VALUE_CHECKS: dict[str, ValueCheck] = {
     "continuous": ValueCheck(
-        data.warn_if_untransformed,
+        _values.warn_if_untransformed,
         _backed.value_range,
         np.maximum,
-        data.report_range,
+        _values.report_range,
     ),
     "counts": ValueCheck(
-        data.validate_counts,
-        lambda xb: np.array(data.count_violations(xb), dtype=np.int64),
+        _values.validate_counts,
+        lambda xb: np.array(_values.count_violations(xb), dtype=np.int64),
         np.add,
-        lambda found, *, where: data.check_counts(*found, where=where),
+        lambda found, *, where: _values.check_counts(*found, where=where),
     ),
     "binary": ValueCheck(
-        data.validate_binary,
-        lambda xb: np.array([data.binary_violations(xb)], dtype=np.int64),
+        _values.validate_binary,
+        lambda xb: np.array([_values.binary_violations(xb)], dtype=np.int64),
         np.add,
-        lambda found, *, where: data.check_binary(int(found[0]), where=where),
+        lambda found, *, where: _values.check_binary(int(found[0]), where=where),
     ),
 }
 

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _fast, _pipeline, _settings, _setup, data, genesets
+from . import _fast, _pipeline, _settings, _setup, _values, data, genesets
 from ._docs import MODEL_PARAMS, doc_params
 from ._save import load_model, save_model
 from .cluster import DEFAULT_MERGE_THRESHOLD
@@ -168,7 +168,7 @@ class SAUCIE:
         """
         _settings.check_train(max_epochs, early_stopping)
         if not self.is_trained:  # (a loaded model being fine-tuned keeps the genes it was trained on)
-            data.warn_if_highly_variable_unused(self.adata)
+            _values.warn_if_highly_variable_unused(self.adata)
         self.runtime = _pipeline.train_model(self, max_epochs, progress=progress, early_stopping=early_stopping)
         self.is_trained = True
         self._outputs = {}

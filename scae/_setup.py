@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _blocks, _dist, _fast, data, genesets
+from . import _blocks, _dist, _fast, _values, data, genesets
 from .nn.network import SAUCIENet
 
 
@@ -39,8 +39,8 @@ def read_inputs(adata: AnnData, args: dict) -> ModelInputs:
     group = _dist.current() if data.is_backed(X) else None
     device = group.device if group is not None and device == "auto" else data.resolve_device(device)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    data.validate_matrix(X, where=where)
-    data.check_unique_var_names(adata)
+    _values.validate_matrix(X, where=where)
+    _values.check_unique_var_names(adata)
     blocks = _blocks.resolve_blocks(
         adata, likelihood=args["likelihood"], block_key=args["block_key"], block_weights=args["block_weights"]
     )

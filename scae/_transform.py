@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from . import _features, _settings, data
+from . import _features, _settings, _values, data
 from ._contract import stats_entries, uns_record, write_contract
 from ._mapping import get_mapping_state
 from ._model import SAUCIE
@@ -183,7 +183,7 @@ def _read_new_cells(model, adata: AnnData, batch_key: str | None) -> _NewCells:
     view = data.align_var_names(adata, model.var_names)
     X = data.get_matrix(view, model.layer)
     where = "adata.X" if model.layer is None else f"adata.layers[{model.layer!r}]"
-    data.validate_matrix(X, where=where)
+    _values.validate_matrix(X, where=where)
     batch_codes, n_batches = _batch_codes(model, adata, batch_key)
     columns = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
     return _NewCells(X=X, columns=columns, batch_codes=batch_codes, n_batches=n_batches)

@@ -11,25 +11,13 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from . import _backed
+from . import _backed, _values
 from .nn.likelihoods import log_normalize_np
 
 logger = logging.getLogger("scae")
 
 #: Inputs whose dense float32 copy is below this many bytes are densified once on the device.
 DENSE_BUDGET_BYTES = 4 * 1024**3
-#: Absolute input values above this suggest an untransformed matrix: raw CyTOF intensities (levine3k's raw layer
-#: up to 7,603), raw counts (CellBench up to 2,970). Transformed inputs stay below it: arcsinh and log1p values
-#: (CytoNorm up to 7.9), log2 bulk expression (TCGA CRC up to 28.6) or proteomics intensities (~20-40), scaled
-#: values (pbmc68k_reduced up to 28.4). It was 20, which warned on the last three.
-LARGE_VALUE_WARNING = 100.0
-#: Non-negative whole numbers above this (and up to :data:`LARGE_VALUE_WARNING`) look like raw counts, which
-#: stay under the first bar in gene panels and shallow data: 1,878 of CellBench's 2,000 most variable genes
-#: (seurat_v3) never exceed 100 counts. Smaller whole numbers may be categories or dosages (0/1/2): no warning.
-COUNT_VALUE_WARNING = 10.0
-#: Above this many features, a ``var["highly_variable"]`` column that marks fewer of them gets a warning: scae
-#: trains on every feature it is given (CellBench, 450 cells: 25.8 s on all 15,072 genes, 3.3 s on 2,000).
-HIGHLY_VARIABLE_HINT = 5000
 
 
 def get_matrix(adata: AnnData, layer: str | None):
@@ -48,82 +36,10 @@ def get_matrix(adata: AnnData, layer: str | None):
     return X
 
 
-def validate_matrix(X, *, where: str) -> None:
-    """Raise ``ValueError`` for empty, non-numeric or non-finite data; warn for very large values."""
-    if _backed.is_backed(X):
-        _scan(X, where)
-        return
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        msg = f"{where} is empty (shape {X.shape}); scae needs at least one cell and one feature"
-        raise ValueError(msg)
-    dtype = X.dtype
-    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)) or np.issubdtype(
-        dtype, np.complexfloating
-    ):
-        msg = f"{where} has non-numeric dtype {dtype}; scae needs a real-valued numeric matrix"
-        raise ValueError(msg)
-    values = X.data if sp.issparse(X) else np.asarray(X)
-    n_bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
-    if n_bad:
-        n_nan = int(np.count_nonzero(np.isnan(values)))
-        msg = f"{where} contains {n_nan} NaN and {n_bad - n_nan} infinite values; remove or impute them first"
-        raise ValueError(msg)
-
-
-def warn_if_highly_variable_unused(adata: AnnData) -> None:
-    """Log a warning when ``var["highly_variable"]`` marks a subset of many genes that scae will not use.
-
-    scanpy's PCA uses that subset by default; scae trains on (and imputes) every feature of the matrix it is
-    given, so a user who selected genes most likely meant to pass only those.
-    """
-    column = adata.var.get("highly_variable")
-    if column is None or adata.n_vars <= HIGHLY_VARIABLE_HINT or not pd.api.types.is_bool_dtype(column):
-        return
-    n_marked = int(column.fillna(False).astype(bool).sum())  # (a nullable column may hold NA)
-    if 0 < n_marked < adata.n_vars:
-        logger.warning(
-            "adata.var['highly_variable'] marks %d of %d genes, but scae trains on all of them (time grows with "
-            "the genes); to train on the marked ones, pass adata[:, adata.var['highly_variable']].copy()",
-            n_marked,
-            adata.n_vars,
-        )
-
-
-def warn_if_untransformed(X, *, where: str) -> None:
-    """Log a warning when values look untransformed (SAUCIE users often hit NaNs/one giant cluster there)."""
-    if _backed.is_backed(X):
-        report_range(_scan(X, where)[2], where=where)
-        return
-    report_range(_backed.value_range(X.data if sp.issparse(X) else X), where=where)
-
-
-def report_range(vrange: np.ndarray, *, where: str) -> None:
-    """The untransformed-input warning from :func:`scae._backed.value_range` of the whole matrix.
-
-    Values above :data:`LARGE_VALUE_WARNING` are untransformed; so are non-negative whole numbers above
-    :data:`COUNT_VALUE_WARNING` (raw counts of shallow data or of a gene subset stay below the first bar).
-    """
-    vmax, not_counts = float(vrange[0]), bool(vrange[1])
-    if vmax > LARGE_VALUE_WARNING:
-        logger.warning(
-            "%s has values up to %.3g: scae expects transformed data (arcsinh for cytometry, "
-            "log1p of normalized counts for RNA); see `scae.pp.arcsinh`. Features are standardized internally.",
-            where,
-            vmax,
-        )
-    elif not not_counts and vmax > COUNT_VALUE_WARNING:
-        logger.warning(
-            "%s holds whole numbers from 0 to %d, like raw counts: scae expects transformed data "
-            "(sc.pp.normalize_total and sc.pp.log1p for RNA), or counts fitted with likelihood='nb'",
-            where,
-            int(vmax),
-        )
-
-
 def feature_moments(X) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and standard deviation (constant features get std 1), without densifying."""
     if _backed.is_backed(X):
-        return _scan(X, "backed matrix")[:2]
+        return _values.scan_backed(X, "backed matrix")[:2]
     if sp.issparse(X):
         mean = np.asarray(X.mean(0), dtype=np.float64).ravel()
         sq = np.asarray(X.multiply(X).mean(0), dtype=np.float64).ravel()
@@ -134,51 +50,6 @@ def feature_moments(X) -> tuple[np.ndarray, np.ndarray]:
     std = np.sqrt(np.clip(sq - mean**2, 0, None))
     std[std < 1e-6] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-def count_violations(X) -> tuple[int, int]:
-    """Numbers of negative and of non-integer entries of ``X`` (dense or sparse, in memory)."""
-    values = X.data if sp.issparse(X) else np.asarray(X)
-    return int(np.count_nonzero(values < 0)), int(np.count_nonzero(values != np.round(values)))
-
-
-def check_counts(n_neg: int, n_frac: int, *, where: str) -> None:
-    """Raise ``ValueError`` for negative or non-integer entries (NB/ZINB need raw counts)."""
-    if n_neg:
-        msg = (
-            f"{where} has {n_neg} negative values, but a count likelihood ('nb'/'zinb') needs raw non-negative "
-            "integer counts; pass `layer=` naming the raw counts, or use likelihood='mse' for transformed data"
-        )
-        raise ValueError(msg)
-    if n_frac:
-        msg = (
-            f"{where} has {n_frac} non-integer values, but a count likelihood ('nb'/'zinb') needs raw integer "
-            "counts (not normalized or log-transformed); pass `layer=` naming the raw counts, or use likelihood='mse'"
-        )
-        raise ValueError(msg)
-
-
-def validate_counts(X, *, where: str) -> None:
-    """Raise ``ValueError`` unless every entry is a non-negative integer (NB/ZINB need raw counts)."""
-    check_counts(*count_violations(X), where=where)
-
-
-def binary_violations(X) -> int:
-    """Number of entries of ``X`` other than 0 and 1."""
-    values = X.data if sp.issparse(X) else np.asarray(X)
-    return int(np.count_nonzero((values != 0) & (values != 1)))
-
-
-def check_binary(n_bad: int, *, where: str) -> None:
-    """Raise ``ValueError`` when ``n_bad`` entries are not 0/1 (the Bernoulli likelihood)."""
-    if n_bad:
-        msg = f"{where} has {n_bad} values other than 0 and 1, but the 'bernoulli' likelihood needs binary data"
-        raise ValueError(msg)
-
-
-def validate_binary(X, *, where: str) -> None:
-    """Raise ``ValueError`` unless every entry is 0 or 1 (the Bernoulli likelihood)."""
-    check_binary(binary_violations(X), where=where)
 
 
 def library_size(X) -> np.ndarray:
@@ -275,16 +146,6 @@ def get_batches(
     return BatchInfo(codes=codes, categories=categories, reference=reference)
 
 
-_SCAN: list = []
-
-
-def _scan(X, where: str):
-    """One validating pass over a backed matrix, remembered for the last matrix scanned."""
-    if not (_SCAN and _SCAN[0] is X):
-        _SCAN[:] = [X, _backed.scan(X, where=where)]
-    return _SCAN[1]
-
-
 is_backed = _backed.is_backed
 
 
@@ -360,23 +221,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def check_unique_var_names(adata: AnnData) -> None:
-    """Raise ``ValueError`` naming the repeated features when ``adata.var_names`` has duplicates.
-
-    A model keeps its features by name (saved with it, matched by :func:`align_var_names` in ``transform``
-    and ``load``, and by gene sets), so two columns of one name would be told apart by position only.
-    """
-    names = pd.Index(adata.var_names.astype(str))
-    if names.has_duplicates:
-        dup = names[names.duplicated()].unique()
-        msg = (
-            f"adata.var_names has {dup.size} duplicated name{'s' if dup.size > 1 else ''} "
-            f"(e.g. {dup[:5].tolist()}); a model matches features by name: call "
-            "`adata.var_names_make_unique()` first (or drop the repeated columns)"
-        )
-        raise ValueError(msg)
-
-
 def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
     """``adata`` with its features in the model's order (a view when reordering or subsetting is needed).
 
@@ -385,7 +229,7 @@ def align_var_names(adata: AnnData, var_names: list[str]) -> AnnData:
     names = pd.Index(adata.var_names.astype(str))
     if names.size == len(var_names) and (names == pd.Index(var_names)).all():
         return adata
-    check_unique_var_names(adata)
+    _values.check_unique_var_names(adata)
     idx = names.get_indexer(pd.Index(var_names))
     if (idx < 0).any():
         missing = [g for g, i in zip(var_names, idx, strict=True) if i < 0]

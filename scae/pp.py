@@ -6,7 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .data import get_matrix, validate_matrix
+from ._values import validate_matrix
+from .data import get_matrix
 
 
 def arcsinh(
