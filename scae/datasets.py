@@ -9,6 +9,19 @@ from pathlib import Path
 import anndata as ad
 from anndata import AnnData
 
+__all__ = [
+    "bundled_dir",
+    "bundled_path",
+    "cell_cycle_gmt",
+    "cellbench",
+    "cytonorm",
+    "flowsom_bal",
+    "hallmark_gmt",
+    "levine3k",
+    "shared_data_dir",
+    "tcga_coread",
+]
+
 _HERE = Path(__file__).resolve().parent
 #: sha256 of the bundled files (checked on load).
 CHECKSUMS = {

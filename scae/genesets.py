@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+__all__ = ["GeneSets", "describe", "gene_set_mask", "read_gmt"]
+
 GeneSets = str | os.PathLike | Mapping[str, Iterable[str]] | pd.DataFrame
 
 

@@ -9,6 +9,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+__all__ = ["cluster_scores", "embedding_mmd", "hungarian_f1", "knn_accuracy"]
+
 
 def hungarian_f1(labels_true, labels_pred) -> float:
     """Mean F1 over true populations after one-to-one Hungarian matching of clusters to populations.

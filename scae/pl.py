@@ -10,7 +10,9 @@ import scanpy as sc
 from anndata import AnnData
 from matplotlib.axes import Axes
 
-from ._pl_genesets import gene_sets  # noqa: F401
+from ._pl_genesets import gene_sets
+
+__all__ = ["clusters", "embedding", "gene_sets", "granularity", "loss_history"]
 
 
 def _show(show: bool | None) -> None:

@@ -6,8 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from ._values import validate_matrix
-from .data import get_matrix
+from . import _values, data
 
 
 def arcsinh(
@@ -49,8 +48,8 @@ def arcsinh(
     if not cofactor > 0:
         msg = f"`cofactor` must be > 0, got {cofactor}"
         raise ValueError(msg)
-    X = get_matrix(adata, layer)
-    validate_matrix(X, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    X = data.get_matrix(adata, layer)
+    _values.validate_matrix(X, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
     target = key_added or layer or "X"
     done = adata.uns.get("scae_arcsinh", {})
     if target in done:

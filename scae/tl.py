@@ -8,9 +8,7 @@ from typing import Literal
 
 from anndata import AnnData
 
-from . import _fit, _settings, genesets
-from ._docs import FIT_PARAMS, FIT_RETURNS, doc_params
-from ._options import FitSettings
+from . import _docs, _fit, _options, _settings, genesets
 from ._query import query
 from ._tl_cluster import cluster, cluster_stats, granularity
 from ._tl_genesets import activity_adata, rank_gene_sets, rank_gene_sets_df
@@ -30,7 +28,7 @@ __all__ = [
 ]
 
 
-@doc_params(fit_params=FIT_PARAMS, fit_returns=FIT_RETURNS)
+@_docs.doc_params(fit_params=_docs.FIT_PARAMS, fit_returns=_docs.FIT_RETURNS)
 def fit(
     adata: AnnData,
     *,
@@ -98,7 +96,7 @@ def fit(
     _settings.check_fit(locals())
     options = dict(locals())
     adata = options.pop("adata")
-    return _fit.run(adata, FitSettings.from_flat(options), _params(options))
+    return _fit.run(adata, _options.FitSettings.from_flat(options), _params(options))
 
 
 def _params(options: dict) -> dict:

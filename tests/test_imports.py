@@ -102,3 +102,20 @@ def test_size_check_finds_a_long_function(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
     (tmp_path / "long.py").write_text(f"def f():\n{body}\n")
     assert _too_long([tmp_path / "long.py"]) == [f"long.py: f {MAX_FUNCTION_LINES + 1} lines"]
+
+
+def test_public_modules_list_their_api():
+    """``__all__`` of each public module names exactly its public functions (what autosummary and ``*`` see)."""
+    import inspect
+
+    for name in ("tl", "pl", "pp", "datasets", "metrics", "genesets"):
+        module = getattr(scae, name)
+        public = {
+            n
+            for n, obj in vars(module).items()
+            if not n.startswith("_")
+            and (inspect.isfunction(obj) or inspect.isclass(obj))
+            and obj.__module__.startswith("scae")
+        }
+        assert set(module.__all__) >= public, (name, sorted(public - set(module.__all__)))
+        assert all(hasattr(module, n) for n in module.__all__), name
