@@ -22,9 +22,14 @@ logger = logging.getLogger("scae")
 #: for 256 and for several thousand cells, so larger batches give proportionally more cells/s).
 DEFAULT_BATCH_SIZE = {"cpu": 512, "cuda": 4096}
 
-#: With ``batch_key``, a default minibatch shrinks to what the smallest batch can fill, but not below this
-#: (so the default accepts every batch holding at least ``256 // n_batches`` cells).
-MIN_DEFAULT_BATCH_SIZE = 256
+#: With ``batch_key``, a default minibatch shrinks to what the smallest batch can fill (each minibatch draws
+#: ``batch_size // n_batches`` cells from every batch), down to this many cells per batch; smaller batches are
+#: refused. Measured on CellBench (449 singlets, 2,000 HVGs) with Drop-seq cut to 40 cells (minibatch 80) and to
+#: 20 (minibatch 40), seeds 0-1, 2026-11-29: MMD between the batches in the embedding 0.08-0.09 against 1.36-1.46
+#: uncorrected (40 cells), 0.24 against 1.82-2.60 (20 cells); cell-line kNN accuracy 0.98-1.00 throughout.
+#: Before, a default minibatch did not shrink below 256 cells, so two batches needed 128 cells each: a TCGA
+#: cohort of 121 samples from two centres could not be corrected without ``batch_size``.
+MIN_DEFAULT_CELLS_PER_BATCH = 16
 
 PRECISIONS = ("32", "bf16")
 
@@ -115,13 +120,12 @@ def can_flatten(net: torch.nn.Module, device: torch.device) -> bool:
     )
 
 
-def batch_size_for_batches(batch_size: int, floor: int, batch_counts) -> int:
-    """Default minibatch with batches: at most ``batch_size``, at least ``floor``, and no more than every batch can
-    fill with distinct cells (each minibatch draws ``batch_size // n_batches`` cells from every batch).
+def batch_size_for_batches(batch_size: int, batch_counts) -> int:
+    """Default minibatch with batches: at most ``batch_size`` and no more than every batch can fill with distinct
+    cells (each minibatch draws ``batch_size // n_batches`` cells from every batch).
     """
     counts = [int(c) for c in batch_counts]
-    fill = len(counts) * min(counts)
-    return int(max(floor, min(batch_size, fill)))
+    return int(min(batch_size, len(counts) * min(counts)))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

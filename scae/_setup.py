@@ -66,11 +66,10 @@ def _batches_and_minibatch(adata: AnnData, batch_key, reference_batch, batch_siz
     batch_size = _fast.default_batch_size(device, adata.n_obs)
     if batch_key is None:
         return None, batch_size
-    # a default minibatch (512 on CPU, up to 4096 on GPU) must not refuse batches that a minibatch of 256 accepts:
-    # check with 256, then shrink the default to what the smallest batch can fill
-    floor = min(batch_size, _fast.MIN_DEFAULT_BATCH_SIZE)
-    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=floor)
-    return batches, _fast.batch_size_for_batches(batch_size, floor, np.bincount(batches.codes))
+    # a default minibatch (512 on CPU, up to 4096 on GPU) shrinks to what the smallest batch can fill, down to
+    # MIN_DEFAULT_CELLS_PER_BATCH cells from each batch
+    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=None)
+    return batches, _fast.batch_size_for_batches(batch_size, np.bincount(batches.codes))
 
 
 def hparams(args: dict, model) -> dict:

@@ -195,7 +195,7 @@ def _batch_codes(model, adata: AnnData, batch_key: str | None) -> tuple[np.ndarr
         batch_key = model.batch_key
     if batch_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), 1
-    batches = data.get_batches(adata, batch_key, min_cells=1)  # (checks the column)
+    batches = data.get_batches(adata, batch_key, mapping=True)  # (checks the column)
     return batches.codes, len(batches.categories)
 
 

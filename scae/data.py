@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from . import _backed, _values
+from . import _backed, _fast, _values
 from .nn.likelihoods import log_normalize_np
 
 logger = logging.getLogger("scae")
@@ -101,12 +101,15 @@ def label_column(frame: pd.DataFrame, key: str, *, param: str, where: str, each:
 
 
 def get_batches(
-    adata: AnnData, batch_key: str | None, reference_batch=None, *, batch_size: int = 256, min_cells: int | None = None
+    adata: AnnData, batch_key: str | None, reference_batch=None, *, batch_size: int | None = 256, mapping: bool = False
 ) -> BatchInfo | None:
     """Read ``adata.obs[batch_key]`` into integer codes, checking for missing values and too small batches.
 
     Every minibatch draws ``batch_size // n_batches`` cells from each batch, so each batch needs at least
-    that many cells (and at least 2); ``min_cells`` overrides that floor (e.g. 1 when mapping new cells).
+    that many cells (and at least 2). ``batch_size=None`` is the default minibatch, which shrinks to what the
+    smallest batch can fill (:func:`scae._fast.batch_size_for_batches`): each batch then needs
+    :data:`scae._fast.MIN_DEFAULT_CELLS_PER_BATCH` cells. ``mapping``: new cells mapped onto a trained model
+    (any batch size, one batch is fine).
     """
     if batch_key is None:
         if reference_batch is not None:
@@ -119,11 +122,20 @@ def get_batches(
     categories = [str(c) for c in cat.categories]
     codes = np.asarray(cat.codes, dtype=np.int64)
     counts = np.bincount(codes, minlength=len(categories))
-    if min_cells is not None:
-        need = min_cells
+    if mapping:
+        need = 1
+    elif batch_size is None:
+        need = _fast.MIN_DEFAULT_CELLS_PER_BATCH if len(categories) > 1 else 2
     else:
         need = max(2, batch_size // len(categories)) if len(categories) > 1 else 2
     small = [f"{c!r} ({n} cells)" for c, n in zip(categories, counts, strict=True) if n < need]
+    if small and batch_size is None:
+        msg = (
+            f"batches of adata.obs[{batch_key!r}] with fewer than {need} cells, the fewest a default minibatch draws "
+            f"from each batch to compare it with the others: {', '.join(small)}; merge small batches or drop "
+            "them (or pass `batch_size`: every minibatch then draws batch_size // n_batches cells from each batch)"
+        )
+        raise ValueError(msg)
     if small:
         msg = (
             f"batches of adata.obs[{batch_key!r}] with fewer cells than the {need} that every minibatch draws "
@@ -131,7 +143,7 @@ def get_batches(
             "lower `batch_size`, merge small batches or drop them"
         )
         raise ValueError(msg)
-    if len(categories) == 1 and min_cells is None:  # (new cells mapped onto a model may well be one batch)
+    if len(categories) == 1 and not mapping:  # (new cells mapped onto a model may well be one batch)
         logger.warning(
             "adata.obs[%r] holds a single batch (%r): there is no batch effect to correct; batch_key names a "
             "column of several batches (samples, donors, runs)", batch_key, categories[0],

@@ -48,8 +48,8 @@ CASES = {
     ),
     "tiny_batch": (
         _set_donor(lambda a: ["solo"] + ["a"] * (a.n_obs - 1)),
-        {"batch_key": "donor", "device": "cpu"},  # the message names the CPU default minibatch (256 / 2 batches)
-        "fewer cells than the 128 that every minibatch draws from each batch .*'solo' \\(1 cells\\)",
+        {"batch_key": "donor"},
+        "fewer than 16 cells, the fewest a default minibatch draws from each batch .*'solo' \\(1 cells\\)",
     ),
     "negative_lambda": (lambda a: None, {"lambda_c": -1.0}, "`lambda_c` must be a finite number >= 0"),
     "duplicate_var_names": (
