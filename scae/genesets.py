@@ -8,6 +8,7 @@ MSigDB GMT files also match title-case names (``Cd3e``) and the other way round.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -102,6 +103,15 @@ def _as_dict(gene_sets: GeneSets, var_names: pd.Index) -> dict[str, list[str]]:
     raise TypeError(msg)
 
 
+def _user_stacklevel() -> int:
+    """``stacklevel`` of a warning raised here that points at the first caller outside scae (the user's line)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1  # the caller of this function: the function that warns
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def gene_set_mask(gene_sets: GeneSets, var_names: Iterable[str], *, min_genes: int = 5) -> pd.DataFrame:
     """Gene × set 0/1 mask of ``gene_sets`` against ``var_names``.
 
@@ -172,7 +182,7 @@ def gene_set_mask(gene_sets: GeneSets, var_names: Iterable[str], *, min_genes: i
             f"dropped {len(small)} of {len(sets)} gene sets with fewer than min_genes={min_genes} genes among "
             f"var_names (overlap in brackets): {listed}",
             UserWarning,
-            stacklevel=2,
+            stacklevel=_user_stacklevel(),
         )
     kept = [k for k in sets if k not in small]
     return pd.DataFrame({k: columns[k].astype(np.float32) for k in kept}, index=var_index)

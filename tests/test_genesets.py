@@ -106,9 +106,15 @@ def test_mask_from_dict_dataframe_and_gmt_agree(tmp_path):
 
 
 def test_small_sets_dropped_with_warning_listing_them():
-    with pytest.warns(UserWarning, match=r"dropped 1 of 2 gene sets.*B \(1\)"):
+    with pytest.warns(UserWarning, match=r"dropped 1 of 2 gene sets.*B \(1\)") as caught:
         mask = gene_set_mask({"T": ["CD3E", "CD3D"], "B": ["MS4A1", "PAX5"]}, ["CD3E", "CD3D", "MS4A1"], min_genes=2)
     assert list(mask.columns) == ["T"]
+    assert caught[0].filename == __file__  # the warning points at the caller's line, not at scae
+    adata = ad.AnnData(np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32))
+    adata.var_names = ["CD3E", "CD3D", "MS4A1"]
+    with pytest.warns(UserWarning, match="dropped 1 of 2") as caught:
+        scae.SAUCIE(adata, gene_sets={"T": ["CD3E", "CD3D"], "B": ["MS4A1", "PAX5"]}, min_genes=2)
+    assert caught[0].filename == __file__  # also from deep inside the model's setup
 
 
 def test_no_overlap_and_all_too_small_raise():
