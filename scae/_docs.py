@@ -52,8 +52,9 @@ batch_size
     Minibatch size; with ``batch_key`` each minibatch holds equal numbers of cells of every batch.
     Default 512 on CPU; on CUDA 4096, or less for small data so that a pass has at least 32 steps
     (:func:`scae._fast.default_batch_size`); shrunk with ``batch_key`` to what the smallest batch can fill
-    (batches of fewer than 16 cells raise). A given ``batch_size`` is kept: every batch must hold
-    ``batch_size // n_batches`` cells. The value used is ``uns[key_added]["runtime"]["batch_size"]``.
+    (batches of fewer than 16 cells raise; with more than 16 batches, of fewer than ``256 // n_batches``). A
+    given ``batch_size`` is kept: every batch must hold ``batch_size // n_batches`` cells. The value used is
+    ``uns[key_added]["runtime"]["batch_size"]``.
 pairwise_cells
     The pairwise loss terms (MMD, within-cluster distance, ``batch_reconstruction="distance"``) cost
     O(minibatch²); they are computed on an evenly spaced subset of at most this many cells of each

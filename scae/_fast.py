@@ -24,12 +24,16 @@ DEFAULT_BATCH_SIZE = {"cpu": 512, "cuda": 4096}
 
 #: With ``batch_key``, a default minibatch shrinks to what the smallest batch can fill (each minibatch draws
 #: ``batch_size // n_batches`` cells from every batch), down to this many cells per batch; smaller batches are
-#: refused. Measured on CellBench (449 singlets, 2,000 HVGs) with Drop-seq cut to 40 cells (minibatch 80) and to
-#: 20 (minibatch 40), seeds 0-1, 2026-11-29: MMD between the batches in the embedding 0.08-0.09 against 1.36-1.46
-#: uncorrected (40 cells), 0.24 against 1.82-2.60 (20 cells); cell-line kNN accuracy 0.98-1.00 throughout.
-#: Before, a default minibatch did not shrink below 256 cells, so two batches needed 128 cells each: a TCGA
-#: cohort of 121 samples from two centres could not be corrected without ``batch_size``.
+#: refused (see :func:`min_cells_per_batch`). Measured on CellBench (449 singlets, 2,000 HVGs) with Drop-seq cut
+#: to 40 cells (minibatch 80) and to 20 (minibatch 40), seeds 0-1, 2026-11-29: MMD between the batches in the
+#: embedding 0.08-0.09 against 1.36-1.46 uncorrected (40 cells), 0.24 against 1.82-2.60 (20 cells); cell-line kNN
+#: accuracy 0.98-1.00 throughout. Before, a default minibatch did not shrink below 256 cells
+#: (:data:`MIN_DEFAULT_BATCH_SIZE`), so two batches needed 128 cells each: a TCGA cohort of 121 samples from two
+#: centres could not be corrected without ``batch_size``.
 MIN_DEFAULT_CELLS_PER_BATCH = 16
+#: The smallest default minibatch before it could shrink further; with more than 16 batches its share
+#: (``256 // n_batches``) stays the floor, so no batch accepted then is refused now.
+MIN_DEFAULT_BATCH_SIZE = 256
 
 PRECISIONS = ("32", "bf16")
 
@@ -118,6 +122,11 @@ def can_flatten(net: torch.nn.Module, device: torch.device) -> bool:
         and len(params) > 0
         and all(p.dtype == params[0].dtype and p.layout == torch.strided for p in params)
     )
+
+
+def min_cells_per_batch(n_batches: int) -> int:
+    """Cells every batch needs under a default minibatch: 16, or ``256 // n_batches`` above 16 batches; at least 2."""
+    return max(2, min(MIN_DEFAULT_CELLS_PER_BATCH, MIN_DEFAULT_BATCH_SIZE // max(1, n_batches)))
 
 
 def batch_size_for_batches(batch_size: int, batch_counts) -> int:

@@ -67,8 +67,8 @@ def _batches_and_minibatch(adata: AnnData, batch_key, reference_batch, batch_siz
     if batch_key is None:
         return None, batch_size
     # a default minibatch (512 on CPU, up to 4096 on GPU) shrinks to what the smallest batch can fill, down to
-    # MIN_DEFAULT_CELLS_PER_BATCH cells from each batch
-    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=None)
+    # _fast.min_cells_per_batch cells from each batch
+    batches = data.get_batches(adata, batch_key, reference_batch, batch_size=batch_size, shrinks=True)
     return batches, _fast.batch_size_for_batches(batch_size, np.bincount(batches.codes))
 
 

@@ -101,15 +101,21 @@ def label_column(frame: pd.DataFrame, key: str, *, param: str, where: str, each:
 
 
 def get_batches(
-    adata: AnnData, batch_key: str | None, reference_batch=None, *, batch_size: int | None = 256, mapping: bool = False
+    adata: AnnData,
+    batch_key: str | None,
+    reference_batch=None,
+    *,
+    batch_size: int = 256,
+    shrinks: bool = False,
+    mapping: bool = False,
 ) -> BatchInfo | None:
     """Read ``adata.obs[batch_key]`` into integer codes, checking for missing values and too small batches.
 
     Every minibatch draws ``batch_size // n_batches`` cells from each batch, so each batch needs at least
-    that many cells (and at least 2). ``batch_size=None`` is the default minibatch, which shrinks to what the
-    smallest batch can fill (:func:`scae._fast.batch_size_for_batches`): each batch then needs
-    :data:`scae._fast.MIN_DEFAULT_CELLS_PER_BATCH` cells. ``mapping``: new cells mapped onto a trained model
-    (any batch size, one batch is fine).
+    that many cells (and at least 2). ``shrinks``: ``batch_size`` is a default minibatch, which shrinks to what
+    the smallest batch can fill (:func:`scae._fast.batch_size_for_batches`), so a batch needs only
+    :func:`scae._fast.min_cells_per_batch` cells. ``mapping``: new cells mapped onto a trained model (any batch
+    size, one batch is fine).
     """
     if batch_key is None:
         if reference_batch is not None:
@@ -124,12 +130,14 @@ def get_batches(
     counts = np.bincount(codes, minlength=len(categories))
     if mapping:
         need = 1
-    elif batch_size is None:
-        need = _fast.MIN_DEFAULT_CELLS_PER_BATCH if len(categories) > 1 else 2
+    elif len(categories) == 1:
+        need = 2
+    elif shrinks:
+        need = _fast.min_cells_per_batch(len(categories))
     else:
-        need = max(2, batch_size // len(categories)) if len(categories) > 1 else 2
+        need = max(2, batch_size // len(categories))
     small = [f"{c!r} ({n} cells)" for c, n in zip(categories, counts, strict=True) if n < need]
-    if small and batch_size is None:
+    if small and shrinks:
         msg = (
             f"batches of adata.obs[{batch_key!r}] with fewer than {need} cells, the fewest a default minibatch draws "
             f"from each batch to compare it with the others: {', '.join(small)}; merge small batches or drop "

@@ -20,6 +20,19 @@ def test_default_batch_size_by_device():
     assert _fast.default_batch_size(torch.device("cpu"), 10**7) == 512
 
 
+def test_default_minibatch_with_batches():
+    """The default shrinks to what the smallest batch fills; a batch needs 16 cells, or with more than 16 batches
+    the share of a 256-cell minibatch (the floor before the default could shrink: nothing accepted then is refused)."""
+    assert [_fast.min_cells_per_batch(b) for b in (1, 2, 3, 16, 17, 32, 100, 300)] == [16, 16, 16, 16, 15, 8, 2, 2]
+    for b in range(16, 400):
+        assert _fast.min_cells_per_batch(b) == max(2, 256 // b)
+    assert _fast.batch_size_for_batches(512, [41, 80]) == 82
+    assert _fast.batch_size_for_batches(512, [2000, 1000, 50]) == 150
+    assert _fast.batch_size_for_batches(512, [2000, 1000]) == 512
+    assert _fast.batch_size_for_batches(4096, [3000] * 3) == 4096
+    assert _fast.batch_size_for_batches(4096, [1000] * 3) == 3000
+
+
 def test_default_learning_rate_grows_with_the_minibatch(small, levine):
     assert _fast.default_learning_rate(256) == _fast.default_learning_rate(512) == pytest.approx(3e-3)
     assert _fast.default_learning_rate(4096) == pytest.approx(3e-3 * 8**0.2)
