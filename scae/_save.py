@@ -237,7 +237,23 @@ def read_meta(path) -> dict:
     if meta["format_version"] > FORMAT_VERSION:
         msg = f"{js} has format version {meta['format_version']}; this scae reads up to {FORMAT_VERSION}: upgrade scae"
         raise ValueError(msg)
+    _check_var_names(meta, js)
     return meta
+
+
+def _check_var_names(meta: dict, js: Path) -> None:
+    """The model's feature names: distinct strings, as many as ``n_features`` says (an edited or damaged file)."""
+    names = meta["var_names"]
+    if not names or not all(isinstance(n, str) for n in names):
+        msg = f"{js}: 'var_names' must be a non-empty list of feature names (strings)"
+        raise ValueError(msg)
+    repeated = pd.Index(names)[pd.Index(names).duplicated()].unique().tolist()
+    if repeated:
+        msg = f"{js}: 'var_names' repeats {repeated[:5]}; a model's features are matched by name"
+        raise ValueError(msg)
+    if "n_features" in meta and meta["n_features"] != len(names):
+        msg = f"{js} is inconsistent: 'n_features' is {meta['n_features']!r} but 'var_names' lists {len(names)}"
+        raise ValueError(msg)
 
 
 def load_model(cls, path, adata: AnnData | None = None, *, device="auto"):

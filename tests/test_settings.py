@@ -269,6 +269,17 @@ def test_model_json_missing_key_or_not_an_object(trained, tmp_path):
     (wrong / "model.json").write_text(json.dumps({**meta, "hparams": [1, 2]}))
     with pytest.raises(ValueError, match=r"wrong/model.json.*'hparams'"):
         scae.SAUCIE.load(wrong)
+    names = meta["var_names"]
+    for edit, message in [
+        ({"n_features": len(names) - 1}, rf"'n_features' is {len(names) - 1} but 'var_names' lists {len(names)}"),
+        ({"var_names": [names[0], *names[:-1]]}, rf"'var_names' repeats \['{names[0]}'\]"),
+        ({"var_names": [1.5, *names[1:]]}, "'var_names' must be a non-empty list of feature names"),
+        ({"var_names": []}, "'var_names' must be a non-empty list of feature names"),
+    ]:
+        shutil.copytree(good, tmp_path / "edited", dirs_exist_ok=True)
+        (tmp_path / "edited" / "model.json").write_text(json.dumps({**meta, **edit}))
+        with pytest.raises(ValueError, match=message):
+            scae.SAUCIE.load(tmp_path / "edited")
 
 
 def test_get_clusters_options_checked(trained):
