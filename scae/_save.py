@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import data
+from . import _values, data
 from ._atomic import check_signals, deferred_signals, make_dirs, record_created
 from ._contract import versions as _versions
 from ._mapping import ClusterReference, MappingState, get_mapping_state
@@ -247,7 +247,7 @@ def _check_var_names(meta: dict, js: Path) -> None:
     if not names or not all(isinstance(n, str) for n in names):
         msg = f"{js}: 'var_names' must be a non-empty list of feature names (strings)"
         raise ValueError(msg)
-    repeated = pd.Index(names)[pd.Index(names).duplicated()].unique().tolist()
+    repeated = _values.repeated_names(names)
     if repeated:
         msg = f"{js}: 'var_names' repeats {repeated[:5]}; a model's features are matched by name"
         raise ValueError(msg)

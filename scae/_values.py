@@ -148,18 +148,23 @@ def validate_binary(X, *, where: str) -> None:
     check_binary(binary_violations(X), where=where)
 
 
+def repeated_names(names) -> list[str]:
+    """The names that occur more than once, each once, in order of their second occurrence."""
+    index = pd.Index([str(n) for n in names])
+    return index[index.duplicated()].unique().tolist()
+
+
 def check_unique_var_names(adata: AnnData) -> None:
     """Raise ``ValueError`` naming the repeated features when ``adata.var_names`` has duplicates.
 
-    A model keeps its features by name (saved with it, matched by :func:`align_var_names` in ``transform``
-    and ``load``, and by gene sets), so two columns of one name would be told apart by position only.
+    A model keeps its features by name (saved with it, matched by :func:`scae.data.align_var_names` in
+    ``transform`` and ``load``, and by gene sets), so two columns of one name would be told apart by position only.
     """
-    names = pd.Index(adata.var_names.astype(str))
-    if names.has_duplicates:
-        dup = names[names.duplicated()].unique()
+    dup = repeated_names(adata.var_names)
+    if dup:
         msg = (
-            f"adata.var_names has {dup.size} duplicated name{'s' if dup.size > 1 else ''} "
-            f"(e.g. {dup[:5].tolist()}); a model matches features by name: call "
+            f"adata.var_names has {len(dup)} duplicated name{'s' if len(dup) > 1 else ''} "
+            f"(e.g. {dup[:5]}); a model matches features by name: call "
             "`adata.var_names_make_unique()` first (or drop the repeated columns)"
         )
         raise ValueError(msg)
