@@ -274,7 +274,7 @@ def train_net(
             epochs += 1
             means = _record_epoch(history, step.read_epoch(), n_epoch_steps, reduce)
             bar.update(1)
-            bar.set_postfix(loss=f"{means['total']:.4f}", steps=steps)
+            bar.set_postfix(loss=f"{means['total']:.4f}", steps=steps, refresh=False)
             if reason != "max_epochs":
                 break
     finally:

@@ -1,5 +1,7 @@
 """scae.tl.fit on real data: the AnnData contract, quality floors, determinism, loss curves."""
 
+import time
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -111,3 +113,14 @@ def test_model_api_and_untrained_error(small):
     assert model.get_reconstruction().shape == small.shape
     with pytest.raises(ValueError, match="batch_key"):
         model.get_reconstruction(corrected=True)
+
+
+def test_progress_bar_redraws_at_most_every_tenth_of_a_second(small, capfd):
+    """The bar shows the epoch's loss without a redraw per epoch: 200 epochs of one step each (600 cells, one
+    minibatch) redraw a few times a second, not 200+ times (a pipeline's log got one line per epoch)."""
+    model = scae.SAUCIE(small, hidden=(64, 32, 16), batch_size=1024)
+    start = time.perf_counter()
+    model.train(max_epochs=200, progress=True)
+    seconds = time.perf_counter() - start
+    redraws = capfd.readouterr().err.count("\r")
+    assert 1 <= redraws <= 12 + 10 * seconds, (redraws, seconds)
