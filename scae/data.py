@@ -137,19 +137,26 @@ def get_batches(
     else:
         need = max(2, batch_size // len(categories))
     small = [f"{c!r} ({n} cells)" for c, n in zip(categories, counts, strict=True) if n < need]
-    if small and shrinks:
-        msg = (
-            f"batches of adata.obs[{batch_key!r}] with fewer than {need} cells, the fewest a default minibatch draws "
-            f"from each batch to compare it with the others: {', '.join(small)}; merge small batches or drop "
-            "them (or pass `batch_size`: every minibatch then draws batch_size // n_batches cells from each batch)"
-        )
-        raise ValueError(msg)
     if small:
-        msg = (
-            f"batches of adata.obs[{batch_key!r}] with fewer cells than the {need} that every minibatch draws "
-            f"from each batch (batch_size={batch_size}, {len(categories)} batches): {', '.join(small)}; "
-            "lower `batch_size`, merge small batches or drop them"
-        )
+        listed = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+        if len(categories) > max(10, len(codes) // 2):  # a per-cell value (a score, a barcode), not batches
+            msg = (
+                f"adata.obs[{batch_key!r}] has {len(categories)} distinct values for {len(codes)} cells, which "
+                f"leaves batches too small to correct ({listed}); batch_key names a column of batches (samples, "
+                "donors, runs), not a per-cell value"
+            )
+        elif shrinks:
+            msg = (
+                f"batches of adata.obs[{batch_key!r}] with fewer than {need} cells, the fewest a default minibatch "
+                f"draws from each batch to compare it with the others: {listed}; merge small batches or drop "
+                "them (or pass `batch_size`: every minibatch then draws batch_size // n_batches cells from each batch)"
+            )
+        else:
+            msg = (
+                f"batches of adata.obs[{batch_key!r}] with fewer cells than the {need} that every minibatch draws "
+                f"from each batch (batch_size={batch_size}, {len(categories)} batches): {listed}; "
+                "lower `batch_size`, merge small batches or drop them"
+            )
         raise ValueError(msg)
     if len(categories) == 1 and not mapping:  # (new cells mapped onto a model may well be one batch)
         logger.warning(

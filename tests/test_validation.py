@@ -51,6 +51,12 @@ CASES = {
         {"batch_key": "donor"},
         "fewer than 16 cells, the fewest a default minibatch draws from each batch .*'solo' \\(1 cells\\)",
     ),
+    "per_cell_batch_values": (  # a continuous score named as batch_key: 600 "batches" of one cell each
+        _set_donor(lambda a: np.random.default_rng(0).normal(size=a.n_obs)),
+        {"batch_key": "donor"},
+        r"adata.obs\['donor'\] has 600 distinct values for 600 cells.*\(1 cells\) and 595 more\); batch_key names "
+        "a column of batches",
+    ),
     "negative_lambda": (lambda a: None, {"lambda_c": -1.0}, "`lambda_c` must be a finite number >= 0"),
     "duplicate_var_names": (
         lambda a: setattr(a, "var_names", [a.var_names[0], *a.var_names[:-1]]),
