@@ -208,6 +208,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def read_meta(path) -> dict:
     """``model.json`` of a model folder, checked to be a scae model."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        msg = f"{path} is a file, not a scae model folder (a model is saved as a folder by `model.save(folder)`)"
+        raise NotADirectoryError(msg)
     if not path.is_dir():
         msg = f"model folder not found: {path}"
         raise FileNotFoundError(msg)

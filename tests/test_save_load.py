@@ -154,6 +154,9 @@ def test_save_refuses_foreign_folder_and_replaces_model(fitted, tmp_path):
         model.save(tmp_path / "m", overwrite=False)
     with pytest.raises(FileNotFoundError, match="not a scae model folder"):
         scae.SAUCIE.load(other)
+    (tmp_path / "out.h5ad").write_bytes(b"")  # an h5ad passed where the model folder goes
+    with pytest.raises(NotADirectoryError, match=r"out.h5ad is a file, not a scae model folder .*model.save\(folder\)"):
+        scae.SAUCIE.load(tmp_path / "out.h5ad")
 
 
 def test_transform_new_batch_with_fine_tuning(fitted, cyto, guard):
