@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from anndata import AnnData
 
 
@@ -114,6 +113,8 @@ def rank_gene_sets(
     if reference != "rest" and reference not in cats:
         msg = f"reference {reference!r} is not a group of adata.obs[{groupby!r}] ({cats})"
         raise ValueError(msg)
+    import scanpy as sc  # (here: a fit does not wait for scanpy's import)
+
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # scanpy's log fold change assumes log1p data; it is replaced by the mean difference below
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -162,6 +163,8 @@ def rank_gene_sets_df(
     if uns_key not in adata.uns:
         msg = f"adata.uns[{uns_key!r}] not found: run `scae.tl.rank_gene_sets(adata, groupby=...)` first"
         raise KeyError(msg)
+    import scanpy as sc
+
     df = sc.get.rank_genes_groups_df(adata, group=group, key=uns_key)
     columns = {"names": "gene_set", "scores": "score", "logfoldchanges": "mean_diff", "pvals": "pval"}
     return df.rename(columns={**columns, "pvals_adj": "pval_adj"})

@@ -34,7 +34,6 @@ from ._atomic import (
     stop_on_signals,
     write_h5ad_atomic,
 )
-from ._dist import launched_by_torchrun
 
 logger = logging.getLogger("scae")
 
@@ -163,6 +162,8 @@ def _fit(args: argparse.Namespace) -> int:
             raise FileNotFoundError(msg)
         flags["gene_sets"] = args.gene_sets
     values, cfg = _options(args, tl.fit, flags)
+    from ._dist import launched_by_torchrun  # (here: `scae --help` does not wait for torch)
+
     if launched_by_torchrun():  # the same fit on every rank of the job: see scae.distributed
         from .distributed import fit_file
 

@@ -1,7 +1,9 @@
-"""The module graph of scae has no import cycle, counting imports inside functions too."""
+"""The module graph of scae (no import cycle, counting imports inside functions), its lazy loading, its size."""
 
 import ast
 from pathlib import Path
+
+import pytest
 
 import scae
 
@@ -119,3 +121,33 @@ def test_public_modules_list_their_api():
         }
         assert set(module.__all__) >= public, (name, sorted(public - set(module.__all__)))
         assert all(hasattr(module, n) for n in module.__all__), name
+
+
+def test_heavy_libraries_load_on_first_use():
+    """``import scae`` loads neither torch nor scanpy (``scae --help`` answers at once); a fit loads torch but not
+    scanpy, matplotlib or scikit-learn (a pipeline's ``scae fit`` saved ~1.4 s of imports); ``scae.pl`` loads
+    scanpy and matplotlib, not torch. Each step runs in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "scanpy", "matplotlib", "sklearn")
+    steps = {
+        "import scae": set(),
+        "import numpy as np, anndata as ad, scae; scae.tl.fit(ad.AnnData(np.random.default_rng(0).normal("
+        "size=(60, 4)).astype('float32')), max_epochs=1, progress=False)": {"torch"},
+        "import scae; scae.pl": {"scanpy", "matplotlib", "sklearn"},  # (scanpy imports scikit-learn)
+    }
+    for code, expected in steps.items():
+        probe = f"import sys; {code}; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        assert set(filter(None, out.strip().split(","))) == expected, (code, out)
+
+
+def test_package_attributes_resolve_lazily():
+    assert dir(scae) == sorted(scae.__all__)
+    for name in scae.__all__:
+        assert getattr(scae, name) is not None, name
+    assert scae.SAUCIE.__module__ == "scae._model"
+    assert scae.cluster.merge_clusters  # any submodule, public or not, loads on attribute access
+    with pytest.raises(AttributeError, match="module 'scae' has no attribute 'nope'"):
+        scae.nope  # noqa: B018
