@@ -169,6 +169,7 @@ class SAUCIE:
         _settings.check_train(max_epochs, early_stopping)
         if not self.is_trained:  # (a loaded model being fine-tuned keeps the genes it was trained on)
             _values.warn_if_highly_variable_unused(self.adata)
+            _values.warn_if_acquisition_channels(self.adata)
         self.runtime = _pipeline.train_model(self, max_epochs, progress=progress, early_stopping=early_stopping)
         self.is_trained = True
         self._outputs = {}

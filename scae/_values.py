@@ -7,6 +7,7 @@ Each check raises ``ValueError`` naming the matrix and the problem, or logs a wa
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,13 @@ COUNT_VALUE_WARNING = 10.0
 #: Above this many features, a ``var["highly_variable"]`` column that marks fewer of them gets a warning: scae
 #: trains on every feature it is given (CellBench, 450 cells: 25.8 s on all 15,072 genes, 3.3 s on 2,000).
 HIGHLY_VARIABLE_HINT = 5000
+#: Cytometry channels that record the acquisition, never a marker (names compared without case, spaces, ``_``,
+#: ``-``, ``#``): a fit on them follows them (``Time`` is a ramp over the run). CytoNorm's and flowsom_bal_flow's files
+#: hold ``Time``, ``Event_length``, ``beadDist``; CyTOF's Gaussian parameters are ``Center``, ``Offset``, ``Width``,
+#: ``Residual``. Scatter (``FSC-A``, ``SSC-A``) is left alone: flow panels use it to tell cell types apart.
+ACQUISITION_CHANNELS = frozenset(
+    {"time", "eventlength", "celllength", "event", "eventnumber", "center", "offset", "width", "residual", "beaddist"}
+)
 
 
 def validate_matrix(X, *, where: str) -> None:
@@ -70,6 +78,30 @@ def warn_if_highly_variable_unused(adata: AnnData) -> None:
             n_marked,
             adata.n_vars,
         )
+
+
+def acquisition_channels(var_names) -> list[str]:
+    """The names among ``var_names`` that are acquisition channels (:data:`ACQUISITION_CHANNELS`), in order."""
+    return [str(n) for n in var_names if re.sub(r"[\s_\-#]", "", str(n)).lower() in ACQUISITION_CHANNELS]
+
+
+def warn_if_acquisition_channels(adata: AnnData) -> None:
+    """Log a warning naming the acquisition channels (``Time``, ``Event_length``, ...) among the features."""
+    found = acquisition_channels(adata.var_names)
+    if not found:
+        return
+    column = adata.var.get("is_marker")
+    subset = (
+        "adata[:, adata.var['is_marker']].copy()"
+        if column is not None and pd.api.types.is_bool_dtype(column)
+        else "adata[:, markers].copy()"
+    )
+    logger.warning(
+        "adata.var_names include %s, which record the acquisition, not a marker: the embedding and clusters "
+        "would follow them; pass the marker channels only, e.g. %s (or scae.pp.read_fcs(..., markers_only=True))",
+        ", ".join(repr(n) for n in found),
+        subset,
+    )
 
 
 def warn_if_untransformed(X, *, where: str) -> None:

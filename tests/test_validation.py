@@ -213,3 +213,21 @@ def test_unused_highly_variable_genes_warn(data_dir, caplog, tmp_path):
         adata.var["highly_variable"] = before["highly_variable"]
         scae.SAUCIE.load(tmp_path / "m", adata).train(max_epochs=1, progress=False)  # fine-tuning a loaded model
     assert "highly_variable" not in caplog.text
+
+
+def test_acquisition_channels_warn(caplog):
+    """All 55 channels of the bundled CytoNorm file (Time, Event_length, beadDist among them) get a warning that
+    names them and the var column to subset with; its 37 markers do not; gene names never match."""
+    full = scae.datasets.cytonorm(markers_only=False)
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(full, hidden=(16, 8, 4)).train(max_epochs=1, progress=False)
+    assert "include 'Time', 'Event_length', 'beadDist', which record the acquisition" in caplog.text
+    assert "adata[:, adata.var['is_marker']].copy()" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.SAUCIE(scae.datasets.cytonorm(), hidden=(16, 8, 4)).train(max_epochs=1, progress=False)
+    assert "acquisition" not in caplog.text
+    assert scae._values.acquisition_channels(["Event #", "TIME", "FSC-A", "CD3", "TIMELESS", "Widths"]) == [
+        "Event #",
+        "TIME",
+    ]
