@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from ._codes import code_words, default_min_cluster_size, label_moments, label_sums, relabel_by_size
-from ._merge import DEFAULT_MERGE_THRESHOLD, group_centroids
+from ._merge import DEFAULT_MERGE_THRESHOLD, group_centroids, warn_if_fewer
 
 
 @dataclass
@@ -236,6 +236,7 @@ class ClusterAccumulator:
                 second_moments=moments,
             )
             labels = relabel_by_size(groups[labels])
+        warn_if_fewer(self.n_clusters, int(labels.max()) + 1 if labels.size else 0)
         self.final = labels
         return labels
 

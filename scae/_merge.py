@@ -7,6 +7,8 @@ public form over cells.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
 from scipy.spatial import cKDTree
@@ -129,6 +131,16 @@ def merge_unit(
 def common_scale(std) -> float:
     """Root mean square of per-feature standard deviations: the one unit that merge distances are measured in."""
     return float(np.sqrt(np.mean(np.square(np.asarray(std, dtype=np.float64)))))
+
+
+def warn_if_fewer(n_clusters: int | None, n_found: int) -> None:
+    """Log a warning when ``n_clusters`` asked for more clusters than there were code clusters to merge."""
+    if n_clusters is not None and n_found < n_clusters:
+        logging.getLogger("scae").warning(
+            "n_clusters=%d, but the codes form only %d cluster%s, which merging cannot split: %d made. For more, "
+            "lower `min_cluster_size` or `threshold` (scae.tl.cluster), or refit with a smaller `lambda_c`",
+            n_clusters, n_found, "" if n_found == 1 else "s", n_found,
+        )  # fmt: skip
 
 
 def group_centroids(

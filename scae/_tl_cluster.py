@@ -60,7 +60,8 @@ def cluster(
     adata
         AnnData after :func:`scae.tl.fit` with ``impute=True``.
     n_clusters
-        Exact number of clusters; overrides ``merge_threshold``.
+        Exact number of clusters; overrides ``merge_threshold``. Merging cannot split a code cluster: when the
+        codes form fewer clusters than this, those are kept and a warning says how many were made.
     merge_threshold
         Merge distance (see above); ``None`` or 0 keeps every code cluster.
     min_cluster_size

@@ -34,6 +34,7 @@ from ._merge import (
     group_centroids,
     merge_unit,
     separation,
+    warn_if_fewer,
 )
 
 __all__ = [
@@ -131,7 +132,8 @@ def merge_clusters(
         Merge distance of group means (Euclidean, in units of ``scale``, or of :func:`merge_unit` over more
         than 50 features); ``None`` or 0: no merging.
     n_clusters
-        Exact number of clusters (overrides ``merge_threshold``).
+        Exact number of clusters (overrides ``merge_threshold``); with fewer labels than this, the labels are
+        kept and a warning is logged.
     scale
         Unit of the distances.
     min_share
@@ -143,6 +145,7 @@ def merge_clusters(
         msg = f"`n_clusters` must be >= 1, got {n_clusters}"
         raise ValueError(msg)
     n = labels.max() + 1
+    warn_if_fewer(n_clusters, int(n))
     if n <= 1:
         return labels
     centroids, counts, moments = _centroids(labels, features, n, square=True)

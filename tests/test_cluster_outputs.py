@@ -64,6 +64,25 @@ def test_recluster_to_n_clusters_and_back(small_fitted, guard):
     check()
 
 
+def test_more_clusters_than_codes_warn(small_fitted, caplog):
+    """``n_clusters`` above the number of code clusters cannot be met (merging does not split): the clusters
+    stay the code clusters and a warning says how many were made and how to get more; a reachable count is quiet."""
+    a = small_fitted.copy()
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.tl.cluster(a, n_clusters=3)
+    assert "n_clusters=" not in caplog.text
+    with caplog.at_level("WARNING", logger="scae"):
+        scae.tl.cluster(a, n_clusters=500)
+    k = a.obs["scae_cluster"].cat.categories.size
+    assert k < 500 and a.uns["scae"]["n_clusters"] == k
+    assert f"n_clusters=500, but the codes form only {k} clusters, which merging cannot split: {k} made" in caplog.text
+    assert "lower `min_cluster_size` or `threshold`" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="scae"):
+        assert scae.cluster.merge_clusters(np.repeat([0, 1], 50), np.zeros((100, 2)), n_clusters=5).max() == 1
+    assert "n_clusters=5, but the codes form only 2 clusters" in caplog.text
+
+
 def test_cluster_stats_other_grouping_and_errors(small, guard):
     check = guard(small)
     with pytest.raises(KeyError, match="run `scae.tl.fit"):
