@@ -106,12 +106,11 @@ def merge_clusters(
     when the distance of the two means is less than ``max_separation`` pooled within-group standard
     deviations along the line joining them (:func:`separation`; above :data:`DEFAULT_MERGE_THRESHOLD`,
     ``max_separation * merge_threshold / DEFAULT_MERGE_THRESHOLD``, so larger thresholds still coarsen
-    the clusters): two distinct populations whose means lie
-    a little closer than the threshold (NK and NK T cells in flowsom_bal_flow) stay apart, while the halves
-    of one population, which overlap, still merge. With ``n_clusters`` such pairs are put off instead: they
-    merge only when no other pair may, closest first. The test applies to at most
-    :data:`SEPARATION_MAX_FEATURES` (50) features, i.e. cytometry panels: over hundreds of genes every pair
-    looks separated and the test would stop ``merge_threshold`` from acting.
+    the clusters): two distinct populations whose means lie a little closer than the threshold (NK and NK T
+    cells in flowsom_bal_flow) stay apart, while the halves of one population, which overlap, still merge.
+    With ``n_clusters`` such pairs are put off instead: they merge only when no other pair may, closest
+    first. The test applies to at most :data:`SEPARATION_MAX_FEATURES` (50) features, i.e. cytometry
+    panels: over hundreds of genes every pair looks separated and the test would stop ``merge_threshold``.
     With ``n_clusters`` it goes on until exactly that many groups hold at least ``min_share`` of the cells;
     the smaller groups then join the nearest of them, so outlying codes of a few cells (debris, doublets)
     cannot take one of the ``n_clusters``.
