@@ -31,7 +31,7 @@ def __getattr__(name: str):
 
         globals()["SAUCIE"] = SAUCIE
         return SAUCIE
-    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+    if name.isidentifier() and not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}"):
         return importlib.import_module(f"{__name__}.{name}")  # (the import binds it on the package)
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)

@@ -151,3 +151,4 @@ def test_package_attributes_resolve_lazily():
     assert scae.cluster.merge_clusters  # any submodule, public or not, loads on attribute access
     with pytest.raises(AttributeError, match="module 'scae' has no attribute 'nope'"):
         scae.nope  # noqa: B018
+    assert not hasattr(scae, "tl.fit") and not hasattr(scae, "_repr_html_")  # (probes of IPython and others)
