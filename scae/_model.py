@@ -110,6 +110,26 @@ class SAUCIE:
         self.runtime: dict[str, float] = {}
         self.mapping_state = None  # cluster table etc. for new cells (scae._mapping), set at save/load/transform
 
+    def __repr__(self) -> str:
+        h = self.hparams
+        if self.X is None:  # (loaded without data)
+            shape = f"{self.n_features:,} features, no data"
+        else:
+            shape = f"{self.n_cells:,} cells × {self.n_features:,} features"
+        parts = [
+            shape,
+            f"hidden={tuple(h['hidden'])}, n_latent={h['n_latent']}, likelihood={h['likelihood']!r}",
+        ]
+        if self.batches is not None:
+            n = len(self.batches.categories)
+            parts.append(f"batch_key={self.batch_key!r} ({n} batch{'es' if n > 1 else ''})")
+        if self.gene_set_mask is not None:
+            parts.append(f"{self.gene_set_mask.shape[1]} gene sets")
+        rt, state = self.runtime, "not trained"
+        if self.is_trained:
+            state = f"trained {rt['steps']} steps ({rt['epochs']} epochs, {rt['stop_reason']})" if rt else "trained"
+        return f"SAUCIE({', '.join(parts)}, device={self.device}; {state})"
+
     # ------------------------------------------------------------------ data
     @property
     def n_cells(self) -> int:

@@ -104,9 +104,12 @@ def test_dense_and_sparse_input_agree(small, fmt):
 
 def test_model_api_and_untrained_error(small):
     model = scae.SAUCIE(small, hidden=(64, 32, 16))
+    head = "SAUCIE(600 cells × 23 features, hidden=(64, 32, 16), n_latent=2, likelihood='mse', device=cpu; "
+    assert repr(model) == head + "not trained)"
     with pytest.raises(RuntimeError, match="not trained"):
         model.get_embedding()
     model.train(max_epochs=2, progress=False)
+    assert repr(model) == head + "trained 4 steps (2 epochs, max_epochs))"  # 600 cells: 2 minibatches of 512
     assert model.get_embedding().shape == (small.n_obs, 2)
     assert model.get_codes().shape == (small.n_obs, 64)
     assert model.get_clusters(n_clusters=3).max() + 1 == 3
