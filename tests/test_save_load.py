@@ -85,7 +85,8 @@ def test_loaded_without_data(fitted):
     model = scae.SAUCIE.load(fitted[1])
     with pytest.raises(RuntimeError, match="loaded without data"):
         model.get_embedding()
-    assert repr(model).startswith(f"SAUCIE({model.n_features} features, no data, hidden=") and "; trained)" in repr(model)
+    text = repr(model)
+    assert text.startswith(f"SAUCIE({model.n_features} features, no data, hidden=") and text.endswith("; trained)")
 
 
 class _Payload:
