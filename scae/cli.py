@@ -101,6 +101,14 @@ def _read_input(path: str):
     import anndata as ad
 
     src = Path(path)
+    if src.is_dir():
+        from ._save import JSON_NAME
+
+        model = (src / JSON_NAME).is_file()  # (the arguments of `scae transform` swapped)
+        msg = f"{src} is a folder, not an .h5ad file" + (
+            ": a scae model; `scae transform MODEL IN.h5ad OUT.h5ad` takes the model first" if model else ""
+        )
+        raise IsADirectoryError(msg)
     if not src.is_file():
         msg = f"input file not found: {src}"
         raise FileNotFoundError(msg)

@@ -41,7 +41,7 @@ def _run(*args, timeout=300):
     )
 
 
-def test_round_trip_equals_in_process_api(split, tmp_path):
+def test_round_trip_equals_in_process_api(split, tmp_path, capsys):
     d, fit_cells, held = split
     out, out2, model_dir = tmp_path / "out.h5ad", tmp_path / "held_out.h5ad", tmp_path / "model"
     argv = [
@@ -79,6 +79,12 @@ def test_round_trip_equals_in_process_api(split, tmp_path):
         assert (mapped.obs["scae_cluster"] == new.obs["scae_cluster"]).all()
         np.testing.assert_allclose(mapped.layers["scae_imputed"], new.layers["scae_imputed"], atol=1e-6)
     assert mapped.uns["scae"]["cli"]["subcommand"] == "transform" and mapped.uns["scae"]["mapped"]
+    # the arguments of transform swapped: both errors name the mix-up, nothing is written
+    swapped = tmp_path / "swapped.h5ad"
+    assert cli.main(["transform", str(d / "held.h5ad"), str(model_dir), str(swapped)]) == 1
+    assert "a scae model; `scae transform MODEL IN.h5ad OUT.h5ad` takes the model first" in capsys.readouterr().err
+    assert cli.main(["fit", str(model_dir), str(swapped)]) == 1
+    assert "model is a folder, not an .h5ad file: a scae model" in capsys.readouterr().err and not swapped.exists()
 
 
 def test_unknown_config_key_and_missing_input_exit_nonzero(split, tmp_path, capsys):
