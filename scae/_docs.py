@@ -112,6 +112,11 @@ precision
     with a warning where unsupported).
 compile
     Compile the training step with ``torch.compile``; falls back to eager with a warning where that fails.
+deterministic
+    Train and cut clusters on the device under ``torch.use_deterministic_algorithms(True)`` (ordered variants
+    of the CUDA kernels that add floats atomically; ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` set where unset), so
+    that CUDA fits with one seed repeat bit for bit; slower. CPU fits repeat bit for bit without it. See
+    README "Determinism".
 block_rows
     Rows per block read from disk when ``adata`` is backed (``read_h5ad(..., backed="r")``); default
     about 64 MB of dense float32 rows. Peak memory of training is one block, whatever the file size.
@@ -195,8 +200,8 @@ key_added
     Prefix of every key written.
 copy
     Return a new AnnData instead of writing into ``adata``.
-precision, compile, block_rows
-    GPU fast path and out-of-core options, see :class:`scae.SAUCIE`.
+precision, compile, deterministic, block_rows
+    GPU fast path, reproducibility and out-of-core options, see :class:`scae.SAUCIE`.
 out_path
     Backed ``adata`` only (``anndata.read_h5ad(path, backed="r")``, dense or CSR): an .h5ad written
     atomically that holds every output of the fit (the input's ``obs``/``var``, embedding, clusters, codes,

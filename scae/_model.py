@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _fast, _pipeline, _settings, _setup, _values, data, genesets
+from . import _fast, _pipeline, _reproducible, _settings, _setup, _values, data, genesets
 from ._docs import MODEL_PARAMS, doc_params
 from ._save import load_model, save_model
 from .cluster import DEFAULT_MERGE_THRESHOLD
@@ -76,6 +76,7 @@ class SAUCIE:
         lambda_kl: float = 0.01,
         precision: str = "32",
         compile: bool = False,
+        deterministic: bool = False,
         block_rows: int | None = None,
     ) -> None:
         args = dict(locals())
@@ -84,6 +85,9 @@ class SAUCIE:
         self.adata, self.X, self.group, self.device = adata, inputs.X, inputs.group, inputs.device
         self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
         self.compile, self.block_rows = bool(compile), block_rows
+        self.deterministic = bool(deterministic)
+        if self.deterministic:
+            _reproducible.check_cublas_config(self.device)
         self.layer, self.batch_key, self.batches, self.blocks = layer, batch_key, inputs.batches, inputs.blocks
         self.var_names = list(map(str, adata.var_names))
         self.shard = (0, self.X.shape[0]) if self.group is None else self.group.shard(self.X.shape[0])

@@ -90,6 +90,7 @@ class Training:
     device: str = option("auto", c.device)
     precision: str = option("32", c.choice(("32", "bf16")))
     compile: bool = option(False, c.flag)
+    deterministic: bool = option(False, c.flag)
     block_rows: int | None = option(None, c.integer(1, optional=True))
 
 

@@ -28,6 +28,7 @@ import torch
 
 from . import _features, data
 from ._accumulator import Chunk, ClusterAccumulator
+from ._reproducible import deterministic_algorithms
 from ._stopping import StopRule, step_budget, steps_per_epoch
 from .train import INFER_CHUNK_ROWS, chunk_outputs, fill_arrays, train_net
 
@@ -77,24 +78,25 @@ def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping
     else:
         batch_codes, n_batches, reference = None, 1, 0
     t1 = time.perf_counter()
-    result = train_net(
-        model.net if group is None else group.wrap(model.net),
-        source,
-        batch_codes=batch_codes,
-        n_batches=n_batches,
-        reference=reference,
-        weights=model.weights,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        learning_rate=model.learning_rate,
-        generator=torch.Generator(device=model.device).manual_seed(model.random_state + 1000 * rank),
-        progress=progress and rank == 0,
-        variants=model.variants,
-        autocast_dtype=model.autocast_dtype,
-        compile=model.compile,
-        reduce_history=None if group is None else group.mean,
-        stop=stop,
-    )
+    with deterministic_algorithms(model.deterministic, model.device):
+        result = train_net(
+            model.net if group is None else group.wrap(model.net),
+            source,
+            batch_codes=batch_codes,
+            n_batches=n_batches,
+            reference=reference,
+            weights=model.weights,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            learning_rate=model.learning_rate,
+            generator=torch.Generator(device=model.device).manual_seed(model.random_state + 1000 * rank),
+            progress=progress and rank == 0,
+            variants=model.variants,
+            autocast_dtype=model.autocast_dtype,
+            compile=model.compile,
+            reduce_history=None if group is None else group.mean,
+            stop=stop,
+        )
     t_train = time.perf_counter() - t1
     reason = result.stop_reason
     if reason == "max_steps" and max_epochs is not None and result.epochs == max_epochs:
@@ -172,7 +174,8 @@ def cut_labels(model, codes: np.ndarray, values: np.ndarray, *, units: str = "co
     if on_device:
         from ._device_cut import device_cut
 
-        return device_cut(model, values, units=units, **options)
+        with deterministic_algorithms(model.deterministic, model.device):
+            return device_cut(model, values, units=units, **options)
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
     return _features.cut(codes, values, model.X, blocks=model.blocks, mean=mean, std=std, units=units, **options)
 

@@ -72,6 +72,7 @@ def fit(
     copy: bool = False,
     precision: str = "32",
     compile: bool = False,
+    deterministic: bool = False,
     block_rows: int | None = None,
     out_path: str | None = None,
 ) -> AnnData | None:

@@ -75,6 +75,19 @@ def test_cuda_reruns_agree(small):
     assert adjusted_rand_score(a.obs["scae_cluster"], b.obs["scae_cluster"]) > RERUN_ARI
 
 
+def test_cuda_deterministic_reruns_are_identical(small):
+    import torch
+
+    a, b = small.copy(), small.copy()
+    for x in (a, b):  # default schedule: early stopping reads the loss values, so the steps must agree too
+        scae.tl.fit(x, random_state=3, progress=False, deterministic=True)
+    assert a.uns["scae"]["runtime"]["steps"] == b.uns["scae"]["runtime"]["steps"]
+    np.testing.assert_array_equal(a.obsm["X_scae"], b.obsm["X_scae"])
+    np.testing.assert_array_equal(a.layers["scae_imputed"], b.layers["scae_imputed"])
+    np.testing.assert_array_equal(a.obs["scae_cluster"], b.obs["scae_cluster"])
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 @pytest.mark.parametrize("options", [{"precision": "bf16"}, {"compile": True}, {"precision": "bf16", "compile": True}])
 def test_cuda_bf16_and_compile(small, options):
     a = scae.tl.fit(small, copy=True, **options, **FAST)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import scae
-from scae import _fast
+from scae import _fast, _reproducible
 
 
 def test_default_batch_size_by_device():
@@ -112,3 +114,25 @@ def test_sampler_draws_the_cpu_minibatches_from_a_cpu_generator():
         for a, b in zip(*runs, strict=True):
             assert torch.equal(a, b)
         assert not torch.equal(runs[0][0], runs[0][1])  # epochs differ
+
+
+def test_deterministic_algorithms_set_cublas_config_on_cuda_only(monkeypatch):
+    name = "CUBLAS_WORKSPACE_CONFIG"
+    monkeypatch.setenv(name, ":4096:8")
+    monkeypatch.delenv(name)  # (recorded: unset again after the test)
+    with _reproducible.deterministic_algorithms(True, torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled() and name not in os.environ
+    with _reproducible.deterministic_algorithms(False, torch.device("cuda")):
+        assert not torch.are_deterministic_algorithms_enabled() and name not in os.environ
+    with _reproducible.deterministic_algorithms(True, torch.device("cuda")):  # no CUDA op runs inside
+        assert torch.are_deterministic_algorithms_enabled() and os.environ[name] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setenv(name, ":16:8")
+    _reproducible.check_cublas_config(torch.device("cuda"))
+    monkeypatch.setenv(name, ":0:0")
+    _reproducible.check_cublas_config(torch.device("cpu"))  # cuBLAS is not used on the CPU
+    expected = r"CUBLAS_WORKSPACE_CONFIG unset or one of ':4096:8', ':16:8', but it is ':0:0'"
+    with pytest.raises(ValueError, match=expected):
+        with _reproducible.deterministic_algorithms(True, torch.device("cuda")):
+            pass
+    assert not torch.are_deterministic_algorithms_enabled()

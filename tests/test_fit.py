@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 import scae
 from scae.metrics import cluster_scores, knn_accuracy
@@ -87,6 +88,39 @@ def test_same_seed_gives_identical_outputs(small):
     np.testing.assert_array_equal(a.obsm["X_scae"], b.obsm["X_scae"])
     np.testing.assert_array_equal(a.obs["scae_cluster"], b.obs["scae_cluster"])
     assert not np.array_equal(a.obsm["X_scae"], c.obsm["X_scae"])
+
+
+def test_deterministic_fit_repeats_the_cpu_fit_and_restores_torch(small, monkeypatch):
+    ref = small.copy()
+    scae.tl.fit(ref, max_epochs=4, random_state=3, progress=False, device="cpu")
+    seen, train_net = [], scae._pipeline.train_net
+
+    def spy(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return train_net(*args, **kwargs)
+
+    monkeypatch.setattr(scae._pipeline, "train_net", spy)
+    x = small.copy()
+    scae.tl.fit(x, max_epochs=4, random_state=3, progress=False, device="cpu", deterministic=True)
+    assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
+    assert x.uns["scae"]["params"]["deterministic"] is True
+    # CPU fits are bit-reproducible anyway: the deterministic kernels give the very same fit
+    np.testing.assert_array_equal(x.obsm["X_scae"], ref.obsm["X_scae"])
+    np.testing.assert_array_equal(x.layers["scae_imputed"], ref.layers["scae_imputed"])
+    np.testing.assert_array_equal(x.obs["scae_cluster"], ref.obs["scae_cluster"])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scae._pipeline, "train_net", interrupted)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # the user's own setting survives a fit
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            scae.tl.fit(small.copy(), max_epochs=4, progress=False, device="cpu", deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr"])

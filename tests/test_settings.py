@@ -63,6 +63,7 @@ _MODEL_ROWS = [
     ("lambda_kl", "0.01", TypeError, S), ("lambda_kl", -INF, ValueError, S),
     ("precision", 32, TypeError, S), ("precision", "fp8", ValueError, S),
     ("compile", "yes", TypeError, S), ("compile", 1, TypeError, S),
+    ("deterministic", "yes", TypeError, S), ("deterministic", None, TypeError, S),
     ("block_rows", 1.5, TypeError, S), ("block_rows", 0, ValueError, S),
     ("adata", np.zeros((4, 3)), TypeError, S), ("adata", ad.AnnData(np.zeros((0, 3), np.float32)), ValueError, U),
 ]  # fmt: skip
@@ -144,7 +145,8 @@ def test_table_covers_every_parameter(target):
     # every checked parameter has a wrong type (TypeError) and, where it has a range, a value out of it
     assert {p for p, e in rows if e is TypeError} >= covered - {"adata"} - {"model"}, target
     bools = {p for p in covered if all(e is TypeError for q, e in rows if q == p)}
-    assert bools <= {"variational", "compile", "impute", "copy", "early_stopping"}, bools  # flags: no range
+    flags = {"variational", "compile", "deterministic", "impute", "copy", "early_stopping"}
+    assert bools <= flags, bools  # flags: no range
     assert UNCHECKED[target] == set(_settings.UNCHECKED[target])
 
 
