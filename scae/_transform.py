@@ -132,9 +132,7 @@ def transform(
     >>> import scae
     >>> adata = scae.datasets.cytonorm()
     >>> ref, new = adata[adata.obs["batch"] != "3"].copy(), adata[adata.obs["batch"] == "3"].copy()
-    >>> model = scae.SAUCIE(ref, batch_key="batch")
-    >>> model.train(max_epochs=5, progress=False)  # doctest: +ELLIPSIS
-    <scae._model.SAUCIE object at ...>
+    >>> model = scae.SAUCIE(ref, batch_key="batch").train(max_epochs=5, progress=False)
     >>> scae.tl.transform(model, new)
     >>> "scae_cluster" in new.obs
     True

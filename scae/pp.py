@@ -42,7 +42,7 @@ def arcsinh(
     >>> import numpy as np, anndata as ad, scae
     >>> a = ad.AnnData(np.array([[0.0, 5.0]], dtype=np.float32))
     >>> scae.pp.arcsinh(a)
-    >>> float(a.X[0, 1].round(4))
+    >>> round(float(a.X[0, 1]), 4)
     0.8814
     """
     if not cofactor > 0:
