@@ -60,7 +60,8 @@ pairwise_cells
     O(minibatch²); they are computed on an evenly spaced subset of at most this many cells of each
     minibatch (every batch equally represented), so large minibatches stay cheap. ``None``: all cells.
 random_state
-    Seed of weight init and minibatch sampling: same seed and device type → same results.
+    Seed of weight init and minibatch sampling: same seed and device type → same results. ``None`` draws a
+    seed, logged and recorded (``model.random_state``, ``uns[key_added]["params"]["random_state"]``).
 device
     ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 batch_reconstruction
@@ -178,7 +179,8 @@ imputed_units
 input_dropout, input_noise, l1_activity, contractive, variational, lambda_kl
     Seed autoencoder variants: denoising, sparse, contractive, variational (see :class:`scae.SAUCIE`).
 random_state
-    Seed; the same seed and device type give the same results.
+    Seed; the same seed and device type give the same results. ``None`` draws one and records it in
+    ``uns[key_added]["params"]["random_state"]``.
 device
     ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 gene_sets

@@ -43,6 +43,7 @@ def run(adata, settings: FitSettings, params: dict):
         )
         raise ValueError(msg)
     model = SAUCIE(adata, **settings.model_kwargs())
+    params["random_state"] = model.random_state  # the seed drawn for random_state=None
     if not backed:
         _check_output_memory(model, impute=settings.output.impute)
     schedule = settings.schedule

@@ -58,7 +58,7 @@ class SAUCIE:
         learning_rate: float | None = None,
         batch_size: int | None = None,
         pairwise_cells: int | None = 256,
-        random_state: int = 0,
+        random_state: int | None = 0,
         device: str | torch.device = "auto",
         batch_reconstruction: str = "moments",
         gene_sets: genesets.GeneSets | None = None,
@@ -91,7 +91,7 @@ class SAUCIE:
         self.layer, self.batch_key, self.batches, self.blocks = layer, batch_key, inputs.batches, inputs.blocks
         self.var_names = list(map(str, adata.var_names))
         self.shard = (0, self.X.shape[0]) if self.group is None else self.group.shard(self.X.shape[0])
-        self.random_state = int(random_state)
+        self.random_state = _reproducible.resolve_seed(random_state, self.group)
         self.batch_size = int(inputs.batch_size)
         effective = min(self.batch_size, self.X.shape[0])  # a minibatch larger than the data is all of it
         lr = _fast.default_learning_rate(effective) if learning_rate is None else learning_rate

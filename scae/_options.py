@@ -29,7 +29,7 @@ from . import _checks as c
 from ._merge import DEFAULT_MERGE_THRESHOLD
 
 _WEIGHT = c.real(0)
-_SEED = c.integer(0, hi=2**63 - 1)
+_SEED = c.integer(0, hi=2**63 - 1, optional=True)  # None: a seed drawn at the start, then recorded
 
 
 def option(default, check: c.Check):
@@ -86,7 +86,7 @@ class Training:
 
     learning_rate: float | None = option(None, c.real(0, lo_open=True, optional=True))
     batch_size: int | None = option(None, c.integer(2, optional=True))
-    random_state: int = option(0, _SEED)
+    random_state: int | None = option(0, _SEED)
     device: str = option("auto", c.device)
     precision: str = option("32", c.choice(("32", "bf16")))
     compile: bool = option(False, c.flag)

@@ -1,4 +1,9 @@
-"""``deterministic=True``: torch's deterministic algorithms around the device work of a fit.
+"""Seeds and ``deterministic=True``: what makes a fit repeatable.
+
+:func:`resolve_seed` turns ``random_state=None`` into a drawn seed that the fit records (``uns[key]["params"]``,
+``model.random_state``, the saved model), so that any fit can be repeated.
+
+``deterministic=True`` runs torch's deterministic algorithms around the device work of a fit.
 
 On the CPU a scae fit is bit-reproducible for one seed, thread count and set of package versions without
 anything more. On CUDA some kernels are not: float atomics (``index_add_``/``scatter_add_`` in backward passes,
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 
 import torch
 
@@ -28,6 +34,19 @@ logger = logging.getLogger("scae")
 CUBLAS_VARIABLE = "CUBLAS_WORKSPACE_CONFIG"
 #: The values of ``CUBLAS_WORKSPACE_CONFIG`` with which cuBLAS is deterministic (CUDA ≥ 10.2).
 CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
+
+
+def resolve_seed(random_state: int | None, group=None) -> int:
+    """``random_state`` as an int; ``None`` draws a 32-bit seed from the operating system's entropy (rank 0's
+    under torchrun, broadcast to every rank), which the fit then records like a given one.
+    """
+    if random_state is not None:
+        return int(random_state)
+    seed = secrets.randbits(32)
+    if group is not None:
+        seed = int(group.broadcast(seed))
+    logger.info("random_state=None: drew seed %d (pass random_state=%d to repeat this fit)", seed, seed)
+    return seed
 
 
 def check_cublas_config(device: torch.device) -> None:

@@ -44,7 +44,7 @@ TRANSFORM = {
     "fine_tune_epochs": integer(0),
     "fine_tune_learning_rate": real(0, lo_open=True, optional=True),
     "impute": flag,
-    "random_state": integer(0, hi=2**63 - 1),
+    "random_state": integer(0, hi=2**63 - 1, optional=True),
     "key_added": key_name,
     "copy": flag,
 }

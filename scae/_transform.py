@@ -17,6 +17,7 @@ from . import _features, _settings, _values, data
 from ._contract import stats_entries, uns_record, write_contract
 from ._mapping import get_mapping_state
 from ._model import SAUCIE
+from ._reproducible import resolve_seed
 from .train import infer, infer_gene_sets, train_net
 
 logger = logging.getLogger("scae")
@@ -80,7 +81,7 @@ def transform(
     fine_tune_epochs: int = 0,
     fine_tune_learning_rate: float | None = None,
     impute: bool = True,
-    random_state: int = 0,
+    random_state: int | None = 0,
     progress: bool = False,
     key_added: str = "scae",
     copy: bool = False,
@@ -110,7 +111,7 @@ def transform(
     impute
         Write ``layers[f"{key_added}_imputed"]``.
     random_state
-        Seed of the fine-tuning minibatches.
+        Seed of the fine-tuning minibatches; ``None`` draws one (recorded in ``uns[key_added]["params"]``).
     progress
         Progress bar while fine-tuning.
     key_added
@@ -140,6 +141,7 @@ def transform(
     params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
     _settings.check_transform(model, adata, params, model_type=SAUCIE)
     t0 = time.perf_counter()
+    random_state = params["random_state"] = resolve_seed(random_state)  # (None: drawn, recorded in uns)
     cells = _read_new_cells(model, adata, batch_key)
     state = get_mapping_state(model)
     net, history = _mapping_net(model, cells, fine_tune_epochs, fine_tune_learning_rate, random_state, progress)

@@ -60,7 +60,7 @@ def fit(
     contractive: float = 0.0,
     variational: bool = False,
     lambda_kl: float = 0.01,
-    random_state: int = 0,
+    random_state: int | None = 0,
     device: str = "auto",
     gene_sets: genesets.GeneSets | None = None,
     min_genes: int = 5,

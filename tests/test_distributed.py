@@ -104,3 +104,21 @@ def test_shard_of_a_process_group():
 
     shards = [ProcessGroup(rank=r, world=3, device=torch.device("cpu")).shard(10) for r in range(3)]
     assert shards == [(0, 3), (3, 6), (6, 10)]
+
+
+_DRAW_SEED = """
+import sys, torch, torch.distributed as dist
+from scae._dist import current
+from scae._reproducible import resolve_seed
+rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=2)
+torch.save([resolve_seed(None, current()), resolve_seed(None, None), resolve_seed(7, current())], out + "." + str(rank))
+dist.destroy_process_group()
+"""
+
+
+def test_a_drawn_seed_is_rank_zeros_on_every_rank(two_gloo_processes):
+    """``random_state=None`` under torchrun: every rank trains with one seed (rank 0's draw), as with a given one."""
+    (shared0, own0, given0), (shared1, own1, given1) = two_gloo_processes(_DRAW_SEED)
+    assert shared0 == shared1 and given0 == given1 == 7
+    assert own0 != own1  # without the group each process draws its own (equal with probability 2**-32)

@@ -1,5 +1,6 @@
 """scae.tl.fit on real data: the AnnData contract, quality floors, determinism, loss curves."""
 
+import logging
 import time
 
 import anndata as ad
@@ -88,6 +89,24 @@ def test_same_seed_gives_identical_outputs(small):
     np.testing.assert_array_equal(a.obsm["X_scae"], b.obsm["X_scae"])
     np.testing.assert_array_equal(a.obs["scae_cluster"], b.obs["scae_cluster"])
     assert not np.array_equal(a.obsm["X_scae"], c.obsm["X_scae"])
+
+
+def test_random_state_none_draws_a_recorded_seed(small, caplog):
+    a = small.copy()
+    with caplog.at_level(logging.INFO, logger="scae"):
+        scae.tl.fit(a, max_epochs=2, random_state=None, progress=False, device="cpu")
+    seed = a.uns["scae"]["params"]["random_state"]
+    assert isinstance(seed, int) and 0 <= seed < 2**32 and a.uns["scae"]["seed"] == seed
+    assert f"pass random_state={seed} to repeat" in caplog.text
+    b = small.copy()
+    scae.tl.fit(b, max_epochs=2, random_state=seed, progress=False, device="cpu")
+    np.testing.assert_array_equal(a.obsm["X_scae"], b.obsm["X_scae"])  # the recorded seed repeats the fit
+    models = [scae.SAUCIE(small, hidden=(16, 8), random_state=None, device="cpu") for _ in range(2)]
+    assert models[0].random_state != models[1].random_state  # (equal with probability 2**-32)
+    model = models[0].train(max_epochs=1, progress=False)
+    new = small[:50].copy()
+    scae.tl.transform(model, new, fine_tune_epochs=1, random_state=None, progress=False)
+    assert isinstance(new.uns["scae"]["params"]["random_state"], int)
 
 
 def test_deterministic_fit_repeats_the_cpu_fit_and_restores_torch(small, monkeypatch):
