@@ -104,10 +104,11 @@ def read_fcs(
 
     Examples
     --------
-    >>> import numpy as np, fcswrite, scae
+    >>> import tempfile, numpy as np, fcswrite, scae
+    >>> path = f"{tempfile.mkdtemp()}/example.fcs"
     >>> x = np.abs(np.random.default_rng(0).normal(100, 30, (50, 2)))
-    >>> fcswrite.write_fcs("example.fcs", ["Nd142Di", "Time"], x, text_kw_pr={"$P1S": "CD19"})
-    >>> adata = scae.pp.read_fcs("example.fcs")
+    >>> fcswrite.write_fcs(path, ["Nd142Di", "Time"], x, text_kw_pr={"$P1S": "CD19"})
+    >>> adata = scae.pp.read_fcs(path)
     >>> list(adata.var_names), list(adata.var["is_marker"])
     (['CD19', 'Time'], [True, False])
     """
