@@ -38,9 +38,8 @@ class SAUCIE:
     --------
     >>> import scae
     >>> adata = scae.datasets.cytonorm()
-    >>> model = scae.SAUCIE(adata, batch_key="batch")
-    >>> model.train(max_epochs=20)  # doctest: +SKIP
-    >>> adata.obsm["X_scae"] = model.get_embedding()  # doctest: +SKIP
+    >>> model = scae.SAUCIE(adata, batch_key="batch").train(max_epochs=2, progress=False)  # default: until converged
+    >>> adata.obsm["X_scae"] = model.get_embedding()
     """
 
     def __init__(
@@ -115,24 +114,7 @@ class SAUCIE:
         self.mapping_state = None  # cluster table etc. for new cells (scae._mapping), set at save/load/transform
 
     def __repr__(self) -> str:
-        h = self.hparams
-        if self.X is None:  # (loaded without data)
-            shape = f"{self.n_features:,} features, no data"
-        else:
-            shape = f"{self.n_cells:,} cells × {self.n_features:,} features"
-        parts = [
-            shape,
-            f"hidden={tuple(h['hidden'])}, n_latent={h['n_latent']}, likelihood={h['likelihood']!r}",
-        ]
-        if self.batches is not None:
-            n = len(self.batches.categories)
-            parts.append(f"batch_key={self.batch_key!r} ({n} batch{'es' if n > 1 else ''})")
-        if self.gene_set_mask is not None:
-            parts.append(f"{self.gene_set_mask.shape[1]} gene sets")
-        rt, state = self.runtime, "not trained"
-        if self.is_trained:
-            state = f"trained {rt['steps']} steps ({rt['epochs']} epochs, {rt['stop_reason']})" if rt else "trained"
-        return f"SAUCIE({', '.join(parts)}, device={self.device}; {state})"
+        return _setup.describe(self)
 
     # ------------------------------------------------------------------ data
     @property
@@ -189,6 +171,15 @@ class SAUCIE:
         -------
         The model itself (``history`` holds the per-epoch mean of every loss term; ``runtime`` the steps,
         epochs and ``stop_reason``: ``"converged"``, ``"max_steps"`` or ``"max_epochs"``).
+
+        Examples
+        --------
+        >>> import scae
+        >>> model = scae.SAUCIE(scae.datasets.cytonorm(), batch_key="batch")
+        >>> model.train(max_epochs=2, progress=False).runtime["stop_reason"]
+        'max_epochs'
+        >>> sorted(model.history)[:3]  # per-epoch means of every loss term
+        ['id_regularization', 'mmd', 'reconstruction']
         """
         _settings.check_train(max_epochs, early_stopping)
         if not self.is_trained:  # (a loaded model being fine-tuned keeps the genes it was trained on)
@@ -228,11 +219,30 @@ class SAUCIE:
         return self._outputs[counts]
 
     def get_embedding(self) -> np.ndarray:
-        """2-D embedding (``n_cells × n_latent``, float32); batch-corrected when ``batch_key`` was given."""
+        """2-D embedding (``n_cells × n_latent``, float32); batch-corrected when ``batch_key`` was given.
+
+        Examples
+        --------
+        >>> import scae
+        >>> adata = scae.datasets.cytonorm()
+        >>> model = scae.SAUCIE(adata, batch_key="batch").train(max_epochs=2, progress=False)
+        >>> model.get_embedding().shape
+        (6000, 2)
+        """
         return self.outputs()["embedding"].copy()
 
     def get_codes(self) -> np.ndarray:
-        """Clustering-layer activations before binarization (``n_cells × n_units``, float32)."""
+        """Clustering-layer activations before binarization (``n_cells × n_units``, float32).
+
+        Examples
+        --------
+        >>> import scae
+        >>> adata = scae.datasets.cytonorm()
+        >>> model = scae.SAUCIE(adata, batch_key="batch").train(max_epochs=2, progress=False)
+        >>> codes = model.get_codes()
+        >>> codes.shape == (adata.n_obs, model.hparams["hidden"][0]), bool((codes >= 0).all())
+        (True, True)
+        """
         return self.outputs()["codes"].copy()
 
     def get_clusters(
@@ -259,6 +269,16 @@ class SAUCIE:
         n_clusters
             Merge the code clusters the same way until exactly this many clusters remain instead of using
             ``merge_threshold`` (groups with < 1% of the cells do not count; see :func:`scae.cluster.merge_clusters`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import scae
+        >>> adata = scae.datasets.cytonorm()
+        >>> model = scae.SAUCIE(adata, batch_key="batch").train(max_epochs=2, progress=False)
+        >>> sizes = np.bincount(model.get_clusters())
+        >>> bool((np.diff(sizes) <= 0).all())  # label 0 is the largest cluster, then by size
+        True
         """
         _settings.check_table(_settings.CLUSTER_OPTIONS, locals())
         out = self.outputs()
@@ -284,6 +304,16 @@ class SAUCIE:
             Units of count blocks: ``"counts"`` (expected counts, the NB mean at the cell's observed library
             size; for ZINB the mean without dropouts), ``"normalized"`` (expected counts per 10,000) or
             ``"log1p"`` (``log1p`` of the normalized value).
+
+        Examples
+        --------
+        >>> import scae
+        >>> adata = scae.datasets.cytonorm()
+        >>> model = scae.SAUCIE(adata, batch_key="batch").train(max_epochs=2, progress=False)
+        >>> model.get_reconstruction().shape == adata.shape  # each batch in its own units
+        True
+        >>> model.get_reconstruction(corrected=True).shape == adata.shape  # all in the reference batch's
+        True
         """
         rec = self.reconstruction_array(corrected=corrected, counts=counts)
         return rec.copy() if rec is self.outputs(counts)["reconstruction"] else rec
@@ -337,6 +367,14 @@ class SAUCIE:
         """Gene-set node activities (``n_cells × n_sets``, float32), oriented so positive means the set is up.
 
         The orientation of each set is the sign of the mean weight between its node and its genes.
+
+        Examples
+        --------
+        >>> import scae
+        >>> adata = scae.datasets.tcga_coread()  # 121 tumours × 500 genes
+        >>> model = scae.SAUCIE(adata, gene_sets=scae.datasets.hallmark_gmt()).train(max_epochs=2, progress=False)
+        >>> model.get_gene_set_activities().shape  # the 36 hallmark sets with >= 5 of the 500 genes
+        (121, 36)
         """
         self._check_trained()
         self._check_gene_sets()
@@ -346,6 +384,15 @@ class SAUCIE:
         """Oriented weights between set nodes and genes (genes × sets; exactly 0 outside each set).
 
         ``model.get_gene_set_weights()[name].sort_values()`` lists a set's genes by weight.
+
+        Examples
+        --------
+        >>> import scae
+        >>> adata = scae.datasets.tcga_coread()  # 121 tumours × 500 genes
+        >>> model = scae.SAUCIE(adata, gene_sets=scae.datasets.hallmark_gmt()).train(max_epochs=2, progress=False)
+        >>> w = model.get_gene_set_weights()
+        >>> w.shape, int((w["HALLMARK_HYPOXIA"] != 0).sum())  # nonzero only for the set's 9 genes among the 500
+        ((500, 36), 9)
         """
         self._check_gene_sets()
         with torch.no_grad():

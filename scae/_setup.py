@@ -130,3 +130,25 @@ def build_net(model, inputs: ModelInputs, args: dict) -> SAUCIENet:
             blocks=model.blocks,
             variational=args["variational"],
         ).to(model.device)
+
+
+def describe(model) -> str:
+    """``repr`` of a :class:`scae.SAUCIE`: data shape, network, batches, gene sets, device and training state."""
+    h = model.hparams
+    if model.X is None:  # (loaded without data)
+        shape = f"{model.n_features:,} features, no data"
+    else:
+        shape = f"{model.n_cells:,} cells × {model.n_features:,} features"
+    parts = [
+        shape,
+        f"hidden={tuple(h['hidden'])}, n_latent={h['n_latent']}, likelihood={h['likelihood']!r}",
+    ]
+    if model.batches is not None:
+        n = len(model.batches.categories)
+        parts.append(f"batch_key={model.batch_key!r} ({n} batch{'es' if n > 1 else ''})")
+    if model.gene_set_mask is not None:
+        parts.append(f"{model.gene_set_mask.shape[1]} gene sets")
+    rt, state = model.runtime, "not trained"
+    if model.is_trained:
+        state = f"trained {rt['steps']} steps ({rt['epochs']} epochs, {rt['stop_reason']})" if rt else "trained"
+    return f"SAUCIE({', '.join(parts)}, device={model.device}; {state})"

@@ -34,7 +34,14 @@ CHECKSUMS = {
 
 
 def bundled_dir() -> Path:
-    """Folder of the bundled data: ``scae/_data`` in a wheel, the repo's ``data/`` in an editable install."""
+    """Folder of the bundled data: ``scae/_data`` in a wheel, the repo's ``data/`` in an editable install.
+
+    Examples
+    --------
+    >>> import scae
+    >>> sorted(p.name for p in scae.datasets.bundled_dir().iterdir() if p.is_dir())
+    ['cytonorm_gates_cytof', 'genesets']
+    """
     for cand in (_HERE / "_data", _HERE.parent / "data"):
         if (cand / "cytonorm_gates_cytof").is_dir():
             return cand
@@ -43,7 +50,14 @@ def bundled_dir() -> Path:
 
 
 def bundled_path(name: str) -> Path:
-    """Path of a bundled file, verified against its checksum."""
+    """Path of a bundled file, verified against its checksum.
+
+    Examples
+    --------
+    >>> import scae
+    >>> scae.datasets.bundled_path("genesets/cell_cycle_human.gmt").name
+    'cell_cycle_human.gmt'
+    """
     path = bundled_dir() / name
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != CHECKSUMS[name]:
@@ -57,6 +71,12 @@ def shared_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
     Order: ``data_dir`` when given, else the ``SCAE_DATA_DIR`` environment variable, else ``../shared/data``
     relative to the working directory or to the scae source checkout.
+
+    Examples
+    --------
+    >>> import scae
+    >>> (scae.datasets.shared_data_dir() / "flowsom_bal_flow" / "SOURCE.md").is_file()
+    True
     """
     if data_dir is not None:
         cands = [Path(data_dir)]
@@ -122,7 +142,14 @@ def hallmark_gmt() -> Path:
 
 
 def cell_cycle_gmt() -> Path:
-    """Path of the bundled Tirosh 2016 cell-cycle GMT (G1/S, G2/M; via pegasuspy)."""
+    """Path of the bundled Tirosh 2016 cell-cycle GMT (G1/S, G2/M; via pegasuspy).
+
+    Examples
+    --------
+    >>> import scae
+    >>> sorted(scae.genesets.read_gmt(scae.datasets.cell_cycle_gmt()))
+    ['G1/S', 'G2/M']
+    """
     return bundled_path("genesets/cell_cycle_human.gmt")
 
 
@@ -136,7 +163,14 @@ def flowsom_bal(data_dir: str | os.PathLike | None = None, *, markers_only: bool
     data_dir
         Shared data directory.
     markers_only
-        Keep the 9 marker channels (compensated, logicle-transformed).
+        Keep the 8 marker channels (compensated, logicle-transformed).
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.flowsom_bal()
+    >>> adata.shape, adata.obs["cell_type"].nunique()
+    ((19225, 8), 7)
     """
     adata = _read_shared("flowsom_bal_flow", data_dir)
     if markers_only:
@@ -145,7 +179,14 @@ def flowsom_bal(data_dir: str | os.PathLike | None = None, *, markers_only: bool
 
 
 def levine3k(data_dir: str | os.PathLike | None = None) -> AnnData:
-    """Levine 2015 CyTOF bone marrow, 3,000 cells × 23 markers, arcsinh(x/5), ``obs["phenograph_cluster"]``."""
+    """Levine 2015 CyTOF bone marrow, 3,000 cells × 23 markers, arcsinh(x/5), ``obs["phenograph_cluster"]``.
+
+    Examples
+    --------
+    >>> import scae
+    >>> scae.datasets.levine3k().shape
+    (3000, 23)
+    """
     return _read_shared("levine2015_phenograph3k", data_dir)
 
 
@@ -153,6 +194,13 @@ def cellbench(data_dir: str | os.PathLike | None = None) -> AnnData:
     """CellBench 3 cell lines on CEL-seq2 and Drop-seq: 499 cells, raw counts.
 
     Batches in ``obs["batch"]``, cell lines in ``obs["cell_line_demuxlet"]``.
+
+    Examples
+    --------
+    >>> import scae
+    >>> adata = scae.datasets.cellbench()
+    >>> adata.shape, sorted(adata.obs["batch"].unique())
+    ((499, 15073), ['CELseq2', 'Dropseq'])
     """
     return _read_shared("cellbench_3cl_2platforms", data_dir)
 

@@ -189,7 +189,14 @@ def gene_set_mask(gene_sets: GeneSets, var_names: Iterable[str], *, min_genes: i
 
 
 def describe(gene_sets: GeneSets | None) -> str | None:
-    """Short, h5ad-writable description of a ``gene_sets`` argument (for ``uns["scae"]["params"]``)."""
+    """Short, h5ad-writable description of a ``gene_sets`` argument (for ``uns["scae"]["params"]``).
+
+    Examples
+    --------
+    >>> from scae.genesets import describe
+    >>> describe({"T cell": ["CD3E", "CD3D"], "B cell": ["MS4A1", "CD79A"]})
+    'dict of 2 sets'
+    """
     if gene_sets is None:
         return None
     if isinstance(gene_sets, str | os.PathLike):
