@@ -17,7 +17,7 @@ from . import _features, _settings, _values, data
 from ._contract import stats_entries, uns_record, write_contract
 from ._mapping import get_mapping_state
 from ._model import SAUCIE
-from ._reproducible import resolve_seed
+from ._reproducible import deterministic_algorithms, resolve_seed
 from .train import infer, infer_gene_sets, train_net
 
 logger = logging.getLogger("scae")
@@ -55,19 +55,20 @@ def _fine_tuned_net(model, X, batch_codes: np.ndarray, n_new: int, *, epochs: in
     lambda_b = float(model.hparams.get("lambda_b", 0.1)) or 0.1
     weights = replace(model.weights, lambda_b=lambda_b)
     gen = torch.Generator(device=device).manual_seed(int(seed))
-    history = train_net(
-        net,
-        data.RowSource(Xc, device),
-        batch_codes=torch.from_numpy(codes).to(device),
-        n_batches=n_new + 1,
-        reference=0,
-        weights=weights,
-        max_epochs=epochs,
-        batch_size=model.batch_size,
-        learning_rate=model.learning_rate if learning_rate is None else learning_rate,
-        generator=gen,
-        progress=progress,
-    ).history
+    with deterministic_algorithms(model.deterministic, device):  # (as the model's own training)
+        history = train_net(
+            net,
+            data.RowSource(Xc, device),
+            batch_codes=torch.from_numpy(codes).to(device),
+            n_batches=n_new + 1,
+            reference=0,
+            weights=weights,
+            max_epochs=epochs,
+            batch_size=model.batch_size,
+            learning_rate=model.learning_rate if learning_rate is None else learning_rate,
+            generator=gen,
+            progress=progress,
+        ).history
     for p in net.parameters():
         p.requires_grad_(True)
     return net, history

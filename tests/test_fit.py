@@ -127,6 +127,10 @@ def test_deterministic_fit_repeats_the_cpu_fit_and_restores_torch(small, monkeyp
     np.testing.assert_array_equal(x.obsm["X_scae"], ref.obsm["X_scae"])
     np.testing.assert_array_equal(x.layers["scae_imputed"], ref.layers["scae_imputed"])
     np.testing.assert_array_equal(x.obs["scae_cluster"], ref.obs["scae_cluster"])
+    model = scae.SAUCIE(small, hidden=(16, 8), device="cpu", deterministic=True)
+    monkeypatch.setattr(scae._transform, "train_net", spy)
+    scae.tl.transform(model.train(max_epochs=1, progress=False), small[:50].copy(), fine_tune_epochs=1, progress=False)
+    assert seen == [True, True, True]  # the model's training and the transform's fine-tuning
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
