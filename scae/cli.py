@@ -159,6 +159,7 @@ def _fit(args: argparse.Namespace) -> int:
         "block_key": args.block_key,
         "merge_threshold": args.merge_threshold,
         "n_clusters": args.n_clusters,
+        "deterministic": args.deterministic,
         "progress": False if args.quiet else None,
     }
     if args.gene_sets is not None:
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge distance of code clusters (default 2.3; larger: fewer)",
     )
     fit.add_argument("--n-clusters", type=int, default=None, help="exact number of clusters (overrides the threshold)")
+    fit.add_argument(
+        "--deterministic", action="store_true", default=None, help="bit-identical reruns on CUDA too (slower)"
+    )
     common(fit)
     fit.set_defaults(func=_fit)
 

@@ -139,12 +139,14 @@ def test_yaml_config_and_flag_override(split, tmp_path):
                 str(tmp_path / "p.yaml"),
                 "--max-epochs",
                 "2",
+                "--deterministic",
             ]
         )
         == 0
     )
     info = ad.read_h5ad(tmp_path / "o.h5ad").uns["scae"]
     assert info["params"]["lambda_c"] == 0.3 and info["seed"] == 7 and info["runtime"]["epochs"] == 2
+    assert info["params"]["deterministic"] and info["cli"]["config"]["deterministic"]
 
 
 def test_failure_while_writing_leaves_no_output(split, tmp_path, monkeypatch, capsys):
