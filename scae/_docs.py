@@ -117,8 +117,8 @@ deterministic
     Train and cut clusters on the device under ``torch.use_deterministic_algorithms(True)`` (ordered variants
     of the CUDA kernels that add floats atomically; ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` set where unset), so
     that CUDA fits with one seed repeat bit for bit; slower. CPU fits repeat bit for bit without it. Also
-    covers the fine-tuning of :func:`scae.tl.transform` with this model (a loaded model: set
-    ``model.deterministic = True``). See README "Determinism".
+    covers the fine-tuning of :func:`scae.tl.transform` with this model (a loaded model:
+    ``SAUCIE.load(..., deterministic=True)``, ``scae transform --deterministic``). See README "Determinism".
 block_rows
     Rows per block read from disk when ``adata`` is backed (``read_h5ad(..., backed="r")``); default
     about 64 MB of dense float32 rows. Peak memory of training is one block, whatever the file size.

@@ -224,9 +224,7 @@ class SAUCIE:
         Examples
         --------
         >>> import scae
-        >>> adata = scae.datasets.cytonorm()
-        >>> model = scae.SAUCIE(adata, batch_key="batch").train(max_epochs=2, progress=False)
-        >>> model.get_embedding().shape
+        >>> scae.SAUCIE(scae.datasets.cytonorm()).train(max_epochs=2, progress=False).get_embedding().shape
         (6000, 2)
         """
         return self.outputs()["embedding"].copy()
@@ -339,19 +337,21 @@ class SAUCIE:
         return save_model(self, path, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path, adata: AnnData | None = None, *, device: str | torch.device = "auto") -> SAUCIE:
+    def load(
+        cls, path, adata: AnnData | None = None, *, device: str | torch.device = "auto", deterministic: bool = False
+    ) -> SAUCIE:
         """Load a model saved with :meth:`save`, optionally registered on new data ``adata``.
 
         The weights are read from safetensors (or a state dict with ``torch.load(weights_only=True)``); no
         pickled object is ever run. ``adata``'s features are matched to the saved var names: reordered when
-        they are a permutation, a ``ValueError`` names the missing ones.
+        they are a permutation, a ``ValueError`` names the missing ones. ``deterministic``: as in the constructor.
 
         Examples
         --------
         >>> new = scae.SAUCIE.load("run1/", adata=other)  # doctest: +SKIP
         >>> other.obsm["X_scae"] = new.get_embedding()  # doctest: +SKIP
         """
-        return load_model(cls, path, adata, device=device)
+        return load_model(cls, path, adata, device=device, deterministic=deterministic)
 
     @property
     def gene_set_names(self) -> list[str]:

@@ -259,7 +259,7 @@ def _check_var_names(meta: dict, js: Path) -> None:
         raise ValueError(msg)
 
 
-def load_model(cls, path, adata: AnnData | None = None, *, device="auto"):
+def load_model(cls, path, adata: AnnData | None = None, *, device="auto", deterministic: bool = False):
     """Rebuild a model saved by :func:`save_model`; see :meth:`scae.SAUCIE.load`."""
     from safetensors.numpy import load_file as load_arrays
 
@@ -300,6 +300,7 @@ def load_model(cls, path, adata: AnnData | None = None, *, device="auto"):
         batch_key=batch_key if use_batches else None,
         reference_batch=reference_batch if use_batches else None,
         device=device,
+        deterministic=deterministic,
         **kwargs,
     )
     if set_names and not meta["hparams"].get("gene_set_nonnegative", False):  # saved before |weights| (signed)

@@ -59,6 +59,9 @@ def test_round_trip_equals_in_process_api(split, tmp_path, capsys):
     assert cli.main(list(map(str, argv))) == 0
     assert cli.main(["transform", str(model_dir), str(d / "held.h5ad"), str(out2), "--device", "cpu"]) == 0
     fitted, mapped = ad.read_h5ad(out), ad.read_h5ad(out2)
+    det = ["transform", str(model_dir), str(d / "held.h5ad"), str(tmp_path / "det.h5ad"), "--deterministic"]
+    assert cli.main([*det, "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(ad.read_h5ad(tmp_path / "det.h5ad").obsm["X_scae"], mapped.obsm["X_scae"])
     # in-process: the same fit (flag --seed 1 overrides the config's random_state = 5)
     ref = fit_cells.copy()
     scae.tl.fit(ref, random_state=1, progress=False, **FIT)
