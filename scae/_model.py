@@ -85,8 +85,6 @@ class SAUCIE:
         self.autocast_dtype = _fast.autocast_dtype(precision, self.device)
         self.compile, self.block_rows = bool(compile), block_rows
         self.deterministic = bool(deterministic)
-        if self.deterministic:
-            _reproducible.check_cublas_config(self.device)
         self.layer, self.batch_key, self.batches, self.blocks = layer, batch_key, inputs.batches, inputs.blocks
         self.var_names = list(map(str, adata.var_names))
         self.shard = (0, self.X.shape[0]) if self.group is None else self.group.shard(self.X.shape[0])

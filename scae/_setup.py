@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import _blocks, _dist, _fast, _values, data, genesets
+from . import _blocks, _dist, _fast, _reproducible, _values, data, genesets
 from .nn.network import SAUCIENet
 
 
@@ -38,6 +38,8 @@ def read_inputs(adata: AnnData, args: dict) -> ModelInputs:
     # under torchrun a backed matrix is split over the ranks (scae._dist); in memory every process is alone
     group = _dist.current() if data.is_backed(X) else None
     device = group.device if group is not None and device == "auto" else data.resolve_device(device)
+    if args["deterministic"]:  # a cuBLAS setting that defeats it: said before the data is checked
+        _reproducible.check_cublas_config(device)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     _values.validate_matrix(X, where=where)
     _values.check_unique_var_names(adata)
