@@ -21,6 +21,7 @@ from scipy.spatial import cKDTree
 from . import _settings
 from ._mapping import binarize_with
 from .cluster import pack_bits
+from .data import column
 
 logger = logging.getLogger("scae")
 
@@ -189,7 +190,7 @@ def query(
     adata.obsm[f"{key_added}_indices"] = idx
     adata.obsm[f"{key_added}_hamming"] = dist
     for col in columns:
-        adata.obs[f"{col}_{key_added}"] = _majority_labels(adata_ref.obs[col], idx)
+        adata.obs[f"{col}_{key_added}"] = _majority_labels(column(adata_ref.obs, col), idx)
     adata.uns[key_added] = {
         "params": {"k": int(k), "codes_key": codes_key, "threshold": float(threshold), "tie_break": tie_break or ""},
         "n_ref": int(adata_ref.n_obs),
@@ -248,4 +249,5 @@ def _majority_labels(ref_labels: pd.Series, idx: np.ndarray) -> pd.Categorical:
     codes, cats = pd.factorize(ref_labels.to_numpy(dtype=object).astype(str))
     counts = np.zeros((idx.shape[0], len(cats)), dtype=np.int32)
     np.add.at(counts, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), codes[idx].ravel()), 1)
-    return pd.Categorical(np.asarray(cats)[counts.argmax(1)], categories=sorted(cats))
+    names = np.array([str(c) for c in cats], dtype=object)  # plain str categories, not numpy's np.str_
+    return pd.Categorical(names[counts.argmax(1)], categories=sorted(names))

@@ -283,7 +283,7 @@ def load_model(cls, path, adata: AnnData | None = None, *, device="auto", determ
         adata is not None
         and batch_key is not None
         and batch_key in adata.obs.columns
-        and str(reference_batch) in set(adata.obs[batch_key].astype(str))
+        and str(reference_batch) in set(data.column(adata.obs, batch_key).astype(str))
     )
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in meta["hparams"].items() if k in accepted and k not in _DATA_ARGS}

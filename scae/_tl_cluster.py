@@ -15,7 +15,7 @@ from . import _blocks, _features, _settings
 from ._contract import stats_entries
 from ._merge import MIN_GROUP_SHARE
 from .cluster import DEFAULT_MERGE_THRESHOLD
-from .data import get_matrix
+from .data import column, get_matrix
 
 
 def cluster(
@@ -316,7 +316,7 @@ def cluster_stats(
         msg = f"adata.obs[{groupby!r}] not found;{hint or ' pass an existing obs column as `groupby`'}"
         raise KeyError(msg)
     X = get_matrix(adata, layer)
-    stats = stats_entries(X, adata.obs[groupby].values, adata.var_names, groupby=groupby, layer=layer)
+    stats = stats_entries(X, column(adata.obs, groupby).values, adata.var_names, groupby=groupby, layer=layer)
     adata = adata.copy() if copy else adata
     adata.uns.setdefault(key_added, {}).update(stats)
     return adata if copy else None

@@ -46,7 +46,8 @@ def activity_adata(adata: AnnData, *, key: str = "scae", obs_keys: Sequence[str]
     if missing:
         msg = f"columns {missing} not found in adata.obs (available: {list(adata.obs.columns)})"
         raise KeyError(msg)
-    obs = adata.obs[list(obs_keys)].copy()
+    obs = adata.obs[list(obs_keys)]
+    obs = obs.copy() if isinstance(obs, pd.DataFrame) else obs.to_memory()  # lazy obs (anndata read_lazy)
     return AnnData(X=X.copy(), obs=obs, var=pd.DataFrame(index=pd.Index(names, name="gene_set")))
 
 

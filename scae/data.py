@@ -33,7 +33,30 @@ def get_matrix(adata: AnnData, layer: str | None):
     if X is None:
         msg = "adata.X is None: pass `layer=` naming a layer that holds the data"
         raise ValueError(msg)
+    if is_dask(X):
+        # a dask array (anndata.experimental.read_lazy, or set by the user) is computed once, here: training
+        # draws random rows every step, which a chunked lazy array serves one task graph at a time
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        logger.info(
+            "%s is a dask array %s: loading it into memory; for data larger than memory open the .h5ad with "
+            "backed='r' instead",
+            where,
+            X.shape,
+        )
+        X = X.compute()
     return X
+
+
+def is_dask(X) -> bool:
+    """True for a dask array (checked by module, so dask need not be installed)."""
+    return type(X).__module__.split(".")[0] == "dask"
+
+
+def column(frame, key: str) -> pd.Series:
+    """``frame[key]`` as a pandas Series, also from the lazy frames of ``anndata.experimental.read_lazy``."""
+    if isinstance(frame, pd.DataFrame):
+        return frame[key]
+    return frame[[key]].to_memory()[key]  # anndata's Dataset2D: its columns are xarray DataArrays
 
 
 def feature_moments(X) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +108,7 @@ class BatchInfo:
     reference: int
 
 
-def label_column(frame: pd.DataFrame, key: str, *, param: str, where: str, each: str) -> pd.Series:
+def label_column(frame, key: str, *, param: str, where: str, each: str) -> pd.Series:
     """``frame[key]``, the column that ``param`` names; ``ValueError`` when it is absent or has missing values.
 
     ``where`` names the frame (``"adata.obs"``), ``each`` what every row needs (``"every cell needs a batch"``).
@@ -93,7 +116,7 @@ def label_column(frame: pd.DataFrame, key: str, *, param: str, where: str, each:
     if key not in frame.columns:
         msg = f"{param} {key!r} not found in {where} (columns: {list(frame.columns)})"
         raise ValueError(msg)
-    col = frame[key]
+    col = column(frame, key)
     if col.isna().any():
         msg = f"{where}[{key!r}] has {int(col.isna().sum())} missing values; {each}"
         raise ValueError(msg)

@@ -210,3 +210,32 @@ def test_backed_count_checks_name_the_problem(tmp_path, count_file):
         scae.tl.fit(backed, likelihood="nb", max_epochs=1, progress=False)
     assert "scae" not in backed.uns
     backed.file.close()
+
+
+def test_lazy_anndata_fits_like_in_memory(tmp_path):
+    """``anndata.experimental.read_lazy``: dask X, obs columns as xarray; same outputs as the in-memory fit."""
+    import dask.array
+
+    cyto = scae.datasets.cytonorm()
+    cyto = cyto[np.random.default_rng(0).choice(cyto.n_obs, 1500, replace=False)].copy()
+    path = tmp_path / "in.h5ad"
+    cyto.write_h5ad(path)
+    kw = {"batch_key": "batch", "max_epochs": 3, "hidden": (64, 32, 16), "random_state": 0, "progress": False}
+    scae.tl.fit(cyto, **kw)
+    lazy = ad.experimental.read_lazy(path)
+    assert type(lazy.X).__module__.startswith("dask") and not hasattr(lazy.obs["batch"], "cat")
+    scae.tl.fit(lazy, **kw)
+    np.testing.assert_array_equal(np.asarray(lazy.obsm["X_scae"]), cyto.obsm["X_scae"])
+    np.testing.assert_array_equal(np.asarray(lazy.layers["scae_imputed"]), cyto.layers["scae_imputed"])
+    assert list(lazy.uns["scae"]["batch_categories"]) == list(cyto.uns["scae"]["batch_categories"])
+    assert list(np.asarray(lazy.obs["scae_cluster"]).astype(str)) == list(cyto.obs["scae_cluster"].astype(str))
+    # the statistics by an obs column of the lazy frame, in the column's category order
+    scae.tl.cluster_stats(lazy, groupby="batch")
+    assert list(lazy.uns["scae"]["cluster_means"].index) == list(cyto.obs["batch"].cat.categories)
+    # a dask array with sparse chunks, set by the user, is read once into memory
+    rna = ad.AnnData(sp.random(300, 40, density=0.3, format="csr", dtype=np.float32, random_state=0))
+    dense_fit = rna.copy()
+    rna.X = dask.array.from_array(rna.X, chunks=(100, 40))
+    scae.tl.fit(rna, max_epochs=2, random_state=0, progress=False)
+    scae.tl.fit(dense_fit, max_epochs=2, random_state=0, progress=False)
+    np.testing.assert_array_equal(rna.obsm["X_scae"], dense_fit.obsm["X_scae"])
