@@ -2,6 +2,7 @@
 
 * :func:`atomic_path` / :func:`write_h5ad_atomic`: a file is written to a temporary file beside the target and
   renamed into place only on success, and never after a signal was received (see :func:`stop_on_signals`).
+  :func:`atomic_dir` / :func:`write_zarr_atomic` do the same for a folder (a zarr store).
 * :func:`make_dirs` is the one place that creates output folders; inside :func:`remove_created_on_failure` it
   records them (and :func:`record_created` records new outputs), so that a failed run removes what it added.
 * :func:`stop_on_signals` turns SIGTERM (and Ctrl-C) into an exception that stops the run; the handler also
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -234,3 +236,60 @@ def write_h5ad_atomic(adata, out: str | os.PathLike) -> None:
     make_dirs(out.parent)
     with atomic_path(out) as tmp, deferred_signals():
         adata.write_h5ad(tmp)
+
+
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """True for a folder holding a zarr group (format 3: ``zarr.json``, format 2: ``.zgroup``)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``out``; it replaces ``out`` when the block ends without error.
+
+    As :func:`atomic_path`, for a folder: on any error (or after a signal) the temporary folder is removed and an
+    earlier ``out`` stays as it was. An earlier ``out`` is first renamed aside, the new folder renamed into its
+    place (the earlier one is renamed back if that fails), and only then is the earlier one deleted. A new ``out``
+    is recorded by :func:`record_created`.
+    """
+    out = Path(out)
+    with deferred_signals():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old: Path | None = None
+    try:
+        check_signals()
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp made it private
+        with deferred_signals():
+            new = not out.exists() and not out.is_symlink()
+            check_signals()
+            if not new:
+                old = tmp.with_name(tmp.name + ".old")  # unique: tmp's name is
+                os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                if old is not None:
+                    os.rename(old, out)
+                    old = None
+                raise
+            if new:
+                record_created(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+def write_zarr_atomic(adata, out: str | os.PathLike) -> None:
+    """``adata.write_zarr(out)`` through :func:`atomic_dir` (the parent folder is created by :func:`make_dirs`)."""
+    out = Path(out)
+    make_dirs(out.parent)
+    with atomic_dir(out) as tmp, deferred_signals():
+        adata.write_zarr(tmp)

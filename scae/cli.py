@@ -1,8 +1,10 @@
 """The ``scae`` command: ``scae fit IN.h5ad OUT.h5ad``, ``scae transform MODEL IN.h5ad OUT.h5ad``, ``scae demo``.
 
+IN and OUT are ``.h5ad`` files or ``.zarr`` stores (OUT's format follows its suffix; no suffix writes h5ad).
+
 Pipeline contract: exit code 0 only on success; 1 with a one-line message on bad input or a failed run; 2
 on usage errors (unknown flag or config key, wrong value type); 130 after Ctrl-C (SIGINT) and 143 (128 + 15)
-after SIGTERM. Outputs are written to a temporary file beside OUT and renamed, so an interrupted run
+after SIGTERM. Outputs are written to a temporary file (or folder, for zarr) beside OUT and renamed, so an interrupted run
 (exception, Ctrl-C, SIGTERM) never leaves a partial OUT, and an earlier OUT stays byte for byte as it was. A
 run that fails also removes the folders it created (for OUT or ``--save-model``) and a model folder it wrote
 where none was; folders that existed before, and files others put into the new ones, stay.
@@ -29,10 +31,12 @@ from ._atomic import (
     check_signals,
     defer_signals,
     deferred_signals,
+    is_zarr_store,
     make_dirs,
     remove_created_on_failure,
     stop_on_signals,
     write_h5ad_atomic,
+    write_zarr_atomic,
 )
 
 logger = logging.getLogger("scae")
@@ -97,26 +101,52 @@ def _check_writable(out: Path) -> None:
     check_signals()
 
 
+#: The format written for each suffix of OUT.
+_OUTPUT_FORMATS = {".h5ad": "h5ad", ".zarr": "zarr", "": "h5ad"}
+
+
 def _read_input(path: str):
     import anndata as ad
 
     src = Path(path)
-    if src.is_dir():
+    if src.is_dir() and not is_zarr_store(src):
         from ._save import JSON_NAME
 
         model = (src / JSON_NAME).is_file()  # (the arguments of `scae transform` swapped)
-        msg = f"{src} is a folder, not an .h5ad file" + (
+        msg = f"{src} is a folder, not an .h5ad file or a .zarr store" + (
             ": a scae model; `scae transform MODEL IN.h5ad OUT.h5ad` takes the model first" if model else ""
         )
         raise IsADirectoryError(msg)
-    if not src.is_file():
+    if not src.exists():
         msg = f"input file not found: {src}"
         raise FileNotFoundError(msg)
+    kind = "zarr" if src.is_dir() else "h5ad"
     try:
-        return ad.read_h5ad(src)
+        return ad.read_zarr(src) if kind == "zarr" else ad.read_h5ad(src)
     except Exception as e:
-        msg = f"cannot read {src} as .h5ad ({type(e).__name__}: {_first_line(e)})"
+        msg = f"cannot read {src} as .{kind} ({type(e).__name__}: {_first_line(e)})"
         raise ValueError(msg) from e
+
+
+def _output_format(out: Path) -> str:
+    """``"h5ad"`` or ``"zarr"`` by the suffix of ``out``; ``ValueError`` before any work for what cannot be written.
+
+    An existing folder is replaced only when it is a zarr store written as OUT before, never another folder.
+    """
+    fmt = _OUTPUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        msg = f"cannot write {out}: scae writes AnnData as .h5ad or .zarr, not {out.suffix!r}"
+        raise ValueError(msg)
+    if out.is_dir() and (fmt == "h5ad" or not is_zarr_store(out)):
+        what = "a zarr store" if is_zarr_store(out) else "a folder that is not a zarr store"
+        msg = f"output {out} exists and is {what}; name a new path" + (" ending in .zarr" if fmt == "zarr" else "")
+        raise IsADirectoryError(msg)
+    _check_writable(out)
+    return fmt
+
+
+def _write_output(adata, out: Path, fmt: str) -> None:
+    (write_zarr_atomic if fmt == "zarr" else write_h5ad_atomic)(adata, out)
 
 
 def _options(args: argparse.Namespace, func, flags: dict) -> tuple[dict, dict]:
@@ -176,18 +206,22 @@ def _fit(args: argparse.Namespace) -> int:
     if launched_by_torchrun():  # the same fit on every rank of the job: see scae.distributed
         from .distributed import fit_file
 
+        if is_zarr_store(args.input) or _output_format(Path(args.output)) == "zarr":
+            msg = "under torchrun, IN and OUT are .h5ad files (each rank reads IN backed by rows)"
+            raise ValueError(msg)
+
         fit_file(args.input, args.output, values)
         return 0
-    adata = _read_input(args.input)
     out = Path(args.output)
-    _check_writable(out)
+    fmt = _output_format(out)
+    adata = _read_input(args.input)
     if values.get("save_model") is not None:
         _check_writable(Path(values["save_model"]))
     tl.fit(adata, **values)
     check_signals()  # a signal whose exception was swallowed during training stops the run here
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
     defer_signals()  # from here a signal is acted on right before OUT is renamed, never inside the writer
-    write_h5ad_atomic(adata, out)
+    _write_output(adata, out, fmt)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
 
@@ -205,16 +239,16 @@ def _transform(args: argparse.Namespace) -> int:
         "progress": False if args.quiet else None,
     }
     values, cfg = _options(args, tl.transform, flags)
-    adata = _read_input(args.input)
     out = Path(args.output)
-    _check_writable(out)
+    fmt = _output_format(out)
+    adata = _read_input(args.input)
     model = SAUCIE.load(args.model, device=args.device or "auto", deterministic=args.deterministic)
     tl.transform(model, adata, **values)
     check_signals()
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
     adata.uns[values.get("key_added", "scae")]["model"] = str(Path(args.model).resolve())
     defer_signals()
-    write_h5ad_atomic(adata, out)
+    _write_output(adata, out, fmt)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
 
@@ -245,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit IN.h5ad and write all outputs to OUT.h5ad",
         description="Flags override the config file; config keys are exactly the arguments of scae.tl.fit.",
     )
-    fit.add_argument("input", help="input .h5ad")
-    fit.add_argument("output", help="output .h5ad (written to a temporary file, then renamed)")
+    fit.add_argument("input", help="input .h5ad or .zarr")
+    fit.add_argument("output", help="output .h5ad or .zarr (written beside it under a temporary name, then renamed)")
     fit.add_argument("--config", default=None, help="params.toml or params.yaml with scae.tl.fit arguments")
     fit.add_argument("--layer", default=None)
     fit.add_argument("--batch-key", default=None)
@@ -274,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Flags override the config file; config keys are exactly the arguments of scae.tl.transform.",
     )
     tr.add_argument("model", help="model folder written by `scae fit --save-model` or SAUCIE.save")
-    tr.add_argument("input", help="input .h5ad")
-    tr.add_argument("output", help="output .h5ad (written to a temporary file, then renamed)")
+    tr.add_argument("input", help="input .h5ad or .zarr")
+    tr.add_argument("output", help="output .h5ad or .zarr (written beside it under a temporary name, then renamed)")
     tr.add_argument("--config", default=None, help="params.toml or params.yaml with scae.tl.transform arguments")
     tr.add_argument("--batch-key", default=None)
     tr.add_argument("--fine-tune-epochs", type=int, default=None, help="fine-tune the encoder onto the reference")

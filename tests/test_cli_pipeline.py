@@ -1,6 +1,7 @@
 """The ``scae`` command as a pipeline step: config files, exit codes, atomic outputs, fit → transform round trip."""
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -87,7 +88,8 @@ def test_round_trip_equals_in_process_api(split, tmp_path, capsys):
     assert cli.main(["transform", str(d / "held.h5ad"), str(model_dir), str(swapped)]) == 1
     assert "a scae model; `scae transform MODEL IN.h5ad OUT.h5ad` takes the model first" in capsys.readouterr().err
     assert cli.main(["fit", str(model_dir), str(swapped)]) == 1
-    assert "model is a folder, not an .h5ad file: a scae model" in capsys.readouterr().err and not swapped.exists()
+    err = capsys.readouterr().err
+    assert "model is a folder, not an .h5ad file or a .zarr store: a scae model" in err and not swapped.exists()
 
 
 def test_unknown_config_key_and_missing_input_exit_nonzero(split, tmp_path, capsys):
@@ -100,6 +102,60 @@ def test_unknown_config_key_and_missing_input_exit_nonzero(split, tmp_path, caps
     assert cli.main(["fit", str(tmp_path / "missing.h5ad"), str(tmp_path / "out.h5ad")]) == 1
     assert capsys.readouterr().err.strip() == f"scae fit: error: input file not found: {tmp_path / 'missing.h5ad'}"
     assert not (tmp_path / "out.h5ad").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")  # anndata 0.12's default format
+def test_zarr_input_and_output(split, tmp_path, capsys, monkeypatch):
+    """A .zarr store in and out: the same fit as from .h5ad; replaced atomically; bad OUT refused before the fit."""
+    d, fit_cells, held = split
+    src, out, model = tmp_path / "train.zarr", tmp_path / "out.zarr", tmp_path / "model"
+    fit_cells.write_zarr(src)
+    opts = ["--config", str(d / "params.toml"), "--quiet"]
+    assert cli.main(["fit", str(d / "train.h5ad"), str(tmp_path / "ref.h5ad"), *opts]) == 0
+    assert cli.main(["fit", str(src), str(out), *opts, "--save-model", str(model)]) == 0
+    ref, res = ad.read_h5ad(tmp_path / "ref.h5ad"), ad.read_zarr(out)
+    np.testing.assert_array_equal(res.obsm["X_scae"], ref.obsm["X_scae"])
+    np.testing.assert_array_equal(res.layers["scae_imputed"], ref.layers["scae_imputed"])
+    assert (res.obs["scae_cluster"] == ref.obs["scae_cluster"]).all() and res.uns["scae"]["seed"] == 5
+    held.write_zarr(tmp_path / "held.zarr")
+    assert cli.main(["transform", str(model), str(tmp_path / "held.zarr"), str(tmp_path / "held_out.zarr")]) == 0
+    assert ad.read_zarr(tmp_path / "held_out.zarr").obsm["X_scae"].shape == (held.n_obs, 2)
+
+    # a write that fails leaves the earlier store as it was, and no temporary folder
+    def broken_write(self, store, *args, **kwargs):
+        Path(store, "partial").write_text("x")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(ad.AnnData, "write_zarr", broken_write)
+        assert cli.main(["fit", str(src), str(out), *opts, "--seed", "3"]) == 1
+    assert "disk full" in capsys.readouterr().err
+    assert ad.read_zarr(out).uns["scae"]["seed"] == 5 and not (out / "partial").exists()
+    # a rerun replaces the store
+    assert cli.main(["fit", str(src), str(out), *opts, "--seed", "3"]) == 0
+    assert ad.read_zarr(out).uns["scae"]["seed"] == 3
+    names = {"held.zarr", "held_out.zarr", "model", "out.zarr", "ref.h5ad", "train.zarr"}
+    assert {p.name for p in tmp_path.iterdir()} == names  # no temporary or set-aside folder left
+
+    # refused before any work: an unknown suffix, a folder that is not a zarr store, a folder named .h5ad
+    (tmp_path / "notes.zarr").mkdir()
+    (tmp_path / "notes.zarr" / "keep.txt").write_text("mine")
+    (tmp_path / "dir.h5ad").mkdir()
+    @functools.wraps(scae.tl.fit)  # (its signature: the config keys are checked against it)
+    def no_fit(*args, **kwargs):
+        pytest.fail("fitted despite a bad OUT")
+
+    monkeypatch.setattr(scae.tl, "fit", no_fit)
+    cases = {
+        "out.csv": "scae writes AnnData as .h5ad or .zarr, not '.csv'",
+        "notes.zarr": "exists and is a folder that is not a zarr store; name a new path ending in .zarr",
+        "dir.h5ad": "exists and is a folder that is not a zarr store; name a new path",
+        "ref.h5ad/../out.zarr/x.h5ad": "cannot write",
+    }
+    for name, expected in cases.items():
+        assert cli.main(["fit", str(src), str(tmp_path / name), *opts]) == 1, name
+        assert expected in capsys.readouterr().err, name
+    assert (tmp_path / "notes.zarr" / "keep.txt").read_text() == "mine" and not (tmp_path / "out.csv").exists()
 
 
 def test_config_errors(split, tmp_path, capsys):
