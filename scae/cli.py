@@ -4,10 +4,10 @@ IN and OUT are ``.h5ad`` files or ``.zarr`` stores (OUT's format follows its suf
 
 Pipeline contract: exit code 0 only on success; 1 with a one-line message on bad input or a failed run; 2
 on usage errors (unknown flag or config key, wrong value type); 130 after Ctrl-C (SIGINT) and 143 (128 + 15)
-after SIGTERM. Outputs are written to a temporary file (or folder, for zarr) beside OUT and renamed, so an interrupted run
-(exception, Ctrl-C, SIGTERM) never leaves a partial OUT, and an earlier OUT stays byte for byte as it was. A
-run that fails also removes the folders it created (for OUT or ``--save-model``) and a model folder it wrote
-where none was; folders that existed before, and files others put into the new ones, stay.
+after SIGTERM. Outputs are written to a temporary file (or folder, for zarr) beside OUT and renamed, so an
+interrupted run (exception, Ctrl-C, SIGTERM) never leaves a partial OUT, and an earlier OUT stays byte for
+byte as it was. A run that fails also removes the folders it created (for OUT or ``--save-model``) and a model
+folder it wrote where none was; folders that existed before, and files others put into the new ones, stay.
 
 A signal stops training at once. One that arrives while OUT is written (where an exception raised inside
 h5py could be swallowed) is recorded and stops the run before the rename; one that arrives after the rename
