@@ -141,6 +141,7 @@ def test_zarr_input_and_output(split, tmp_path, capsys, monkeypatch):
     (tmp_path / "notes.zarr").mkdir()
     (tmp_path / "notes.zarr" / "keep.txt").write_text("mine")
     (tmp_path / "dir.h5ad").mkdir()
+
     @functools.wraps(scae.tl.fit)  # (its signature: the config keys are checked against it)
     def no_fit(*args, **kwargs):
         pytest.fail("fitted despite a bad OUT")
