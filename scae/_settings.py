@@ -77,11 +77,19 @@ def check_given(table: Mapping[str, Check], func, values: Mapping[str, object]) 
     check_table(table, {**defaults, **values})
 
 
-def check_anndata(name: str, value) -> None:
-    """``value`` must be an AnnData."""
+def check_anndata(name: str, value, *, writes: bool = False) -> None:
+    """``value`` must be an AnnData; with ``writes`` (outputs go into it) not a view of a backed one."""
     if not isinstance(value, ad.AnnData):
         msg = f"expected an AnnData for `{name}`, got {type(value).__name__} {reprlib.repr(value)}"
         raise TypeError(msg)
+    if writes and value.is_view and value.isbacked:
+        # anndata turns a view into an actual object when written to, which a backed view cannot be
+        msg = (
+            f"`{name}` is a view of a backed AnnData (a subset of `anndata.read_h5ad(..., backed='r')`), which "
+            "cannot hold scae's outputs: load the subset with `.to_memory()`, or write it to a file with "
+            "`.copy(filename=...)` and open that backed"
+        )
+        raise ValueError(msg)
 
 
 def _check_n_clusters(n_clusters, n_cells: int) -> None:  # n_clusters was checked to be None or an int
@@ -115,7 +123,7 @@ def check_train(max_epochs, early_stopping=None) -> None:
 def check_fit(values: Mapping[str, object]) -> None:
     """Settings of ``scae.tl.fit``, including the backed-file rules for ``out_path`` and ``copy``."""
     adata = values["adata"]
-    check_anndata("adata", adata)
+    check_anndata("adata", adata, writes=True)
     check_table(FIT, values)
     _check_model_pairs(values)
     _check_n_clusters(values["n_clusters"], adata.n_obs)
@@ -152,14 +160,14 @@ def check_transform(model, adata, values: Mapping[str, object], *, model_type: t
     if not model.is_trained:
         msg = "the model is not trained: train it (`model.train()`) or load a trained one (`scae.SAUCIE.load`)"
         raise ValueError(msg)
-    check_anndata("adata", adata)
+    check_anndata("adata", adata, writes=True)
     check_table(TRANSFORM, values)
 
 
 def check_query(adata_ref, adata_query, values: Mapping[str, object]) -> None:
     """Settings of ``scae.tl.query``."""
     check_anndata("adata_ref", adata_ref)
-    check_anndata("adata_query", adata_query)
+    check_anndata("adata_query", adata_query, writes=True)
     check_table(QUERY, values)
 
 
@@ -176,6 +184,6 @@ def check_codes(codes: np.ndarray, where: str) -> None:
 
 def check_cluster(adata, values: Mapping[str, object]) -> None:
     """Settings of ``scae.tl.cluster``."""
-    check_anndata("adata", adata)
+    check_anndata("adata", adata, writes=True)
     check_table(CLUSTER, values)
     _check_n_clusters(values["n_clusters"], adata.n_obs)

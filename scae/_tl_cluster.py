@@ -187,6 +187,13 @@ def _stored_inputs(adata: AnnData, key_added: str) -> dict:
     codes_key, imputed_key = f"X_{key_added}_codes", f"{key_added}_imputed"
     if codes_key not in adata.obsm or key_added not in adata.uns:
         msg = f"adata.obsm[{codes_key!r}] not found: run `scae.tl.fit(adata)` first"
+        if adata.isbacked and key_added in adata.uns:
+            msg = (
+                f"adata.obsm[{codes_key!r}] not found: a backed fit writes the codes and imputed values to its "
+                "`out_path`, not into the backed AnnData; to re-cut, read that file into memory, set its `.X` (or "
+                "the fitted layer) from the input and call `scae.tl.cluster` on it, or refit with `n_clusters=` "
+                "or `merge_threshold=`"
+            )
         raise KeyError(msg)
     if imputed_key not in adata.layers:
         msg = f"adata.layers[{imputed_key!r}] not found: run `scae.tl.fit(adata, impute=True)` first"

@@ -239,3 +239,39 @@ def test_lazy_anndata_fits_like_in_memory(tmp_path):
     scae.tl.fit(rna, max_epochs=2, random_state=0, progress=False)
     scae.tl.fit(dense_fit, max_epochs=2, random_state=0, progress=False)
     np.testing.assert_array_equal(rna.obsm["X_scae"], dense_fit.obsm["X_scae"])
+
+
+def test_backed_view_is_refused_and_a_backed_fit_says_how_to_recut(tmp_path):
+    """A subset of a backed AnnData cannot take outputs: refused up front by every function that writes them."""
+    cyto = scae.datasets.cytonorm()[:1500].copy()
+    path = tmp_path / "in.h5ad"
+    cyto.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    view = backed[:500]
+    model = scae.SAUCIE(cyto, hidden=(32, 16, 8), random_state=0)
+    model.train(1, progress=False)
+    scae.tl.transform(model, cyto)  # a reference with codes for query
+    calls = {
+        "fit": lambda: scae.tl.fit(view, max_epochs=1, progress=False),
+        "transform": lambda: scae.tl.transform(model, view),
+        "cluster": lambda: scae.tl.cluster(view, n_clusters=3),
+        "query": lambda: scae.tl.query(cyto, view),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"is a view of a backed AnnData .* `\.to_memory\(\)`"):
+            call()
+        assert view.is_view and "X_scae" not in view.obsm and "scae_cluster" not in view.obs, name
+    # a backed fit keeps codes out of the backed object: tl.cluster says where they are; that recipe re-cuts
+    out = tmp_path / "out.h5ad"
+    scae.tl.fit(backed, max_epochs=2, hidden=(32, 16, 8), random_state=0, out_path=str(out), progress=False)
+    with pytest.raises(KeyError, match="a backed fit writes the codes and imputed values to its `out_path`"):
+        scae.tl.cluster(backed, n_clusters=3)
+    res = ad.read_h5ad(out)
+    res.X = cyto.X
+    scae.tl.cluster(res, n_clusters=3)
+    in_memory = cyto.copy()
+    scae.tl.fit(in_memory, max_epochs=2, hidden=(32, 16, 8), random_state=0, progress=False)
+    scae.tl.cluster(in_memory, n_clusters=3)
+    assert res.obs["scae_cluster"].nunique() >= 2
+    assert (res.obs["scae_cluster"].to_numpy() == in_memory.obs["scae_cluster"].to_numpy()).all()
+    backed.file.close()
