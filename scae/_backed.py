@@ -43,11 +43,12 @@ def _check_layout(X) -> None:
 
 
 def read_rows(X, start: int, stop: int) -> np.ndarray:
-    """Dense float32 rows ``start:stop`` of a backed (or in-memory) matrix."""
+    """Dense float32 rows ``start:stop`` of a backed (or in-memory) matrix (float64 beyond float32: infinite)."""
     block = X[start:stop]
-    if sp.issparse(block):
-        return block.toarray().astype(np.float32, copy=False)
-    return np.asarray(block, dtype=np.float32)
+    with np.errstate(over="ignore"):  # the validating scan reports such values (scan)
+        if sp.issparse(block):
+            return block.toarray().astype(np.float32, copy=False)
+        return np.asarray(block, dtype=np.float32)
 
 
 def default_chunk_rows(n_features: int, budget: int = BLOCK_BYTES) -> int:
@@ -110,9 +111,17 @@ def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s1 = np.zeros(X.shape[1])
     s2 = np.zeros(X.shape[1])
     vrange, n_bad = np.zeros(2), 0
-    for _, block in iter_chunks(X, default_chunk_rows(X.shape[1], budget=SCAN_BYTES)):
+    wide = np.issubdtype(dtype, np.floating) and dtype.itemsize > 4
+    for start, block in iter_chunks(X, default_chunk_rows(X.shape[1], budget=SCAN_BYTES)):
         n_finite = np.count_nonzero(np.isfinite(block))
         if n_finite < block.size:
+            if wide:  # infinite in float32 only? then say so (the rows are read again in their own dtype)
+                from ._values import check_float32_range  # (_values imports this module)
+
+                raw = X[start : start + block.shape[0]]
+                raw = np.asarray(raw.data if sp.issparse(raw) else raw)
+                finite = np.abs(raw[np.isfinite(raw)])
+                check_float32_range(float(finite.max()) if finite.size else 0.0, where=where)
             n_bad += int(block.size - n_finite)
             continue
         s1 += block.sum(0, dtype=np.float64)

@@ -49,17 +49,19 @@ def arcsinh(
         msg = f"`cofactor` must be > 0, got {cofactor}"
         raise ValueError(msg)
     X = data.get_matrix(adata, layer)
-    _values.validate_matrix(X, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    _values.validate_matrix(X, where="adata.X" if layer is None else f"adata.layers[{layer!r}]", float32=False)
     target = key_added or layer or "X"
     done = adata.uns.get("scae_arcsinh", {})
     if target in done:
         msg = f"{target!r} was already arcsinh-transformed (cofactor {done[target]}); transforming twice distorts it"
         raise ValueError(msg)
+    # float64 input is divided in float64 (values beyond float32 still give finite arcsinh), the rest in float32
+    wide = np.issubdtype(X.dtype, np.floating) and X.dtype.itemsize > 4
     if sp.issparse(X):
-        Y = X.astype(np.float32, copy=True)
-        Y.data = np.arcsinh(Y.data / cofactor)
+        Y = X.copy()
+        Y.data = np.arcsinh(np.asarray(Y.data, dtype=np.float64 if wide else np.float32) / cofactor).astype(np.float32)
     else:
-        Y = np.arcsinh(np.asarray(X, dtype=np.float32) / cofactor)
+        Y = np.arcsinh(np.asarray(X, dtype=np.float64 if wide else np.float32) / cofactor).astype(np.float32)
     adata = adata.copy() if copy else adata
     if target == "X":
         adata.X = Y

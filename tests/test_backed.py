@@ -275,3 +275,21 @@ def test_backed_view_is_refused_and_a_backed_fit_says_how_to_recut(tmp_path):
     assert res.obs["scae_cluster"].nunique() >= 2
     assert (res.obs["scae_cluster"].to_numpy() == in_memory.obs["scae_cluster"].to_numpy()).all()
     backed.file.close()
+
+
+def test_values_beyond_float32_are_refused_backed_and_in_transform(tmp_path):
+    cyto = scae.datasets.cytonorm()[:600].copy()
+    model = scae.SAUCIE(cyto, hidden=(32, 16, 8), random_state=0)
+    model.train(1, progress=False)
+    wide = cyto.copy()
+    wide.X = np.asarray(wide.X, dtype=np.float64)
+    wide.X[7, 3] = 1e39
+    with pytest.raises(ValueError, match=r"adata.X holds values up to 1e\+39 in magnitude, beyond float32"):
+        scae.tl.transform(model, wide)
+    assert "X_scae" not in wide.obsm
+    wide.write_h5ad(tmp_path / "wide.h5ad")
+    backed = ad.read_h5ad(tmp_path / "wide.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"holds values up to 1e\+39 in magnitude, beyond float32"):
+        scae.tl.fit(backed, max_epochs=1, progress=False)
+    assert "X_scae" not in backed.obsm
+    backed.file.close()

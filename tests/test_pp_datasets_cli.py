@@ -23,6 +23,16 @@ def test_arcsinh_values_sparse_and_double_application(levine):
     assert "asinh" not in b.layers
     with pytest.raises(ValueError, match="cofactor"):
         scae.pp.arcsinh(b, cofactor=0)
+    # float64 values beyond float32: the transform stays finite (divided in float64), a fit on them is refused
+    wide = np.array([[0.0, 5.0, 1e39], [1.0, 2.0, 3.0]])
+    for X in (wide, sp.csr_matrix(wide)):
+        c = ad.AnnData(X)
+        with pytest.raises(ValueError, match="beyond float32"):
+            scae.tl.fit(c, max_epochs=1)
+        scae.pp.arcsinh(c, cofactor=5)
+        Y = c.X.toarray() if sp.issparse(c.X) else c.X
+        assert Y.dtype == np.float32 and np.isfinite(Y).all()
+        np.testing.assert_allclose(Y, np.arcsinh(wide / 5), rtol=1e-6)
 
 
 def test_bundled_datasets():

@@ -63,6 +63,11 @@ CASES = {
         {},
         r"adata.var_names has 1 duplicated name \(e.g. \['.+'\]\); .*var_names_make_unique",
     ),
+    "beyond_float32": (  # finite in float64, infinite once on the device: refused instead of a NaN loss
+        lambda a: setattr(a, "X", np.where(np.arange(a.n_vars) == 1, -4e38, np.asarray(a.X, dtype=np.float64))),
+        {},
+        r"adata.X holds values up to 4e\+38 in magnitude, beyond float32 \(3.4e\+38\).*transform the data first",
+    ),
     "nan_sparse": (
         lambda a: setattr(a, "X", sp.csr_matrix(np.where(np.arange(a.n_vars) == 0, np.nan, a.X))),
         {},
