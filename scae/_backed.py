@@ -93,6 +93,24 @@ def value_range(values) -> np.ndarray:
     return np.array([max(hi, -lo), float(not_counts)])
 
 
+#: Largest finite float32; float64 input beyond it is refused (:func:`check_float32_range`).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(largest: float, *, where: str) -> None:
+    """``ValueError`` when the largest absolute value cannot be held in float32, the precision scae trains in.
+
+    Such values turn into infinities on the device and the first loss into NaN (the error then blamed the
+    learning rate).
+    """
+    if largest > FLOAT32_MAX:
+        msg = (
+            f"{where} holds values up to {largest:.3g} in magnitude, beyond float32 ({FLOAT32_MAX:.3g}), which scae "
+            "trains in: transform the data first (arcsinh for cytometry, log1p of normalized counts for RNA)"
+        )
+        raise ValueError(msg)
+
+
 def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass over a backed matrix: validate it and return feature mean, std and :func:`value_range`.
 
@@ -116,8 +134,6 @@ def scan(X, *, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n_finite = np.count_nonzero(np.isfinite(block))
         if n_finite < block.size:
             if wide:  # infinite in float32 only? then say so (the rows are read again in their own dtype)
-                from ._values import check_float32_range  # (_values imports this module)
-
                 raw = X[start : start + block.shape[0]]
                 raw = np.asarray(raw.data if sp.issparse(raw) else raw)
                 finite = np.abs(raw[np.isfinite(raw)])

@@ -39,10 +39,6 @@ ACQUISITION_CHANNELS = frozenset(
 )
 
 
-#: Largest finite float32; float64 input beyond it is refused (:func:`check_float32_range`).
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def validate_matrix(X, *, where: str, float32: bool = True) -> None:
     """Raise ``ValueError`` for empty, non-numeric or non-finite data, and with ``float32`` (data to train on, not
     to transform) for values beyond float32.
@@ -66,21 +62,7 @@ def validate_matrix(X, *, where: str, float32: bool = True) -> None:
         msg = f"{where} contains {n_nan} NaN and {n_bad - n_nan} infinite values; remove or impute them first"
         raise ValueError(msg)
     if float32 and np.issubdtype(dtype, np.floating) and dtype.itemsize > 4 and np.size(values):
-        check_float32_range(max(float(values.max()), -float(values.min())), where=where)
-
-
-def check_float32_range(largest: float, *, where: str) -> None:
-    """``ValueError`` when the largest absolute value cannot be held in float32, the precision scae trains in.
-
-    Such values turn into infinities on the device and the first loss into NaN (the error then blamed the
-    learning rate).
-    """
-    if largest > FLOAT32_MAX:
-        msg = (
-            f"{where} holds values up to {largest:.3g} in magnitude, beyond float32 ({FLOAT32_MAX:.3g}), which scae "
-            "trains in: transform the data first (arcsinh for cytometry, log1p of normalized counts for RNA)"
-        )
-        raise ValueError(msg)
+        _backed.check_float32_range(max(float(values.max()), -float(values.min())), where=where)
 
 
 def warn_if_highly_variable_unused(adata: AnnData) -> None:
