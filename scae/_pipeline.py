@@ -114,6 +114,7 @@ def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping
         "batch_size": batch,
         "learning_rate": float(model.learning_rate),
         "cuda_graphs": bool(result.graphs),
+        "cpu_threads": int(torch.get_num_threads()),  # CPU results depend on it (README "Determinism")
         "train_cells_per_s": result.steps * batch / max(t_train, 1e-9),
     }
 

@@ -17,27 +17,26 @@ comes too late to stop the finished run, which exits 0. The previous signal hand
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
 import signal
 import sys
-import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from ._atomic import (
     SignalExit,
     check_signals,
     defer_signals,
-    deferred_signals,
     is_zarr_store,
     make_dirs,
     remove_created_on_failure,
     stop_on_signals,
     write_h5ad_atomic,
-    write_zarr_atomic,
 )
+from ._cli_files import check_writable, first_line, output_format, read_input, write_output
 
 logger = logging.getLogger("scae")
 
@@ -85,68 +84,6 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"loss: {info['history']['total'][0]:.4f} (first epoch) -> {info['history']['total'][-1]:.4f} (last epoch)")
     print(f"wrote {h5ad} and {png}")
     return 0
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before training, not after, when ``out`` cannot be written (missing folders are created)."""
-    try:
-        make_dirs(out.parent)
-        with deferred_signals():  # the probe file is gone before a signal stops the run
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
-            os.close(fd)
-            Path(tmp).unlink()
-    except OSError as e:
-        msg = f"cannot write to {out.parent}: {e.strerror or e}"
-        raise OSError(msg) from e
-    check_signals()
-
-
-#: The format written for each suffix of OUT.
-_OUTPUT_FORMATS = {".h5ad": "h5ad", ".zarr": "zarr", "": "h5ad"}
-
-
-def _read_input(path: str):
-    import anndata as ad
-
-    src = Path(path)
-    if src.is_dir() and not is_zarr_store(src):
-        from ._save import JSON_NAME
-
-        model = (src / JSON_NAME).is_file()  # (the arguments of `scae transform` swapped)
-        msg = f"{src} is a folder, not an .h5ad file or a .zarr store" + (
-            ": a scae model; `scae transform MODEL IN.h5ad OUT.h5ad` takes the model first" if model else ""
-        )
-        raise IsADirectoryError(msg)
-    if not src.exists():
-        msg = f"input file not found: {src}"
-        raise FileNotFoundError(msg)
-    kind = "zarr" if src.is_dir() else "h5ad"
-    try:
-        return ad.read_zarr(src) if kind == "zarr" else ad.read_h5ad(src)
-    except Exception as e:
-        msg = f"cannot read {src} as .{kind} ({type(e).__name__}: {_first_line(e)})"
-        raise ValueError(msg) from e
-
-
-def _output_format(out: Path) -> str:
-    """``"h5ad"`` or ``"zarr"`` by the suffix of ``out``; ``ValueError`` before any work for what cannot be written.
-
-    An existing folder is replaced only when it is a zarr store written as OUT before, never another folder.
-    """
-    fmt = _OUTPUT_FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        msg = f"cannot write {out}: scae writes AnnData as .h5ad or .zarr, not {out.suffix!r}"
-        raise ValueError(msg)
-    if out.is_dir() and (fmt == "h5ad" or not is_zarr_store(out)):
-        what = "a zarr store" if is_zarr_store(out) else "a folder that is not a zarr store"
-        msg = f"output {out} exists and is {what}; name a new path" + (" ending in .zarr" if fmt == "zarr" else "")
-        raise IsADirectoryError(msg)
-    _check_writable(out)
-    return fmt
-
-
-def _write_output(adata, out: Path, fmt: str) -> None:
-    (write_zarr_atomic if fmt == "zarr" else write_h5ad_atomic)(adata, out)
 
 
 def _options(args: argparse.Namespace, func, flags: dict) -> tuple[dict, dict]:
@@ -206,22 +143,22 @@ def _fit(args: argparse.Namespace) -> int:
     if launched_by_torchrun():  # the same fit on every rank of the job: see scae.distributed
         from .distributed import fit_file
 
-        if is_zarr_store(args.input) or _output_format(Path(args.output)) == "zarr":
+        if is_zarr_store(args.input) or output_format(Path(args.output)) == "zarr":
             msg = "under torchrun, IN and OUT are .h5ad files (each rank reads IN backed by rows)"
             raise ValueError(msg)
 
         fit_file(args.input, args.output, values)
         return 0
     out = Path(args.output)
-    fmt = _output_format(out)
-    adata = _read_input(args.input)
+    fmt = output_format(out)
+    adata = read_input(args.input)
     if values.get("save_model") is not None:
-        _check_writable(Path(values["save_model"]))
+        check_writable(Path(values["save_model"]))
     tl.fit(adata, **values)
     check_signals()  # a signal whose exception was swallowed during training stops the run here
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
     defer_signals()  # from here a signal is acted on right before OUT is renamed, never inside the writer
-    _write_output(adata, out, fmt)
+    write_output(adata, out, fmt)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
 
@@ -240,15 +177,15 @@ def _transform(args: argparse.Namespace) -> int:
     }
     values, cfg = _options(args, tl.transform, flags)
     out = Path(args.output)
-    fmt = _output_format(out)
-    adata = _read_input(args.input)
+    fmt = output_format(out)
+    adata = read_input(args.input)
     model = SAUCIE.load(args.model, device=args.device or "auto", deterministic=args.deterministic)
     tl.transform(model, adata, **values)
     check_signals()
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
     adata.uns[values.get("key_added", "scae")]["model"] = str(Path(args.model).resolve())
     defer_signals()
-    _write_output(adata, out, fmt)
+    write_output(adata, out, fmt)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
 
@@ -266,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=None, help="random_state (default 0)")
         p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=None,
+            metavar="N",
+            help="CPU threads of torch (default: one per core); give it for identical reruns on other machines",
+        )
         p.add_argument("-v", "--verbosity", type=int, default=argparse.SUPPRESS, help="0 errors, 1 info, 2 debug")
 
     demo = sub.add_parser("demo", help="fit the bundled CytoNorm CyTOF data; write scae_demo.h5ad and scae_demo.png")
@@ -320,9 +264,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+def _positive_int(text: str) -> int:
+    """The ``--threads`` value: an int >= 1 (else a usage error, exit code 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected an int >= 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Set torch's CPU thread count to ``n`` for the run (restored after); nothing when ``n`` is None."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -330,10 +297,10 @@ def _run(args: argparse.Namespace) -> int:
     from ._config import ConfigError
 
     try:
-        with remove_created_on_failure():
+        with remove_created_on_failure(), _threads(args.threads):
             return args.func(args)
     except ConfigError as e:
-        print(f"scae {args.command}: error: {_first_line(e)}", file=sys.stderr)
+        print(f"scae {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 2
     except SignalExit as e:
         print(f"scae {args.command}: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
@@ -344,7 +311,7 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as e:
         if args.verbosity >= 2:
             traceback.print_exc()
-        print(f"scae {args.command}: error: {_first_line(e)}", file=sys.stderr)
+        print(f"scae {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 1
 
 

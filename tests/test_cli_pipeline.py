@@ -12,6 +12,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+import torch
 
 import scae
 from scae import _atomic, cli
@@ -157,6 +158,26 @@ def test_zarr_input_and_output(split, tmp_path, capsys, monkeypatch):
         assert cli.main(["fit", str(src), str(tmp_path / name), *opts]) == 1, name
         assert expected in capsys.readouterr().err, name
     assert (tmp_path / "notes.zarr" / "keep.txt").read_text() == "mine" and not (tmp_path / "out.csv").exists()
+
+
+def test_threads_flag_sets_and_restores_torch_threads(split, tmp_path):
+    d, fit_cells, _ = split
+    before = torch.get_num_threads()
+    out = tmp_path / "one_thread.h5ad"
+    argv = ["fit", str(d / "train.h5ad"), str(out), "--config", str(d / "params.toml"), "--threads", "1", "--quiet"]
+    assert cli.main(argv) == 0
+    assert torch.get_num_threads() == before
+    res = ad.read_h5ad(out)
+    assert res.uns["scae"]["runtime"]["cpu_threads"] == 1
+    ref = fit_cells.copy()
+    torch.set_num_threads(1)
+    try:
+        scae.tl.fit(ref, random_state=5, progress=False, **FIT)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(res.obsm["X_scae"], ref.obsm["X_scae"])
+    proc = _run("fit", d / "train.h5ad", tmp_path / "x.h5ad", "--threads", "0")
+    assert proc.returncode == 2 and "argument --threads: expected an int >= 1, got '0'" in proc.stderr
 
 
 def test_config_errors(split, tmp_path, capsys):

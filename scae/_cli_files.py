@@ -1,0 +1,79 @@
+"""Files of the ``scae`` command: IN read as ``.h5ad`` or ``.zarr``, OUT checked up front and written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ._atomic import check_signals, deferred_signals, is_zarr_store, make_dirs, write_h5ad_atomic, write_zarr_atomic
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_writable(out: Path) -> None:
+    """Fail before training, not after, when ``out`` cannot be written (missing folders are created)."""
+    try:
+        make_dirs(out.parent)
+        with deferred_signals():  # the probe file is gone before a signal stops the run
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+            os.close(fd)
+            Path(tmp).unlink()
+    except OSError as e:
+        msg = f"cannot write to {out.parent}: {e.strerror or e}"
+        raise OSError(msg) from e
+    check_signals()
+
+
+#: The format written for each suffix of OUT.
+OUTPUT_FORMATS = {".h5ad": "h5ad", ".zarr": "zarr", "": "h5ad"}
+
+
+def read_input(path: str):
+    """The AnnData of an ``.h5ad`` file or ``.zarr`` store; errors naming a model folder given in its place."""
+    import anndata as ad
+
+    src = Path(path)
+    if src.is_dir() and not is_zarr_store(src):
+        from ._save import JSON_NAME
+
+        model = (src / JSON_NAME).is_file()  # (the arguments of `scae transform` swapped)
+        msg = f"{src} is a folder, not an .h5ad file or a .zarr store" + (
+            ": a scae model; `scae transform MODEL IN.h5ad OUT.h5ad` takes the model first" if model else ""
+        )
+        raise IsADirectoryError(msg)
+    if not src.exists():
+        msg = f"input file not found: {src}"
+        raise FileNotFoundError(msg)
+    kind = "zarr" if src.is_dir() else "h5ad"
+    try:
+        return ad.read_zarr(src) if kind == "zarr" else ad.read_h5ad(src)
+    except Exception as e:
+        msg = f"cannot read {src} as .{kind} ({type(e).__name__}: {first_line(e)})"
+        raise ValueError(msg) from e
+
+
+def output_format(out: Path) -> str:
+    """``"h5ad"`` or ``"zarr"`` by the suffix of ``out``; ``ValueError`` before any work for what cannot be written.
+
+    An existing folder is replaced only when it is a zarr store written as OUT before, never another folder.
+    """
+    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        msg = f"cannot write {out}: scae writes AnnData as .h5ad or .zarr, not {out.suffix!r}"
+        raise ValueError(msg)
+    if out.is_dir() and (fmt == "h5ad" or not is_zarr_store(out)):
+        what = "a zarr store" if is_zarr_store(out) else "a folder that is not a zarr store"
+        msg = f"output {out} exists and is {what}; name a new path" + (" ending in .zarr" if fmt == "zarr" else "")
+        raise IsADirectoryError(msg)
+    check_writable(out)
+    return fmt
+
+
+def write_output(adata, out: Path, fmt: str) -> None:
+    """Write ``adata`` to ``out`` atomically in the format :func:`output_format` chose."""
+    (write_zarr_atomic if fmt == "zarr" else write_h5ad_atomic)(adata, out)
