@@ -33,11 +33,38 @@ def check_writable(out: Path) -> None:
 OUTPUT_FORMATS = {".h5ad": "h5ad", ".zarr": "zarr", "": "h5ad"}
 
 
-def read_input(path: str):
-    """The AnnData of an ``.h5ad`` file or ``.zarr`` store; errors naming a model folder given in its place."""
+def read_input(paths, *, all_channels: bool = False):
+    """The AnnData of IN: one ``.h5ad`` file or ``.zarr`` store, or one or more ``.fcs`` files (one panel).
+
+    FCS files are read by :func:`scae.pp.read_fcs` (``obs["sample"]`` names each file), marker channels only
+    unless ``all_channels``. A model folder given in IN's place is named as such.
+    """
+    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    fcs = [p for p in paths if Path(p).suffix.lower() == ".fcs"]
+    if fcs and len(fcs) < len(paths):
+        others = [str(p) for p in paths if p not in fcs]
+        msg = f"IN is one .h5ad file or .zarr store, or .fcs files only; got .fcs files and {others}"
+        raise ValueError(msg)
+    if not fcs and len(paths) > 1:
+        msg = (
+            f"{len(paths)} inputs given: several inputs must be .fcs files; combine .h5ad files first "
+            "(anndata.concat) or run one `scae` per file"
+        )
+        raise ValueError(msg)
+    if fcs:
+        missing = [str(p) for p in paths if not Path(p).is_file()]
+        if missing:
+            msg = f"input file not found: {', '.join(missing)}"
+            raise FileNotFoundError(msg)
+        from .io import read_fcs
+
+        return read_fcs(paths, markers_only=not all_channels)
+    return _read_anndata(Path(paths[0]))
+
+
+def _read_anndata(src: Path):
     import anndata as ad
 
-    src = Path(path)
     if src.is_dir() and not is_zarr_store(src):
         from ._save import JSON_NAME
 
@@ -55,6 +82,20 @@ def read_input(path: str):
     except Exception as e:
         msg = f"cannot read {src} as .{kind} ({type(e).__name__}: {first_line(e)})"
         raise ValueError(msg) from e
+
+
+def arcsinh_input(adata, cofactor: float | None, layer: str | None) -> None:
+    """``--arcsinh COFACTOR``: :func:`scae.pp.arcsinh` of the matrix that is fitted (``layer`` or X)."""
+    if cofactor is not None:
+        from .pp import arcsinh
+
+        arcsinh(adata, cofactor=cofactor, layer=layer)
+
+
+def input_record(paths) -> str | list[str]:
+    """IN for ``uns[key]["cli"]["input"]``: the absolute path, a list of them for several files."""
+    resolved = [str(Path(p).resolve()) for p in paths]
+    return resolved[0] if len(resolved) == 1 else resolved
 
 
 def output_format(out: Path) -> str:

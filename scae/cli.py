@@ -1,6 +1,7 @@
 """The ``scae`` command: ``scae fit IN.h5ad OUT.h5ad``, ``scae transform MODEL IN.h5ad OUT.h5ad``, ``scae demo``.
 
-IN and OUT are ``.h5ad`` files or ``.zarr`` stores (OUT's format follows its suffix; no suffix writes h5ad).
+IN and OUT are ``.h5ad`` files or ``.zarr`` stores (OUT's format follows its suffix; no suffix writes h5ad); IN
+may also be one or more ``.fcs`` files (``--arcsinh COFACTOR`` transforms any input first).
 
 Pipeline contract: exit code 0 only on success; 1 with a one-line message on bad input or a failed run; 2
 on usage errors (unknown flag or config key, wrong value type); 130 after Ctrl-C (SIGINT) and 143 (128 + 15)
@@ -30,13 +31,20 @@ from ._atomic import (
     SignalExit,
     check_signals,
     defer_signals,
-    is_zarr_store,
     make_dirs,
     remove_created_on_failure,
     stop_on_signals,
     write_h5ad_atomic,
 )
-from ._cli_files import check_writable, first_line, output_format, read_input, write_output
+from ._cli_files import (
+    arcsinh_input,
+    check_writable,
+    first_line,
+    input_record,
+    output_format,
+    read_input,
+    write_output,
+)
 
 logger = logging.getLogger("scae")
 
@@ -100,7 +108,7 @@ def _log(adata, key: str, args, cfg: dict, started: float, t0: float) -> None:
     info = {
         "command": " ".join(["scae", *args.argv]),
         "subcommand": args.command,
-        "input": str(Path(args.input).resolve()),
+        "input": input_record(args.input),
         "output": str(Path(args.output).resolve()),
         "config_file": "" if not args.config else str(Path(args.config).resolve()),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if v is not None},
@@ -143,15 +151,18 @@ def _fit(args: argparse.Namespace) -> int:
     if launched_by_torchrun():  # the same fit on every rank of the job: see scae.distributed
         from .distributed import fit_file
 
-        if is_zarr_store(args.input) or output_format(Path(args.output)) == "zarr":
-            msg = "under torchrun, IN and OUT are .h5ad files (each rank reads IN backed by rows)"
+        if len(args.input) > 1 or not args.input[0].endswith(".h5ad") or output_format(Path(args.output)) == "zarr":
+            msg = "under torchrun, IN is one .h5ad file and OUT an .h5ad file (each rank reads IN backed by rows)"
             raise ValueError(msg)
-
-        fit_file(args.input, args.output, values)
+        if args.arcsinh is not None:
+            msg = "under torchrun IN is read backed and cannot be transformed: apply scae.pp.arcsinh and write it first"
+            raise ValueError(msg)
+        fit_file(args.input[0], args.output, values)
         return 0
     out = Path(args.output)
     fmt = output_format(out)
-    adata = read_input(args.input)
+    adata = read_input(args.input, all_channels=args.all_channels)
+    arcsinh_input(adata, args.arcsinh, values.get("layer"))
     if values.get("save_model") is not None:
         check_writable(Path(values["save_model"]))
     tl.fit(adata, **values)
@@ -178,8 +189,9 @@ def _transform(args: argparse.Namespace) -> int:
     values, cfg = _options(args, tl.transform, flags)
     out = Path(args.output)
     fmt = output_format(out)
-    adata = read_input(args.input)
+    adata = read_input(args.input, all_channels=args.all_channels)
     model = SAUCIE.load(args.model, device=args.device or "auto", deterministic=args.deterministic)
+    arcsinh_input(adata, args.arcsinh, model.layer)
     tl.transform(model, adata, **values)
     check_signals()
     _log(adata, values.get("key_added", "scae"), args, values, started, t0)
@@ -198,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scae {__version__}")
     parser.add_argument("-v", "--verbosity", type=int, default=1, help="0 errors, 1 info, 2 debug (stderr)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def inputs(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "input", nargs="+", help="input .h5ad or .zarr, or .fcs files (one panel; obs['sample'] per file)"
+        )
+        p.add_argument("--arcsinh", type=_positive_float, default=None, metavar="COFACTOR", help=ARCSINH_HELP)
+        p.add_argument("--all-channels", action="store_true", help="FCS: keep every channel, not only the markers")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=None, help="random_state (default 0)")
@@ -220,10 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser(
         "fit",
-        help="fit IN.h5ad and write all outputs to OUT.h5ad",
+        help="fit IN (.h5ad, .zarr or .fcs files) and write all outputs to OUT.h5ad",
         description="Flags override the config file; config keys are exactly the arguments of scae.tl.fit.",
     )
-    fit.add_argument("input", help="input .h5ad or .zarr")
+    inputs(fit)
     fit.add_argument("output", help="output .h5ad or .zarr (written beside it under a temporary name, then renamed)")
     fit.add_argument("--config", default=None, help="params.toml or params.yaml with scae.tl.fit arguments")
     fit.add_argument("--layer", default=None)
@@ -252,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Flags override the config file; config keys are exactly the arguments of scae.tl.transform.",
     )
     tr.add_argument("model", help="model folder written by `scae fit --save-model` or SAUCIE.save")
-    tr.add_argument("input", help="input .h5ad or .zarr")
+    inputs(tr)
     tr.add_argument("output", help="output .h5ad or .zarr (written beside it under a temporary name, then renamed)")
     tr.add_argument("--config", default=None, help="params.toml or params.yaml with scae.tl.transform arguments")
     tr.add_argument("--batch-key", default=None)
@@ -262,6 +281,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(tr)
     tr.set_defaults(func=_transform)
     return parser
+
+
+#: Help of ``--arcsinh``.
+ARCSINH_HELP = "transform the input first: arcsinh(x / COFACTOR), 5 for CyTOF, ~150 for flow (scae.pp.arcsinh)"
+
+
+def _positive_float(text: str) -> float:
+    """The ``--arcsinh`` value: a finite number > 0 (else a usage error, exit code 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        msg = f"expected a number > 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -66,3 +66,48 @@ def test_read_fcs_errors(tmp_path):
         scae.pp.read_fcs(tmp_path / "nomarker.fcs", markers_only=True)
     with pytest.raises(ValueError, match="empty"):
         scae.pp.read_fcs([])
+
+
+def test_cli_fits_and_maps_fcs_files(tmp_path, capsys):
+    """`scae fit a.fcs b.fcs OUT --arcsinh 5`: the in-process read_fcs → arcsinh → fit, bit for bit."""
+    from scae import cli
+
+    cyto = scae.datasets.cytonorm()
+    files = []
+    for batch in ("1", "2", "3"):
+        part = cyto[cyto.obs["batch"] == batch][:400]
+        raw = np.asarray(part.layers["compensated"], dtype=np.float32)
+        X = np.hstack([raw, np.arange(part.n_obs, dtype=np.float32)[:, None]])  # + a Time channel
+        files.append(tmp_path / f"batch{batch}.fcs")
+        _write(files[-1], X, [*part.var["channel"], "Time"], [*part.var_names, ""])
+    out, model = tmp_path / "out.h5ad", tmp_path / "model"
+    opts = ["--arcsinh", "5", "--max-epochs", "2", "--seed", "0", "--quiet"]
+    argv = ["fit", *map(str, files[:2]), str(out), "--batch-key", "sample", "--save-model", str(model), *opts]
+    assert cli.main(argv) == 0
+    res = ad.read_h5ad(out)
+    ref = scae.pp.read_fcs(files[:2], markers_only=True)
+    scae.pp.arcsinh(ref, cofactor=5)
+    scae.tl.fit(ref, batch_key="sample", max_epochs=2, random_state=0, progress=False)
+    np.testing.assert_array_equal(res.obsm["X_scae"], ref.obsm["X_scae"])
+    assert list(res.var_names) == list(cyto.var_names)  # markers only: Time dropped
+    np.testing.assert_allclose(res.X[:400], cyto[cyto.obs["batch"] == "1"][:400].X, atol=1e-4)  # arcsinh(x/5)
+    assert list(res.obs["sample"].cat.categories) == ["batch1", "batch2"] and res.uns["scae_arcsinh"]["X"] == 5.0
+    assert list(res.uns["scae"]["cli"]["input"]) == [str(f.resolve()) for f in files[:2]]
+    # new cells of a third file mapped onto the saved model
+    mapped = tmp_path / "mapped.h5ad"
+    assert cli.main(["transform", str(model), str(files[2]), str(mapped), "--arcsinh", "5", "--quiet"]) == 0
+    assert ad.read_h5ad(mapped).obsm["X_scae"].shape == (400, 2)
+    # refused: .fcs mixed with another input, several non-FCS inputs, a transform applied twice
+    cases = {
+        (str(files[0]), str(out)): "IN is one .h5ad file or .zarr store, or .fcs files only",
+        (str(out), str(out)): "2 inputs given: several inputs must be .fcs files",
+    }
+    for inputs, expected in cases.items():
+        assert cli.main(["fit", *inputs, str(tmp_path / "x.h5ad"), *opts]) == 1
+        assert expected in capsys.readouterr().err
+    assert cli.main(["fit", str(out), str(tmp_path / "x.h5ad"), *opts]) == 1
+    assert "'X' was already arcsinh-transformed (cofactor 5.0)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["fit", str(files[0]), str(tmp_path / "x.h5ad"), "--arcsinh", "0"])
+    assert stop.value.code == 2 and "argument --arcsinh: expected a number > 0, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5ad").exists()
