@@ -18,10 +18,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
-    from . import datasets, genesets, metrics, pl, pp, tl
+    from . import datasets, genesets, io, metrics, pl, pp, tl
     from ._model import SAUCIE
 
-__all__ = ["SAUCIE", "datasets", "genesets", "metrics", "pl", "pp", "tl", "__version__"]
+__all__ = ["SAUCIE", "datasets", "genesets", "io", "metrics", "pl", "pp", "tl", "__version__"]
 
 
 def __getattr__(name: str):

@@ -118,3 +118,36 @@ def output_format(out: Path) -> str:
 def write_output(adata, out: Path, fmt: str) -> None:
     """Write ``adata`` to ``out`` atomically in the format :func:`output_format` chose."""
     (write_zarr_atomic if fmt == "zarr" else write_h5ad_atomic)(adata, out)
+
+
+def fcs_outputs(adata, folder: str | os.PathLike, inputs, out: Path) -> dict[Path, object]:
+    """``--fcs-dir``: the FCS files to write and the cells of each, checked before the run (names only).
+
+    One per input FCS file when IN was FCS files (``<file>_scae.fcs``, by ``obs["sample"]``), else one named
+    after OUT (``<OUT>_scae.fcs``). A name that is one of the inputs is refused (never overwrite IN).
+    """
+    folder = Path(folder)
+    check_writable(folder / "probe.fcs")
+    fcs_in = [Path(p) for p in inputs if Path(p).suffix.lower() == ".fcs"]
+    if fcs_in and "sample" in adata.obs:
+        samples = adata.obs["sample"].astype("category")
+        stems = [Path(str(c)).stem for c in samples.cat.categories]
+        if len(set(stems)) < len(stems):  # files of one name from several folders
+            stems = [f"{i + 1}_{stem}" for i, stem in enumerate(stems)]
+        cells = [(samples == c).to_numpy() for c in samples.cat.categories]
+        plan = {folder / f"{stem}_scae.fcs": rows for stem, rows in zip(stems, cells, strict=True)}
+    else:
+        plan = {folder / f"{out.name.split('.')[0]}_scae.fcs": None}
+    clash = {str(p) for p in plan if p.resolve() in {Path(i).resolve() for i in inputs}}
+    if clash:
+        msg = f"--fcs-dir would overwrite the input {sorted(clash)}; choose another folder"
+        raise ValueError(msg)
+    return plan
+
+
+def write_fcs_outputs(adata, plan: dict[Path, object], *, key: str, layer: str | None) -> None:
+    """Write the files of :func:`fcs_outputs` (each atomically) with :func:`scae.io.write_fcs`."""
+    from .io import write_fcs
+
+    for path, cells in plan.items():
+        write_fcs(adata if cells is None else adata[cells], path, key=key, layer=layer)

@@ -39,10 +39,12 @@ from ._atomic import (
 from ._cli_files import (
     arcsinh_input,
     check_writable,
+    fcs_outputs,
     first_line,
     input_record,
     output_format,
     read_input,
+    write_fcs_outputs,
     write_output,
 )
 
@@ -163,12 +165,15 @@ def _fit(args: argparse.Namespace) -> int:
     fmt = output_format(out)
     adata = read_input(args.input, all_channels=args.all_channels)
     arcsinh_input(adata, args.arcsinh, values.get("layer"))
+    fcs = {} if args.fcs_dir is None else fcs_outputs(adata, args.fcs_dir, args.input, out)
     if values.get("save_model") is not None:
         check_writable(Path(values["save_model"]))
     tl.fit(adata, **values)
     check_signals()  # a signal whose exception was swallowed during training stops the run here
-    _log(adata, values.get("key_added", "scae"), args, values, started, t0)
+    key = values.get("key_added", "scae")
+    _log(adata, key, args, values, started, t0)
     defer_signals()  # from here a signal is acted on right before OUT is renamed, never inside the writer
+    write_fcs_outputs(adata, fcs, key=key, layer=values.get("layer"))
     write_output(adata, out, fmt)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
@@ -190,13 +195,16 @@ def _transform(args: argparse.Namespace) -> int:
     out = Path(args.output)
     fmt = output_format(out)
     adata = read_input(args.input, all_channels=args.all_channels)
+    fcs = {} if args.fcs_dir is None else fcs_outputs(adata, args.fcs_dir, args.input, out)
     model = SAUCIE.load(args.model, device=args.device or "auto", deterministic=args.deterministic)
     arcsinh_input(adata, args.arcsinh, model.layer)
     tl.transform(model, adata, **values)
     check_signals()
-    _log(adata, values.get("key_added", "scae"), args, values, started, t0)
-    adata.uns[values.get("key_added", "scae")]["model"] = str(Path(args.model).resolve())
+    key = values.get("key_added", "scae")
+    _log(adata, key, args, values, started, t0)
+    adata.uns[key]["model"] = str(Path(args.model).resolve())
     defer_signals()
+    write_fcs_outputs(adata, fcs, key=key, layer=model.layer)
     write_output(adata, out, fmt)
     logger.info("wrote %s in %.1fs", out, time.perf_counter() - t0)
     return 0
@@ -217,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--arcsinh", type=_positive_float, default=None, metavar="COFACTOR", help=ARCSINH_HELP)
         p.add_argument("--all-channels", action="store_true", help="FCS: keep every channel, not only the markers")
+        p.add_argument("--fcs-dir", default=None, metavar="DIR", help=FCS_DIR_HELP)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=None, help="random_state (default 0)")
@@ -283,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Help of ``--fcs-dir``.
+FCS_DIR_HELP = (
+    "also write FCS files with the embedding and cluster channels to DIR (scae.io.write_fcs): one per input "
+    ".fcs file, else one; intensities as in IN"
+)
 #: Help of ``--arcsinh``.
 ARCSINH_HELP = "transform the input first: arcsinh(x / COFACTOR), 5 for CyTOF, ~150 for flow (scae.pp.arcsinh)"
 

@@ -1,4 +1,4 @@
-"""Reading cytometry files: FCS → AnnData with marker names (through the ``readfcs`` package)."""
+"""Cytometry files: FCS → AnnData with marker names (``readfcs``), and AnnData with scae's outputs → FCS."""
 
 from __future__ import annotations
 
@@ -140,3 +140,8 @@ def read_fcs(
             raise ValueError(msg)
         adata = adata[:, adata.var["is_marker"].to_numpy(bool)].copy()
     return adata
+
+
+from ._fcs_write import write_fcs  # noqa: E402
+
+__all__ = ["read_fcs", "writable", "write_fcs"]

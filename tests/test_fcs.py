@@ -1,8 +1,10 @@
+import shutil
 import warnings
 
 import anndata as ad
 import fcswrite
 import numpy as np
+import pandas as pd
 import pytest
 
 import scae
@@ -83,7 +85,7 @@ def test_cli_fits_and_maps_fcs_files(tmp_path, capsys):
     out, model = tmp_path / "out.h5ad", tmp_path / "model"
     opts = ["--arcsinh", "5", "--max-epochs", "2", "--seed", "0", "--quiet"]
     argv = ["fit", *map(str, files[:2]), str(out), "--batch-key", "sample", "--save-model", str(model), *opts]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--fcs-dir", str(tmp_path / "fcs")]) == 0
     res = ad.read_h5ad(out)
     ref = scae.pp.read_fcs(files[:2], markers_only=True)
     scae.pp.arcsinh(ref, cofactor=5)
@@ -93,10 +95,34 @@ def test_cli_fits_and_maps_fcs_files(tmp_path, capsys):
     np.testing.assert_allclose(res.X[:400], cyto[cyto.obs["batch"] == "1"][:400].X, atol=1e-4)  # arcsinh(x/5)
     assert list(res.obs["sample"].cat.categories) == ["batch1", "batch2"] and res.uns["scae_arcsinh"]["X"] == 5.0
     assert list(res.uns["scae"]["cli"]["input"]) == [str(f.resolve()) for f in files[:2]]
+    # --fcs-dir: per input file, its intensities (arcsinh undone) + embedding + cluster channels, for gating tools
+    assert sorted(p.name for p in (tmp_path / "fcs").iterdir()) == ["batch1_scae.fcs", "batch2_scae.fcs"]
+    back = scae.pp.read_fcs(tmp_path / "fcs" / "batch2_scae.fcs")
+    in_file = (res.obs["sample"] == "batch2").to_numpy()
+    assert list(back.var_names) == [*cyto.var_names, "scae_1", "scae_2", "scae_cluster"]
+    assert list(back.var["channel"][:3]) == list(cyto.var["channel"][:3])
+    raw2 = np.asarray(cyto[cyto.obs["batch"] == "2"][:400].layers["compensated"])
+    np.testing.assert_allclose(back.X[:, :-3], raw2, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(back.X[:, -3:-1], res.obsm["X_scae"][in_file], rtol=1e-6)
+    assert (back.X[:, -1].astype(int).astype(str) == res.obs["scae_cluster"][in_file].astype(str).to_numpy()).all()
     # new cells of a third file mapped onto the saved model
     mapped = tmp_path / "mapped.h5ad"
-    assert cli.main(["transform", str(model), str(files[2]), str(mapped), "--arcsinh", "5", "--quiet"]) == 0
+    tr = ["transform", str(model), str(files[2]), str(mapped), "--arcsinh", "5", "--quiet", "--fcs-dir", str(tmp_path)]
+    assert cli.main(tr) == 0
     assert ad.read_h5ad(mapped).obsm["X_scae"].shape == (400, 2)
+    assert scae.pp.read_fcs(tmp_path / "batch3_scae.fcs").n_obs == 400
+    # an FCS output that would replace an input is refused before the fit
+    shutil.copy(files[2], tmp_path / "batch3_scae.fcs")  # an input named like the output of another
+    clash = [
+        "fit",
+        str(files[2]),
+        str(tmp_path / "batch3_scae.fcs"),
+        str(tmp_path / "y.h5ad"),
+        "--fcs-dir",
+        str(tmp_path),
+    ]
+    assert cli.main([*clash, *opts]) == 1
+    assert "--fcs-dir would overwrite the input" in capsys.readouterr().err and not (tmp_path / "y.h5ad").exists()
     # refused: .fcs mixed with another input, several non-FCS inputs, a transform applied twice
     cases = {
         (str(files[0]), str(out)): "IN is one .h5ad file or .zarr store, or .fcs files only",
@@ -111,3 +137,36 @@ def test_cli_fits_and_maps_fcs_files(tmp_path, capsys):
         cli.main(["fit", str(files[0]), str(tmp_path / "x.h5ad"), "--arcsinh", "0"])
     assert stop.value.code == 2 and "argument --arcsinh: expected a number > 0, got '0'" in capsys.readouterr().err
     assert not (tmp_path / "x.h5ad").exists()
+
+
+def test_write_fcs_values_and_errors(tmp_path, levine):
+    """Stored values unless arcsinh was recorded; cluster names as numbers; clear errors; the AnnData unchanged."""
+    a = levine[:300].copy()  # X = arcsinh(raw / 5), but not made by scae.pp.arcsinh: nothing recorded
+    scae.io.write_fcs(a, tmp_path / "plain.fcs")
+    back = scae.pp.read_fcs(tmp_path / "plain.fcs")
+    assert list(back.var_names) == list(a.var_names)  # not fitted: no scae channels
+    np.testing.assert_allclose(back.X, a.X, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"raw=True, but uns\['scae_arcsinh'\] records no arcsinh of adata.X"):
+        scae.io.write_fcs(a, tmp_path / "raw.fcs", raw=True)
+    b = ad.AnnData(np.asarray(a.layers["raw"], dtype=np.float32), var=a.var.copy())
+    scae.pp.arcsinh(b, cofactor=5)
+    b.obs["scae_cluster"] = pd.Categorical(np.where(np.arange(300) < 100, "7", "12"))
+    before = b.X.copy()
+    scae.io.write_fcs(b, tmp_path / "sub" / "raw.fcs")  # folders are made
+    back = scae.pp.read_fcs(tmp_path / "sub" / "raw.fcs")
+    np.testing.assert_allclose(back.X[:, :-1], a.layers["raw"], rtol=1e-4, atol=1e-3)  # intensities again
+    assert sorted(set(back.X[:, -1])) == [7.0, 12.0] and back.uns["fcs"]["meta"]["scae_arcsinh_cofactor"] == "5"
+    np.testing.assert_array_equal(b.X, before)
+    scae.io.write_fcs(b, tmp_path / "stored.fcs", raw=False)
+    np.testing.assert_allclose(scae.pp.read_fcs(tmp_path / "stored.fcs").X[:, :-1], b.X, rtol=1e-6)
+    b.obs["scae_cluster"] = pd.Categorical(np.where(np.arange(300) < 100, "T", "B"))  # names, not numbers
+    scae.io.write_fcs(b, tmp_path / "names.fcs")
+    assert sorted(set(scae.pp.read_fcs(tmp_path / "names.fcs").X[:, -1])) == [0.0, 1.0]  # category positions
+    with pytest.raises(TypeError, match="`raw` must be None, True or False"):
+        scae.io.write_fcs(b, tmp_path / "x.fcs", raw="yes")
+    b.write_h5ad(tmp_path / "b.h5ad")
+    backed = ad.read_h5ad(tmp_path / "b.h5ad", backed="r")
+    with pytest.raises(ValueError, match="write_fcs needs the matrix in memory"):
+        scae.io.write_fcs(backed, tmp_path / "x.fcs")
+    backed.file.close()
+    assert not (tmp_path / "x.fcs").exists()

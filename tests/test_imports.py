@@ -110,7 +110,7 @@ def test_public_modules_list_their_api():
     """``__all__`` of each public module names exactly its public functions (what autosummary and ``*`` see)."""
     import inspect
 
-    for name in ("tl", "pl", "pp", "datasets", "metrics", "genesets"):
+    for name in ("tl", "pl", "pp", "io", "datasets", "metrics", "genesets"):
         module = getattr(scae, name)
         public = {
             n
