@@ -33,11 +33,12 @@ def check_writable(out: Path) -> None:
 OUTPUT_FORMATS = {".h5ad": "h5ad", ".zarr": "zarr", "": "h5ad"}
 
 
-def read_input(paths, *, all_channels: bool = False):
+def read_input(paths, *, all_channels: bool = False, compensate: bool = False):
     """The AnnData of IN: one ``.h5ad`` file or ``.zarr`` store, or one or more ``.fcs`` files (one panel).
 
     FCS files are read by :func:`scae.pp.read_fcs` (``obs["sample"]`` names each file), marker channels only
-    unless ``all_channels``. A model folder given in IN's place is named as such.
+    unless ``all_channels``, with their spillover matrices applied when ``compensate``. A model folder given in
+    IN's place is named as such.
     """
     paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     fcs = [p for p in paths if Path(p).suffix.lower() == ".fcs"]
@@ -58,7 +59,10 @@ def read_input(paths, *, all_channels: bool = False):
             raise FileNotFoundError(msg)
         from .io import read_fcs
 
-        return read_fcs(paths, markers_only=not all_channels)
+        return read_fcs(paths, markers_only=not all_channels, compensate=compensate)
+    if compensate:
+        msg = "--compensate applies the spillover matrix stored in .fcs files; IN is not one"
+        raise ValueError(msg)
     return _read_anndata(Path(paths[0]))
 
 

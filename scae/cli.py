@@ -36,6 +36,7 @@ from ._atomic import (
     stop_on_signals,
     write_h5ad_atomic,
 )
+from ._cli_args import add_common_args, add_input_args
 from ._cli_files import (
     arcsinh_input,
     check_writable,
@@ -163,7 +164,7 @@ def _fit(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.output)
     fmt = output_format(out)
-    adata = read_input(args.input, all_channels=args.all_channels)
+    adata = read_input(args.input, all_channels=args.all_channels, compensate=args.compensate)
     arcsinh_input(adata, args.arcsinh, values.get("layer"))
     fcs = {} if args.fcs_dir is None else fcs_outputs(adata, args.fcs_dir, args.input, out)
     if values.get("save_model") is not None:
@@ -194,7 +195,7 @@ def _transform(args: argparse.Namespace) -> int:
     values, cfg = _options(args, tl.transform, flags)
     out = Path(args.output)
     fmt = output_format(out)
-    adata = read_input(args.input, all_channels=args.all_channels)
+    adata = read_input(args.input, all_channels=args.all_channels, compensate=args.compensate)
     fcs = {} if args.fcs_dir is None else fcs_outputs(adata, args.fcs_dir, args.input, out)
     model = SAUCIE.load(args.model, device=args.device or "auto", deterministic=args.deterministic)
     arcsinh_input(adata, args.arcsinh, model.layer)
@@ -219,31 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbosity", type=int, default=1, help="0 errors, 1 info, 2 debug (stderr)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def inputs(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "input", nargs="+", help="input .h5ad or .zarr, or .fcs files (one panel; obs['sample'] per file)"
-        )
-        p.add_argument("--arcsinh", type=_positive_float, default=None, metavar="COFACTOR", help=ARCSINH_HELP)
-        p.add_argument("--all-channels", action="store_true", help="FCS: keep every channel, not only the markers")
-        p.add_argument("--fcs-dir", default=None, metavar="DIR", help=FCS_DIR_HELP)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--seed", type=int, default=None, help="random_state (default 0)")
-        p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-        p.add_argument(
-            "--threads",
-            type=_positive_int,
-            default=None,
-            metavar="N",
-            help="CPU threads of torch (default: one per core); give it for identical reruns on other machines",
-        )
-        p.add_argument("-v", "--verbosity", type=int, default=argparse.SUPPRESS, help="0 errors, 1 info, 2 debug")
-
     demo = sub.add_parser("demo", help="fit the bundled CytoNorm CyTOF data; write scae_demo.h5ad and scae_demo.png")
     demo.add_argument("--out-dir", default=".", help="folder for the outputs (default: current folder)")
     demo.add_argument("--max-epochs", type=int, default=None, help="default: until the loss has converged")
-    common(demo)
+    add_common_args(demo)
     demo.set_defaults(func=_demo)
 
     fit = sub.add_parser(
@@ -251,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit IN (.h5ad, .zarr or .fcs files) and write all outputs to OUT.h5ad",
         description="Flags override the config file; config keys are exactly the arguments of scae.tl.fit.",
     )
-    inputs(fit)
+    add_input_args(fit)
     fit.add_argument("output", help="output .h5ad or .zarr (written beside it under a temporary name, then renamed)")
     fit.add_argument("--config", default=None, help="params.toml or params.yaml with scae.tl.fit arguments")
     fit.add_argument("--layer", default=None)
@@ -271,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--deterministic", action="store_true", default=None, help="bit-identical reruns on CUDA too (slower)"
     )
-    common(fit)
+    add_common_args(fit)
     fit.set_defaults(func=_fit)
 
     tr = sub.add_parser(
@@ -280,49 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Flags override the config file; config keys are exactly the arguments of scae.tl.transform.",
     )
     tr.add_argument("model", help="model folder written by `scae fit --save-model` or SAUCIE.save")
-    inputs(tr)
+    add_input_args(tr)
     tr.add_argument("output", help="output .h5ad or .zarr (written beside it under a temporary name, then renamed)")
     tr.add_argument("--config", default=None, help="params.toml or params.yaml with scae.tl.transform arguments")
     tr.add_argument("--batch-key", default=None)
     tr.add_argument("--fine-tune-epochs", type=int, default=None, help="fine-tune the encoder onto the reference")
     tr.add_argument("--deterministic", action="store_true", help="bit-identical fine-tuning on CUDA too (slower)")
     tr.add_argument("--key-added", default=None)
-    common(tr)
+    add_common_args(tr)
     tr.set_defaults(func=_transform)
     return parser
-
-
-#: Help of ``--fcs-dir``.
-FCS_DIR_HELP = (
-    "also write FCS files with the embedding and cluster channels to DIR (scae.io.write_fcs): one per input "
-    ".fcs file, else one; intensities as in IN"
-)
-#: Help of ``--arcsinh``.
-ARCSINH_HELP = "transform the input first: arcsinh(x / COFACTOR), 5 for CyTOF, ~150 for flow (scae.pp.arcsinh)"
-
-
-def _positive_float(text: str) -> float:
-    """The ``--arcsinh`` value: a finite number > 0 (else a usage error, exit code 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (value > 0 and value < float("inf")):
-        msg = f"expected a number > 0, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """The ``--threads`` value: an int >= 1 (else a usage error, exit code 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        msg = f"expected an int >= 1, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
 
 
 @contextlib.contextmanager

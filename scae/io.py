@@ -30,7 +30,25 @@ def _read_without_markers(path: Path) -> AnnData:
     return AnnData(X, var=var, uns={"meta": dict(fd.text)})
 
 
-def _read_one(path: Path) -> AnnData:
+def _compensate(fcs, path: Path) -> None:
+    """Apply the file's spillover matrix (``$SPILLOVER``/``SPILL``) to its fluorescence channels (readfcs)."""
+    if fcs.meta.get("spill") is None:
+        msg = (
+            f"{str(path)!r} holds no spillover matrix ($SPILLOVER or SPILL) to compensate with: it may be "
+            "compensated already, or be mass cytometry, which needs none; read it with compensate=False"
+        )
+        raise ValueError(msg)
+    if "PnS" not in fcs.channels.columns:
+        msg = f"{str(path)!r} names no markers ($PnS): compensate it where it was acquired, then read it here"
+        raise ValueError(msg)
+    try:
+        fcs.compensate()
+    except Exception as e:  # a matrix that does not fit the channels
+        msg = f"could not compensate {str(path)!r} with its spillover matrix: {e}"
+        raise ValueError(msg) from e
+
+
+def _read_one(path: Path, *, compensate: bool = False) -> AnnData:
     try:
         import readfcs
     except ImportError as e:  # pragma: no cover - optional dependency
@@ -41,10 +59,17 @@ def _read_one(path: Path) -> AnnData:
         msg = f"FCS file {str(path)!r} not found"
         raise FileNotFoundError(msg)
     try:
+        fcs = readfcs.ReadFCS(path)
+    except Exception as e:  # readfcs/flowio raise many kinds on malformed files
+        msg = f"could not parse {str(path)!r} as an FCS file: {e}"
+        raise ValueError(msg) from e
+    if compensate:
+        _compensate(fcs, path)
+    try:
         with warnings.catch_warnings():  # readfcs re-indexes its var ("Transforming to str index"); we name below
             warnings.simplefilter("ignore", ad.ImplicitModificationWarning)
-            adata = readfcs.read(path)
-    except Exception as e:  # readfcs/flowio raise many kinds on malformed files
+            adata = fcs.to_anndata()
+    except Exception as e:
         if "PnS" not in str(e):
             msg = f"could not parse {str(path)!r} as an FCS file: {e}"
             raise ValueError(msg) from e
@@ -70,7 +95,7 @@ def _read_one(path: Path) -> AnnData:
     )
     out.var_names_make_unique()
     meta = {str(k): str(v) for k, v in adata.uns.get("meta", {}).items()}
-    out.uns["fcs"] = {"path": str(path), "meta": writable(meta)}
+    out.uns["fcs"] = {"path": str(path), "meta": writable(meta), "compensated": compensate}
     return out
 
 
@@ -79,6 +104,7 @@ def read_fcs(
     *,
     markers_only: bool = False,
     sample_key: str = "sample",
+    compensate: bool = False,
 ) -> AnnData:
     """Read one or several FCS files into an AnnData (cells × channels), named by marker.
 
@@ -95,6 +121,10 @@ def read_fcs(
         Keep only the channels flagged in ``var["is_marker"]``.
     sample_key
         ``obs`` column naming the source file of each cell (always written).
+    compensate
+        Apply each file's spillover matrix (``$SPILLOVER``/``SPILL``, as the instrument stored it) to its
+        fluorescence channels, as flow cytometry needs before any analysis (``readfcs``'s compensation). A file
+        without one is an error. Mass cytometry files need none.
 
     Returns
     -------
@@ -116,7 +146,10 @@ def read_fcs(
     if not paths:
         msg = "`path` is an empty list: give at least one FCS file"
         raise ValueError(msg)
-    parts = [_read_one(p) for p in paths]
+    if not isinstance(compensate, bool):
+        msg = f"`compensate` must be True or False, got {compensate!r}"
+        raise TypeError(msg)
+    parts = [_read_one(p, compensate=compensate) for p in paths]
     first = parts[0]
     for p, part in zip(paths[1:], parts[1:], strict=True):
         if list(part.var_names) != list(first.var_names):

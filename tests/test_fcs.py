@@ -170,3 +170,36 @@ def test_write_fcs_values_and_errors(tmp_path, levine):
         scae.io.write_fcs(backed, tmp_path / "x.fcs")
     backed.file.close()
     assert not (tmp_path / "x.fcs").exists()
+
+
+def test_read_fcs_compensates_with_the_files_spillover(tmp_path):
+    """Flow files store fluorescence before compensation and the spillover matrix beside it: compensate=True
+    recovers the compensated intensities (real CyTOF intensities used as the true signal here)."""
+    from scae import cli
+
+    true = np.asarray(scae.datasets.cytonorm().layers["compensated"][:300, :3], dtype=np.float64)
+    spill = np.array([[1.0, 0.12, 0.02], [0.05, 1.0, 0.2], [0.0, 0.08, 1.0]])  # row: the dye, column: detector
+    observed = true @ spill
+    scatter = np.linspace(1e4, 2e5, 300)[:, None]
+    X = np.hstack([scatter, observed, np.arange(300.0)[:, None]])
+    channels = ["FSC-A", "FL1-A", "FL2-A", "FL3-A", "Time"]
+    text = "3,FL1-A,FL2-A,FL3-A," + ",".join(f"{v:g}" for v in spill.ravel())
+    for name, extra in (("spill.fcs", {"$SPILLOVER": text}), ("none.fcs", {})):
+        kw = {"$P2S": "CD3", "$P3S": "CD4", "$P4S": "CD8", **extra}
+        fcswrite.write_fcs(str(tmp_path / name), channels, X, text_kw_pr=kw, compat_negative=False)
+    comp = scae.pp.read_fcs(tmp_path / "spill.fcs", compensate=True)
+    np.testing.assert_allclose(comp[:, ["CD3", "CD4", "CD8"]].X, true, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(comp[:, "FSC-A"].X[:, 0], scatter[:, 0], rtol=1e-6)  # scatter is not compensated
+    assert comp.uns["fcs"]["compensated"] is True
+    plain = scae.pp.read_fcs(tmp_path / "spill.fcs")
+    np.testing.assert_allclose(plain[:, ["CD3", "CD4", "CD8"]].X, observed, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"'.*none.fcs' holds no spillover matrix \(\$SPILLOVER or SPILL\)"):
+        scae.pp.read_fcs([tmp_path / "spill.fcs", tmp_path / "none.fcs"], compensate=True)
+    with pytest.raises(TypeError, match="`compensate` must be True or False"):
+        scae.pp.read_fcs(tmp_path / "spill.fcs", compensate="yes")
+    # the command line: --compensate
+    out = tmp_path / "out.h5ad"
+    argv = ["fit", str(tmp_path / "spill.fcs"), str(out), "--compensate", "--arcsinh", "150", "--max-epochs", "1"]
+    assert cli.main([*argv, "--quiet"]) == 0
+    res = ad.read_h5ad(out)
+    np.testing.assert_allclose(np.sinh(res.X) * 150, true, rtol=1e-3, atol=1e-2)
