@@ -50,7 +50,8 @@ def write_fcs(
     -----
     ``$PnN`` (channel) is ``var["channel"]`` where :func:`scae.pp.read_fcs` set it, else the feature name;
     ``$PnS`` (marker) is the feature name. Keywords ``SCAE_KEY`` and, after undoing the transform,
-    ``SCAE_ARCSINH_COFACTOR`` say what was written.
+    ``SCAE_ARCSINH_COFACTOR`` say what was written. Values compensated on reading (``read_fcs(compensate=True)``)
+    stay compensated and no spillover matrix is written, so other tools do not compensate them twice.
 
     Examples
     --------
