@@ -157,8 +157,8 @@ def _fit(args: argparse.Namespace) -> int:
         if len(args.input) > 1 or not args.input[0].endswith(".h5ad") or output_format(Path(args.output)) == "zarr":
             msg = "under torchrun, IN is one .h5ad file and OUT an .h5ad file (each rank reads IN backed by rows)"
             raise ValueError(msg)
-        if args.arcsinh is not None:
-            msg = "under torchrun IN is read backed and cannot be transformed: apply scae.pp.arcsinh and write it first"
+        if args.arcsinh is not None or args.compensate or args.fcs_dir is not None:
+            msg = "under torchrun IN is read backed as it is: --arcsinh, --compensate and --fcs-dir are not available"
             raise ValueError(msg)
         fit_file(args.input[0], args.output, values)
         return 0

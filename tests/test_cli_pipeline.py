@@ -180,6 +180,24 @@ def test_threads_flag_sets_and_restores_torch_threads(split, tmp_path):
     assert proc.returncode == 2 and "argument --threads: expected an int >= 1, got '0'" in proc.stderr
 
 
+def test_torchrun_refuses_what_a_backed_read_cannot_do(split, tmp_path, capsys, monkeypatch):
+    """Under torchrun IN is read backed by rows: other inputs and input options are refused before joining."""
+    d = split[0]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    train, out = str(d / "train.h5ad"), str(tmp_path / "out.h5ad")
+    cases = {
+        (str(d / "train.zarr"), out): "under torchrun, IN is one .h5ad file and OUT an .h5ad file",
+        (train, str(tmp_path / "out.zarr")): "under torchrun, IN is one .h5ad file and OUT an .h5ad file",
+        (train, out, "--arcsinh", "5"): "--arcsinh, --compensate and --fcs-dir are not available",
+        (train, out, "--fcs-dir", str(tmp_path)): "--arcsinh, --compensate and --fcs-dir are not available",
+    }
+    for argv, expected in cases.items():
+        assert cli.main(["fit", *argv]) == 1, argv
+        assert expected in capsys.readouterr().err, argv
+    assert not any(tmp_path.iterdir())
+
+
 def test_config_errors(split, tmp_path, capsys):
     d = split[0]
     out = str(tmp_path / "out.h5ad")
