@@ -79,7 +79,7 @@ def write_fcs(
         msg = "scae.io.write_fcs needs the flowio package: pip install 'scae[fcs]'"
         raise ImportError(msg) from e
     columns, channels, markers, meta = _channels(adata, key=key, layer=layer, raw=raw)
-    values = np.ascontiguousarray(np.column_stack(columns), dtype="<f4")
+    values = np.column_stack(columns).astype("<f4", copy=False)  # (float32 columns: one copy, no float64 matrix)
     if not np.isfinite(values).all():
         msg = (
             "the values to write hold NaN or infinite entries (beyond float32 after undoing arcsinh?); FCS needs finite"
@@ -113,10 +113,11 @@ def _channels(adata: AnnData, *, key: str, layer: str | None, raw: bool | None):
     channels = [str(c) for c in channel] if channel is not None else list(names)
     if len(set(channels)) < len(channels) or not all(channels):
         channels = list(names)  # $PnN must name each channel once
-    columns, markers = [np.asarray(X, dtype=np.float64)], list(names)
+    with np.errstate(over="ignore"):  # beyond float32 after sinh: infinite, refused by write_fcs
+        columns, markers = [np.asarray(X, dtype=np.float32)], list(names)
     embedding = adata.obsm.get(f"X_{key}")
     if embedding is not None:
-        embedding = np.asarray(embedding, dtype=np.float64)
+        embedding = np.asarray(embedding, dtype=np.float32)
         extra = [f"{key}_{i + 1}" for i in range(embedding.shape[1])]
         columns.append(embedding)
         channels, markers = channels + extra, markers + extra
@@ -126,6 +127,6 @@ def _channels(adata: AnnData, *, key: str, layer: str | None, raw: bool | None):
         numbers = pd.to_numeric(pd.Series(cat.categories.astype(str)), errors="coerce").to_numpy(np.float64)
         ids = numbers if np.isfinite(numbers).all() else np.arange(len(cat.categories), dtype=np.float64)
         codes = np.asarray(cat.codes)
-        columns.append(np.where(codes >= 0, ids[np.maximum(codes, 0)], -1.0)[:, None])
+        columns.append(np.where(codes >= 0, ids[np.maximum(codes, 0)], -1.0).astype(np.float32)[:, None])
         channels, markers = [*channels, f"{key}_cluster"], [*markers, f"{key}_cluster"]
     return columns, channels, markers, meta
