@@ -196,6 +196,13 @@ def remove_created_on_failure() -> Iterator[list[Path]]:
                 _remove(journal)
 
 
+def _new_mode(bits: int) -> int:
+    """``bits`` with the process umask applied: the mode of a newly created file (0o666) or folder (0o777)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return bits & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``out``; rename it to ``out`` when the block ends without error.
@@ -213,9 +220,7 @@ def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
     try:
         check_signals()
         yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
+        os.chmod(tmp, _new_mode(0o666))
         with deferred_signals():  # the check, the rename and its record as one step
             new = not out.exists()
             check_signals()
@@ -260,9 +265,7 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     try:
         check_signals()
         yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp made it private
+        os.chmod(tmp, _new_mode(0o777))  # mkdtemp made it private
         with deferred_signals():
             new = not out.exists() and not out.is_symlink()
             check_signals()

@@ -154,7 +154,8 @@ def _fit(args: argparse.Namespace) -> int:
     if launched_by_torchrun():  # the same fit on every rank of the job: see scae.distributed
         from .distributed import fit_file
 
-        if len(args.input) > 1 or not args.input[0].endswith(".h5ad") or output_format(Path(args.output)) == "zarr":
+        src = Path(args.input[0])
+        if len(args.input) > 1 or src.suffix.lower() in (".zarr", ".fcs") or output_format(Path(args.output)) == "zarr":
             msg = "under torchrun, IN is one .h5ad file and OUT an .h5ad file (each rank reads IN backed by rows)"
             raise ValueError(msg)
         if args.arcsinh is not None or args.compensate or args.fcs_dir is not None:
