@@ -1,4 +1,4 @@
-"""The ``scae`` command: ``scae fit IN.h5ad OUT.h5ad``, ``scae transform MODEL IN.h5ad OUT.h5ad``, ``scae demo``.
+"""The ``scae`` command: ``scae fit IN OUT``, ``scae transform MODEL IN OUT``, ``scae demo``.
 
 IN and OUT are ``.h5ad`` files or ``.zarr`` stores (OUT's format follows its suffix; no suffix writes h5ad); IN
 may also be one or more ``.fcs`` files (``--arcsinh COFACTOR`` transforms any input first).
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser(
         "fit",
-        help="fit IN (.h5ad, .zarr or .fcs files) and write all outputs to OUT.h5ad",
+        help="fit IN (.h5ad, .zarr or .fcs files) and write all outputs to OUT (.h5ad or .zarr)",
         description="Flags override the config file; config keys are exactly the arguments of scae.tl.fit.",
     )
     add_input_args(fit)
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser(
         "transform",
-        help="map IN.h5ad onto a saved model (embedding, codes, existing clusters, imputed values) into OUT.h5ad",
+        help="map IN (.h5ad, .zarr or .fcs files) onto a saved model; embedding, codes, clusters, imputed into OUT",
         description="Flags override the config file; config keys are exactly the arguments of scae.tl.transform.",
     )
     tr.add_argument("model", help="model folder written by `scae fit --save-model` or SAUCIE.save")
