@@ -15,9 +15,10 @@ device-side clustering (:func:`scae._pipeline.cut_labels`) under ``torch.use_det
 torch then runs its ordered variants of those kernels (slower) and raises a ``RuntimeError`` naming any
 operation that has none. cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` set to ``:4096:8`` or ``:16:8`` for that
 (torch raises otherwise): it is set to ``:4096:8`` where unset (torch reads it when it first sizes the
-workspace, so set it before the process's first CUDA matrix product to have that size apply too), and a
-value other than those two is an error. torch's previous setting is restored afterwards, also after an
-error or Ctrl-C. Under torchrun the gradient all-reduce is NCCL's, outside this setting.
+workspace, so set it before the process's first CUDA matrix product to have that size apply too; it stays set
+afterwards, as cuBLAS keeps the workspace it sized), and a value other than those two is an error. torch's
+previous setting of deterministic algorithms is restored afterwards, also after an error or Ctrl-C. Under torchrun
+the gradient all-reduce is NCCL's, outside this setting.
 """
 
 from __future__ import annotations
