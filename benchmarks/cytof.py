@@ -33,8 +33,8 @@ import json
 import subprocess
 import sys
 
-#: scae encoder widths; ``--hidden`` sets it in every worker (default: scae's default).
-HIDDEN: tuple[int, ...] = (512, 256, 128)
+#: scae encoder widths; ``--hidden`` sets it in every worker (default: scae's default, :func:`_default_hidden`).
+HIDDEN: tuple[int, ...] | None = None
 DATASETS = {"flowsom_bal": ("cell_type", "Unlabeled"), "levine3k": ("phenograph_cluster", None)}
 
 
@@ -42,6 +42,15 @@ def _load(name: str):
     import scae
 
     return scae.datasets.flowsom_bal() if name == "flowsom_bal" else scae.datasets.levine3k()
+
+
+def _default_hidden() -> tuple[int, ...]:
+    """The encoder widths of a default ``scae.SAUCIE`` / ``scae.tl.fit``."""
+    import inspect
+
+    import scae
+
+    return tuple(inspect.signature(scae.SAUCIE).parameters["hidden"].default)
 
 
 def _epochs(n_cells: int, steps: int | None) -> int | None:
@@ -331,13 +340,13 @@ def main() -> None:
     p.add_argument("--scanpy-max", type=int, default=100_000, help="largest size scanpy is run at; larger extrapolated")
     p.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS), help="none: scaling only")
     p.add_argument("--quality-worker", nargs=2, metavar=("METHOD", "DATASET"), help=argparse.SUPPRESS)
-    p.add_argument("--steps", type=int, default=None, help="scae training steps (default: scae's default, ~3000)")
+    p.add_argument("--steps", type=int, default=None, help="scae training steps (default: scae's own stopping rule)")
     p.add_argument("--n-train", type=int, default=100_000, help="cells scae trains on in the scaling table")
     p.add_argument("--scae-scaling-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--scanpy-scaling-worker", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN), help="scae encoder widths")
+    p.add_argument("--hidden", type=int, nargs="+", default=None, help="scae encoder widths (default: scae's)")
     args = p.parse_args()
-    HIDDEN = tuple(args.hidden)
+    HIDDEN = tuple(args.hidden) if args.hidden else _default_hidden()
     if args.quality_worker:
         print(json.dumps(_quality_worker(*args.quality_worker, args.seeds, args.steps)))
         return
