@@ -36,7 +36,7 @@ from ._atomic import (
     stop_on_signals,
     write_h5ad_atomic,
 )
-from ._cli_args import add_common_args, add_input_args
+from ._cli_args import add_common_args, add_input_args, positive_int
 from ._cli_files import (
     arcsinh_input,
     check_writable,
@@ -132,6 +132,9 @@ def _fit(args: argparse.Namespace) -> int:
         "batch_key": args.batch_key,
         "device": args.device,
         "max_epochs": args.max_epochs,
+        "hidden": None if args.hidden is None else tuple(args.hidden),
+        "batch_size": args.batch_size,
+        "precision": args.precision,
         "save_model": args.save_model,
         "likelihood": args.likelihood,
         "block_key": args.block_key,
@@ -240,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--gene-sets", default=None, help="GMT file passed as scae.tl.fit(gene_sets=...)")
     fit.add_argument("--save-model", default=None, metavar="DIR", help="save the trained model to DIR")
     fit.add_argument("--max-epochs", type=int, default=None, help="default: until the loss has converged")
+    fit.add_argument(
+        "--hidden", type=positive_int, nargs="+", default=None, metavar="W", help="encoder widths (default 256 128 64)"
+    )
+    fit.add_argument("--batch-size", type=positive_int, default=None, help="minibatch (default 512 CPU, 4096 CUDA)")
+    fit.add_argument("--precision", choices=["32", "bf16"], default=None, help="bf16 autocast, for GPUs (default 32)")
     fit.add_argument("--likelihood", default=None, help="mse (default), nb, zinb or bernoulli (one for every block)")
     fit.add_argument("--block-key", default=None, help="adata.var column naming feature blocks")
     fit.add_argument(

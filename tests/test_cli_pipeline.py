@@ -239,13 +239,32 @@ def test_yaml_config_and_flag_override(split, tmp_path):
                 "--max-epochs",
                 "2",
                 "--deterministic",
+                "--hidden",
+                "32",
+                "16",
+                "8",
+                "--batch-size",
+                "300",
             ]
         )
         == 0
     )
-    info = ad.read_h5ad(tmp_path / "o.h5ad").uns["scae"]
+    out = ad.read_h5ad(tmp_path / "o.h5ad")
+    info = out.uns["scae"]
     assert info["params"]["lambda_c"] == 0.3 and info["seed"] == 7 and info["runtime"]["epochs"] == 2
     assert info["params"]["deterministic"] and info["cli"]["config"]["deterministic"]
+    # --hidden and --batch-size override the config's widths: 32 code units, 1,200 cells in 4 steps per epoch
+    assert list(info["params"]["hidden"]) == [32, 16, 8] and out.obsm["X_scae_codes"].shape == (1200, 32)
+    assert info["params"]["batch_size"] == 300 and info["runtime"]["steps"] == 8
+
+
+@pytest.mark.parametrize("flag", [["--hidden", "64", "0"], ["--batch-size", "-5"], ["--precision", "fp16"]])
+def test_bad_network_flags_are_usage_errors(split, tmp_path, capsys, flag):
+    d = split[0]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fit", str(d / "train.h5ad"), str(tmp_path / "o.h5ad"), *flag])
+    assert exc.value.code == 2 and flag[0] in capsys.readouterr().err
+    assert not (tmp_path / "o.h5ad").exists()
 
 
 def test_failure_while_writing_leaves_no_output(split, tmp_path, monkeypatch, capsys):
