@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 
@@ -95,7 +96,8 @@ def transform(
     Parameters
     ----------
     model
-        A trained :class:`scae.SAUCIE`, e.g. from :meth:`scae.SAUCIE.load`.
+        A trained :class:`scae.SAUCIE`, or a saved model's folder (``SAUCIE.save``, ``tl.fit(save_model=)``), read
+        with :meth:`scae.SAUCIE.load` onto the default device; its path goes into ``uns[key_added]["params"]["model"]``.
     adata
         New cells × features in the same units as the training data (same transform, same ``layer``).
         Features are matched by name: reordered when they are a permutation, extra ones ignored (NaN in
@@ -140,11 +142,11 @@ def transform(
     True
     """
     params = {k: v for k, v in locals().items() if k not in ("model", "adata")}
+    model = _loaded(model, adata, params)
     _settings.check_transform(model, adata, params, model_type=SAUCIE)
     t0 = time.perf_counter()
     random_state = params["random_state"] = resolve_seed(random_state)  # (None: drawn, recorded in uns)
-    cells = _read_new_cells(model, adata, batch_key)
-    state = get_mapping_state(model)
+    cells, state = _read_new_cells(model, adata, batch_key), get_mapping_state(model)
     net, history = _mapping_net(model, cells, fine_tune_epochs, fine_tune_learning_rate, random_state, progress)
     t1 = time.perf_counter()
     mapped = _map_cells(model, state, net, cells, impute=impute, fine_tuned=fine_tune_epochs > 0)
@@ -153,6 +155,17 @@ def transform(
     _write_outputs(adata, mapped, cells.columns, record, key_added)
     _log_summary(adata.n_obs, mapped.by_code, t0)
     return adata if copy else None
+
+
+def _loaded(model, adata, params: dict):
+    """``model``, or the model saved in the folder ``model`` (a str or path), whose absolute path then goes into
+    ``params["model"]`` (recorded in ``uns``).
+    """
+    if not isinstance(model, str | os.PathLike):
+        return model
+    _settings.check_anndata("adata", adata, writes=True)  # (a wrong adata is named before the model is read)
+    params["model"] = os.path.abspath(os.fspath(model))
+    return SAUCIE.load(model)
 
 
 @dataclass

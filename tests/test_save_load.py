@@ -57,6 +57,25 @@ def test_transform_of_training_cells_reproduces_fit(fitted):
     assert again.uns["scae"]["n_by_code"] < ref.n_obs  # some cells of rare codes went the centroid way
     np.testing.assert_allclose(again.layers["scae_imputed"], ref.layers["scae_imputed"], atol=1e-5)
     np.testing.assert_allclose(again.layers["scae_corrected"], ref.layers["scae_corrected"], atol=1e-5)
+    assert "model" not in again.uns["scae"]["params"]
+    # the folder itself (str or Path) gives the same, and its path is recorded
+    for where in (path, str(path)):
+        by_path = scae.tl.transform(where, ref, copy=True)
+        np.testing.assert_array_equal(by_path.obsm["X_scae"], again.obsm["X_scae"])
+        assert (by_path.obs["scae_cluster"] == again.obs["scae_cluster"]).all()
+        assert by_path.uns["scae"]["params"]["model"] == str(path.resolve())
+
+
+def test_transform_by_path_errors(fitted, tmp_path, guard):
+    ref, path = fitted
+    check = guard(ref)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        scae.tl.transform(tmp_path / "missing", ref)
+    with pytest.raises(TypeError, match="expected a scae.SAUCIE for `model`, got int"):
+        scae.tl.transform(3, ref)
+    check()  # the AnnData is untouched on error
+    with pytest.raises(TypeError, match="AnnData"):  # the AnnData is checked before the model is read
+        scae.tl.transform(tmp_path / "missing", ref.X)
 
 
 def test_var_name_permutation_and_missing_features(fitted, cyto, guard):
