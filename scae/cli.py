@@ -141,6 +141,7 @@ def _fit(args: argparse.Namespace) -> int:
         "merge_threshold": args.merge_threshold,
         "n_clusters": args.n_clusters,
         "deterministic": args.deterministic,
+        "key_added": args.key_added,
         "progress": False if args.quiet else None,
     }
     if args.gene_sets is not None:
@@ -257,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge distance of code clusters (default 2.3; larger: fewer)",
     )
     fit.add_argument("--n-clusters", type=int, default=None, help="exact number of clusters (overrides the threshold)")
+    fit.add_argument("--key-added", default=None, help="prefix of every key written (default scae)")
     fit.add_argument(
         "--deterministic", action="store_true", default=None, help="bit-identical reruns on CUDA too (slower)"
     )
@@ -275,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-key", default=None)
     tr.add_argument("--fine-tune-epochs", type=int, default=None, help="fine-tune the encoder onto the reference")
     tr.add_argument("--deterministic", action="store_true", help="bit-identical fine-tuning on CUDA too (slower)")
-    tr.add_argument("--key-added", default=None)
+    tr.add_argument("--key-added", default=None, help="prefix of every key written (default scae)")
     add_common_args(tr)
     tr.set_defaults(func=_transform)
     return parser

@@ -258,6 +258,16 @@ def test_yaml_config_and_flag_override(split, tmp_path):
     assert info["params"]["batch_size"] == 300 and info["runtime"]["steps"] == 8
 
 
+def test_key_added_flag(split, tmp_path):
+    d = split[0]
+    out = tmp_path / "o.h5ad"
+    argv = ["fit", str(d / "train.h5ad"), str(out), "--config", str(d / "params.toml"), "--key-added", "run2"]
+    assert cli.main(argv) == 0
+    a = ad.read_h5ad(out)
+    assert "run2" in a.uns and "scae" not in a.uns and a.uns["run2"]["cli"]["config"]["key_added"] == "run2"
+    assert a.obsm["X_run2"].shape == (1200, 2) and "run2_cluster" in a.obs and "run2_imputed" in a.layers
+
+
 @pytest.mark.parametrize("flag", [["--hidden", "64", "0"], ["--batch-size", "-5"], ["--precision", "fp16"]])
 def test_bad_network_flags_are_usage_errors(split, tmp_path, capsys, flag):
     d = split[0]
