@@ -90,7 +90,8 @@ ROWS = (
        ("train", "max_epochs", 0, ValueError, S), ("train", "early_stopping", "no", TypeError, S),
        ("train", "early_stopping", 0, TypeError, S)]
     + [("transform", *r) for r in [
-        ("model", "model", TypeError, S), ("model", "untrained", ValueError, S),
+        ("model", 3, TypeError, S), ("model", "untrained", ValueError, S),
+        ("model", "no_such_model_folder", FileNotFoundError, S),  # (a str is a saved model's folder)
         ("adata", np.zeros((4, 3)), TypeError, S), ("adata", ad.AnnData(np.zeros((0, 3), np.float32)), ValueError, U),
         ("batch_key", 5, TypeError, S), ("batch_key", "", ValueError, S),
         ("fine_tune_epochs", 1.5, TypeError, S), ("fine_tune_epochs", -1, ValueError, S),
@@ -168,6 +169,10 @@ def fitted(tiny):
     return a
 
 
+#: bad values the message names without quoting them: a stand-in for a model, and a path (as the CLI prints paths)
+NOT_QUOTED = ("untrained", "no_such_model_folder")
+
+
 def _blocked(*_, **__):
     raise AssertionError("trained")
 
@@ -226,7 +231,7 @@ def test_bad_value_refused_before_work(target, param, value, exc, stage, tiny, t
         call()
     msg = str(info.value)
     assert re.search(rf"\b{param}\b", msg), msg
-    if stage == S and isinstance(value, int | float | str | list | dict) and value != "untrained":
+    if stage == S and isinstance(value, int | float | str | list | dict) and value not in NOT_QUOTED:
         assert repr(value) in msg or (param == "reference_batch" and "without `batch_key`" in msg), msg
     if check is not None:
         check()
