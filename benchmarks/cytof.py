@@ -23,7 +23,7 @@ extrapolated linearly from the largest measured size (marked "extrap."), which f
 search grows faster than linearly.
 
     python benchmarks/cytof.py [--seeds 0 1 2] [--sizes 10000 100000 1000000] [--scanpy-max 100000]
-                               [--steps N] [--hidden 64 32 16]
+                               [--steps N] [--hidden 64 32 16] [--batch-size 4096]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import sys
 
 #: scae encoder widths; ``--hidden`` sets it in every worker (default: scae's default, :func:`_default_hidden`).
 HIDDEN: tuple[int, ...] | None = None
+#: scae minibatch size; ``--batch-size`` sets it in every worker (default: scae's, 512 on the CPU).
+BATCH_SIZE: int | None = None
 DATASETS = {"flowsom_bal": ("cell_type", "Unlabeled"), "levine3k": ("phenograph_cluster", None)}
 
 
@@ -54,10 +56,11 @@ def _default_hidden() -> tuple[int, ...]:
 
 
 def _epochs(n_cells: int, steps: int | None) -> int | None:
-    """Epochs giving about ``steps`` minibatch steps of 512 cells; ``None`` keeps scae's default (its step budget)."""
+    """Epochs giving about ``steps`` minibatch steps (of ``BATCH_SIZE`` or 512 cells); ``None`` keeps scae's default
+    (its step budget)."""
     from scae._pipeline import default_max_epochs
 
-    return None if steps is None else default_max_epochs(n_cells, 512, steps)
+    return None if steps is None else default_max_epochs(n_cells, BATCH_SIZE or 512, steps)
 
 
 def flowsom_input(adata):
@@ -140,7 +143,7 @@ def _quality_worker(method: str, dataset: str, seeds: list[int], steps: int | No
             import scae
 
             t0 = time.perf_counter()
-            model = scae.SAUCIE(adata, random_state=seed, hidden=HIDDEN)
+            model = scae.SAUCIE(adata, random_state=seed, hidden=HIDDEN, batch_size=BATCH_SIZE)
             model.train(_epochs(adata.n_obs, steps), progress=False)
             t_train = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -226,7 +229,7 @@ def _scae_scaling(sizes: list[int], n_train: int, steps: int | None = None) -> l
     warnings.filterwarnings("ignore")
     full = _resampled(max(sizes))
     t0 = time.perf_counter()
-    model = scae.SAUCIE(full[: min(n_train, full.n_obs)].copy(), random_state=0, hidden=HIDDEN)
+    model = scae.SAUCIE(full[: min(n_train, full.n_obs)].copy(), random_state=0, hidden=HIDDEN, batch_size=BATCH_SIZE)
     model.train(_epochs(model.n_cells, steps), progress=False)
     train_s = time.perf_counter() - t0
     mean, std = model.net.feature_mean.cpu().numpy(), model.net.feature_std.cpu().numpy()
@@ -333,7 +336,7 @@ def _scaling_table(rows: list[dict], sizes: list[int], scanpy_max: int) -> str:
 
 
 def main() -> None:
-    global HIDDEN
+    global HIDDEN, BATCH_SIZE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
@@ -345,8 +348,10 @@ def main() -> None:
     p.add_argument("--scae-scaling-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--scanpy-scaling-worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="scae encoder widths (default: scae's)")
+    p.add_argument("--batch-size", type=int, default=None, help="scae minibatch size (default: scae's)")
     args = p.parse_args()
     HIDDEN = tuple(args.hidden) if args.hidden else _default_hidden()
+    BATCH_SIZE = args.batch_size
     if args.quality_worker:
         print(json.dumps(_quality_worker(*args.quality_worker, args.seeds, args.steps)))
         return
@@ -360,12 +365,13 @@ def main() -> None:
     seeds = [str(s) for s in args.seeds]
     epochs = [] if args.steps is None else ["--steps", str(args.steps)]
     epochs += ["--hidden", *map(str, HIDDEN)]
+    epochs += [] if BATCH_SIZE is None else ["--batch-size", str(BATCH_SIZE)]
     rows = []
     for dataset in args.datasets:
         for method in ("scae", "flowsom", "leiden"):
             rows += _run(["--quality-worker", method, dataset, "--seeds", *seeds, *epochs])
     steps = "scae default steps" if args.steps is None else f"scae trained {args.steps} steps"
-    steps += f", hidden={HIDDEN}"
+    steps += f", hidden={HIDDEN}" + ("" if BATCH_SIZE is None else f", batch_size={BATCH_SIZE}")
     if rows:
         print(f"Clustering vs manual gates (seeds {', '.join(seeds)}; mean over seeds, F1 ± sd; {steps})")
         print(_quality_table(rows), flush=True)
