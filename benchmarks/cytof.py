@@ -56,11 +56,12 @@ def _default_hidden() -> tuple[int, ...]:
 
 
 def _epochs(n_cells: int, steps: int | None) -> int | None:
-    """Epochs giving about ``steps`` minibatch steps (of ``BATCH_SIZE`` or 512 cells); ``None`` keeps scae's default
-    (its step budget)."""
+    """Epochs giving about ``steps`` minibatch steps (of ``BATCH_SIZE`` or scae's CPU default); ``None`` keeps scae's
+    default (its step budget)."""
+    from scae._fast import DEFAULT_BATCH_SIZE
     from scae._pipeline import default_max_epochs
 
-    return None if steps is None else default_max_epochs(n_cells, BATCH_SIZE or 512, steps)
+    return None if steps is None else default_max_epochs(n_cells, BATCH_SIZE or DEFAULT_BATCH_SIZE["cpu"], steps)
 
 
 def flowsom_input(adata):

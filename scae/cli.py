@@ -132,7 +132,7 @@ def _fit(args: argparse.Namespace) -> int:
         "batch_key": args.batch_key,
         "device": args.device,
         "max_epochs": args.max_epochs,
-        "hidden": None if args.hidden is None else tuple(args.hidden),
+        "hidden": args.hidden,
         "batch_size": args.batch_size,
         "precision": args.precision,
         "save_model": args.save_model,
