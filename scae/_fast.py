@@ -84,7 +84,7 @@ def adam(params, lr: float, device: torch.device, *, capturable: bool = False) -
     return torch.optim.Adam(params, lr=lr, fused=fused or None, capturable=bool(capturable))
 
 
-def flat_adam(net: torch.nn.Module, lr: float) -> tuple[torch.optim.Adam, Callable[[], object]]:
+def flat_adam(net: torch.nn.Module, lr: float) -> tuple[FlatAdam, Callable[[], object]]:
     """Fused Adam over one flat buffer that holds every trainable parameter of ``net`` (CPU), and its zero_grad.
 
     The parameters become views into one vector and their gradients views into another, so the update is one
@@ -92,7 +92,7 @@ def flat_adam(net: torch.nn.Module, lr: float) -> tuple[torch.optim.Adam, Callab
     network on two CPU cores). Autograd adds each step's gradients into the zeroed views in place, so the
     update applies Adam's formula to the same gradients as with separate tensors (the fused kernel's vector
     and scalar paths split the elements differently, so the last bit can differ). Used for CPU fits outside
-    ``torch.compile`` and torchrun (see :func:`scae._step.make_step`).
+    ``torch.compile`` and torchrun (see :func:`scae._step.make_step`). The update is :class:`FlatAdam`'s.
     """
     params = [p for p in net.parameters() if p.requires_grad]
     first = params[0]
@@ -111,7 +111,42 @@ def flat_adam(net: torch.nn.Module, lr: float) -> tuple[torch.optim.Adam, Callab
         p.grad = grad[start:stop].view_as(p)
     vector = torch.nn.Parameter(flat)
     vector.grad = grad
-    return torch.optim.Adam([vector], lr=lr, fused=True), grad.zero_
+    return FlatAdam(vector, lr), grad.zero_
+
+
+class FlatAdam:
+    """Adam with torch's default settings over one parameter ``vector`` (with its ``.grad``), without an optimizer
+    object: each :meth:`step` is the fused update that ``torch.optim.Adam(..., fused=True).step()`` runs, called
+    through torch's functional ``torch.optim.adam.adam`` on state held here.
+
+    Why not ``torch.optim.Adam``: a ``torch.optim.Optimizer`` imports ``torch._dynamo`` when it is built, which
+    took 1.3-1.8 s on two cores, the largest part of what a process's first CPU fit costs beyond later ones
+    (``scae fit`` on the command line, a notebook's first fit: flowsom_bal_flow 6.0 s against 1.9 s). The
+    functional call imports nothing more (it goes through dynamo only while ``torch.compile`` traces it).
+    ``tests/test_fused.py`` checks the steps against ``torch.optim.Adam``.
+    """
+
+    def __init__(self, vector: torch.nn.Parameter, lr: float, *, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.vector, self.lr, self.betas, self.eps = vector, float(lr), betas, eps
+        self.exp_avg = torch.zeros_like(vector, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(vector, memory_format=torch.preserve_format)
+        self.steps = torch.zeros((), dtype=torch.float32, device=vector.device)  # what Adam keeps for fused updates
+
+    @property
+    def param_groups(self) -> list[dict]:
+        """The one group, as ``torch.optim`` lists it (``params`` and ``lr``)."""
+        return [{"params": [self.vector], "lr": self.lr}]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam update of the vector from its ``.grad``."""
+        from torch.optim.adam import adam
+
+        adam(
+            [self.vector], [self.vector.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps],
+            fused=True, amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr,
+            weight_decay=0.0, eps=self.eps, maximize=False,
+        )  # fmt: skip
 
 
 def can_flatten(net: torch.nn.Module, device: torch.device) -> bool:
