@@ -122,7 +122,9 @@ class FlatAdam:
     Why not ``torch.optim.Adam``: a ``torch.optim.Optimizer`` imports ``torch._dynamo`` when it is built, which
     took 1.3-1.8 s on two cores, the largest part of what a process's first CPU fit costs beyond later ones
     (``scae fit`` on the command line, a notebook's first fit: flowsom_bal_flow 6.0 s against 1.9 s). The
-    functional call imports nothing more (it goes through dynamo only while ``torch.compile`` traces it).
+    functional call imports nothing more (it goes through dynamo only while ``torch.compile`` traces it). It is
+    documented API (torch 2.15 also lists it as ``torch.optim.functional.adam``, the same function): the
+    caller holds the state, the update increments the step count.
     ``tests/test_fused.py`` checks the steps against ``torch.optim.Adam``.
     """
 

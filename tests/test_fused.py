@@ -182,6 +182,25 @@ def test_flat_adam_steps_like_adam_on_separate_tensors():
     assert all(p.untyped_storage().data_ptr() == vector.untyped_storage().data_ptr() for p in nets[0].parameters())
 
 
+def test_flat_adam_is_torch_adam_bit_for_bit():
+    # scae._fast.FlatAdam calls torch's functional update on state it holds: the same bits as torch.optim.Adam
+    # (fused) on the same vector, step after step (its step count, bias corrections and moments included)
+    torch.manual_seed(0)
+    start = torch.randn(1000)
+    ours = torch.nn.Parameter(start.clone())
+    theirs = torch.nn.Parameter(start.clone())
+    flat = _fast.FlatAdam(ours, 3e-3)
+    plain = torch.optim.Adam([theirs], lr=3e-3, fused=True)
+    for i in range(6):
+        g = torch.randn(1000) * (i + 1)
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        flat.step()
+        plain.step()
+        assert torch.equal(ours, theirs), i
+    assert float(flat.steps) == 6
+    assert torch.equal(flat.exp_avg_sq, plain.state[theirs]["exp_avg_sq"])
+
+
 def test_cpu_training_pass_uses_the_clustering_head(small):
     model = scae.SAUCIE(small, random_state=0, device="cpu")  # the CPU pass, also where a GPU is present
     net = model.net
