@@ -162,9 +162,12 @@ def group_centroids(
     or more is kept apart (features of at most :data:`SEPARATION_MAX_FEATURES` dimensions only; above the default
     threshold ``max_separation`` grows in proportion to ``merge_threshold``). With
     ``n_clusters`` such a pair is only put off: when every remaining pair is kept apart, the closest of them
-    merges, so the count is always reached. Over more than :data:`MERGE_COMPONENTS` features with
-    ``second_moments``, ``merge_threshold`` is in units of :func:`merge_unit` (the distances' own units then
-    do not matter); at most that many features keep the units given.
+    merges, so the count is always reached; of those pairs, only ones with a group holding ``min_share`` of the
+    cells (two outlying smaller groups merged there would pass the bar together and take one of the
+    ``n_clusters``: levine3k resampled to 100,000 cells, seed 1, k=3 F1 0.58). Over more than
+    :data:`MERGE_COMPONENTS` features with ``second_moments``, ``merge_threshold`` is in units of
+    :func:`merge_unit` (the distances' own units then do not matter); at most that many features keep the units
+    given.
     """
     if n_clusters is not None and n_clusters < 1:
         msg = f"`n_clusters` must be >= 1, got {n_clusters}"
@@ -188,9 +191,9 @@ def group_centroids(
             centroids = np.asarray(centroids, dtype=np.float64) / unit
     merger = _Merger(centroids, counts, second_moments if rule is not None else None, rule, limit)
 
-    def next_pair() -> tuple[int, int]:
+    def next_pair(bar: float | None = None) -> tuple[int, int]:
         i, j, d2 = merger.closest()
-        return (i, j) if np.isfinite(d2) else merger.closest_kept_apart()  # all kept apart: the closest of them
+        return (i, j) if np.isfinite(d2) else merger.closest_kept_apart(bar)  # all kept apart: the closest of them
 
     if n_clusters is None:
         while merger.n_alive > 1:
@@ -208,7 +211,7 @@ def group_centroids(
     # merge until exactly n_clusters groups hold >= min_share of the cells (each merge changes that by <= 1);
     # the groups below the bar then join the nearest counted group (debris cannot take one of the clusters)
     while np.count_nonzero(merger.alive & (merger.weight >= bar)) > n_clusters:
-        merger.merge(*next_pair())
+        merger.merge(*next_pair(bar))
     counted = merger.alive & (merger.weight >= bar)
     small = np.flatnonzero(merger.alive & ~counted)
     if small.size:
@@ -297,9 +300,17 @@ class _Merger:
         i = int(np.argmin(self.nn_d2))
         return i, int(self.nn[i]), float(self.nn_d2[i])
 
-    def closest_kept_apart(self) -> tuple[int, int]:
-        """The closest pair of live groups by true distance (when :meth:`closest` offers none)."""
-        a, b = np.unravel_index(int(np.argmin(self.raw)), self.raw.shape)  # rows and columns of the dead: inf
+    def closest_kept_apart(self, bar: float | None = None) -> tuple[int, int]:
+        """The closest pair of live groups by true distance (when :meth:`closest` offers none); with ``bar``, of
+        the pairs in which at least one group weighs ``bar`` or more (see :func:`group_centroids`).
+        """
+        raw = self.raw  # rows and columns of the dead: inf
+        if bar is not None:
+            small = self.weight < bar
+            if np.any(self.alive & ~small):
+                raw = raw.copy()
+                raw[np.ix_(small, small)] = np.inf
+        a, b = np.unravel_index(int(np.argmin(raw)), raw.shape)
         return int(a), int(b)
 
     def merge(self, i: int, j: int) -> None:
