@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 
+import anndata
 import numpy as np
 import pytest
 import scanpy as sc
@@ -68,6 +69,22 @@ def flow_fitted(flow):
     adata = flow.copy()
     scae.tl.fit(adata, random_state=0, progress=False, device="cpu")
     return adata
+
+
+@pytest.fixture(scope="session")
+def grown():
+    """``grown(adata, n, seed=0)``: ``adata`` grown to ``n`` cells by resampling its cells with small Gaussian noise
+    (0.05 per feature), with ``obs`` of the drawn cells: real data at scale."""
+
+    def grow(adata, n: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, adata.n_obs, n)
+        x = np.asarray(adata.X)[idx] + rng.normal(0, 0.05, (n, adata.n_vars)).astype(np.float32)
+        obs = adata.obs.iloc[idx].reset_index(drop=True)
+        obs.index = obs.index.astype(str)
+        return anndata.AnnData(x.astype(np.float32), obs=obs, var=adata.var.copy())
+
+    return grow
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """When a fit stops: the convergence rule, the step budget, max_epochs, reruns."""
 
-import anndata
 import numpy as np
 import pytest
 
@@ -66,17 +65,9 @@ def test_rule_refuses_bad_settings(field, value):
 FAST = {"hidden": (64, 32, 16), "progress": False, "device": "cpu"}
 
 
-def _grown(adata, n: int, seed: int = 0):
-    """``adata`` grown to ``n`` cells by resampling its cells with small Gaussian noise (0.05 per marker)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, adata.n_obs, n)
-    x = np.asarray(adata.X)[idx] + rng.normal(0, 0.05, (n, adata.n_vars)).astype(np.float32)
-    return anndata.AnnData(x.astype(np.float32), var=adata.var.copy())
-
-
-def test_default_fit_converges_on_real_data_and_says_why(levine):
+def test_default_fit_converges_on_real_data_and_says_why(levine, grown):
     # levine3k grown to 100,000 cells: a budget of 8 passes (1,568 steps of 512), the loss flattens long before
-    a = _grown(levine, 100_000)
+    a = grown(levine, 100_000)
     scae.tl.fit(a, random_state=0, **FAST)
     rt = a.uns["scae"]["runtime"]
     assert rt["max_steps"] == step_budget(100_000, 512) == 1568
