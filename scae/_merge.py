@@ -80,6 +80,14 @@ def separation(mean_a, mean_b, var_a, var_b, weight_a: float, weight_b: float) -
     vector ``u`` from one mean to the other the pooled variance is ``sum(u**2 * var)`` (features taken as
     uncorrelated within a group). Well-separated populations score high (3 and more: few cells between
     them); two halves of one population, or groups that overlap, score low.
+
+    Examples
+    --------
+    >>> from scae.cluster import separation
+    >>> separation([0.0, 0.0], [3.0, 0.0], [1.0, 1.0], [1.0, 1.0], 10, 10)  # 3 apart, deviation 1 along the line
+    3.0
+    >>> separation([0.0, 0.0], [3.0, 0.0], [9.0, 100.0], [9.0, 100.0], 10, 10)  # deviation 3: they overlap
+    1.0
     """
     diff = np.asarray(mean_a, dtype=np.float64) - np.asarray(mean_b, dtype=np.float64)
     d2 = float(diff @ diff)
@@ -101,6 +109,16 @@ def merge_unit(
     the squared values): what the per-group sums and sums of squares of a streamed pass hold, so every mode
     gets the same unit. Its trace is the cells' total variance, so with at most ``components`` features the
     unit is the root mean square of the per-feature standard deviations (:func:`common_scale` of the cells).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scae.cluster import common_scale, merge_unit
+    >>> centroids = np.array([[0.0, 0.0], [2.0, 0.0]])  # two groups of 10 cells, within-group variance 0.5
+    >>> round(merge_unit(centroids, np.array([10, 10]), centroids**2 + 0.5), 3)
+    1.0
+    >>> round(common_scale(np.sqrt([1.5, 0.5])), 3)  # the same cells' variances: 1 + 0.5 and 0.5
+    1.0
     """
     mean = np.asarray(centroids, dtype=np.float64)
     weight = np.asarray(counts, dtype=np.float64)
@@ -129,7 +147,14 @@ def merge_unit(
 
 
 def common_scale(std) -> float:
-    """Root mean square of per-feature standard deviations: the one unit that merge distances are measured in."""
+    """Root mean square of per-feature standard deviations: the one unit that merge distances are measured in.
+
+    Examples
+    --------
+    >>> from scae.cluster import common_scale
+    >>> common_scale([1.0, 7.0])  # sqrt((1 + 49) / 2)
+    5.0
+    """
     return float(np.sqrt(np.mean(np.square(np.asarray(std, dtype=np.float64)))))
 
 
@@ -155,19 +180,22 @@ def group_centroids(
 ) -> np.ndarray:
     """Group of every code-cluster centre ``0..g-1`` (see :func:`scae.cluster.merge_clusters`).
 
-    ``counts`` are the cells per centre: groups are joined closest pair first, the distance of two groups
-    being that of their count-weighted means (the mean input values of all their cells). ``second_moments``
-    (per centre, the mean of the squared values, same units as ``centroids``) give the within-group spread:
-    with them, a pair at least :data:`SEPARATION_FROM` apart whose :func:`separation` is ``max_separation``
-    or more is kept apart (features of at most :data:`SEPARATION_MAX_FEATURES` dimensions only; above the default
-    threshold ``max_separation`` grows in proportion to ``merge_threshold``). With
-    ``n_clusters`` such a pair is only put off: when every remaining pair is kept apart, the closest of them
-    merges, so the count is always reached; of those pairs, only ones with a group holding ``min_share`` of the
-    cells (two outlying smaller groups merged there would pass the bar together and take one of the
-    ``n_clusters``: levine3k resampled to 100,000 cells, seed 1, k=3 F1 0.58). Over more than
-    :data:`MERGE_COMPONENTS` features with ``second_moments``, ``merge_threshold`` is in units of
-    :func:`merge_unit` (the distances' own units then do not matter); at most that many features keep the units
-    given.
+    ``counts`` are the cells per centre: groups are joined closest pair first, the distance of two groups being that of
+    their count-weighted means. ``second_moments`` (per centre, the mean of the squared values, same units as
+    ``centroids``) give the within-group spread: with them, a pair at least :data:`SEPARATION_FROM` apart whose
+    :func:`separation` is ``max_separation`` or more is kept apart (features of at most :data:`SEPARATION_MAX_FEATURES`
+    dimensions only; above the default threshold ``max_separation`` grows in proportion to ``merge_threshold``). With
+    ``n_clusters`` such a pair is only put off: when every remaining pair is kept apart, the closest of them merges, so
+    the count is always reached; of those pairs, only ones with a group holding ``min_share`` of the cells (two outlying
+    smaller groups merged there would pass the bar together and take one of the ``n_clusters``: levine3k resampled to
+    100,000 cells, seed 1, k=3 F1 0.58). Over more than :data:`MERGE_COMPONENTS` features with ``second_moments``,
+    ``merge_threshold`` is in units of :func:`merge_unit`; at most that many features keep the units given.
+
+    Examples
+    --------
+    >>> import numpy as np, scae.cluster
+    >>> scae.cluster.group_centroids(np.array([[0.0], [1.0], [9.0]]), np.array([5, 5, 5])).tolist()  # 1.0 apart: join
+    [0, 0, 1]
     """
     if n_clusters is not None and n_clusters < 1:
         msg = f"`n_clusters` must be >= 1, got {n_clusters}"

@@ -29,6 +29,15 @@ def writable(value):
 
     Mappings are rebuilt as plain dicts (recursively); DataFrames get renamed columns (the index is
     written as data and keeps its names); everything else is returned as is.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from scae.io import writable
+    >>> writable({"NK1/1": [1, 2], "CD3": {"a/b": "x/y"}})  # keys get U+2215 DIVISION SLASH, values keep "/"
+    {'NK1∕1': [1, 2], 'CD3': {'a∕b': 'x/y'}}
+    >>> list(writable(pd.DataFrame({"CD4/CD8": [1.0]})).columns)
+    ['CD4∕CD8']
     """
     if isinstance(value, Mapping):
         out = {}
