@@ -297,5 +297,5 @@ class BlockSampler:
             which = present.repeat_interleave(per_batch)
             sizes = counts.to(torch.float32)
             for _ in range(n_steps):
-                u = torch.rand(which.shape[0], generator=self.generator, device=self.device)
+                u = torch.rand(which.shape[0], generator=self.generator, device=self.device, dtype=torch.float32)
                 yield order[starts[which] + (u * sizes[which]).long().clamp_max(counts[which] - 1)]

@@ -61,8 +61,8 @@ class Step:
         if self.terms is None:
             self.terms = list(terms)
             self._total = self.terms.index("total")
-            self.epoch_sums = torch.zeros(len(self.terms), device=terms["total"].device)
-            self.window_sum = torch.zeros((), device=terms["total"].device)
+            self.epoch_sums = torch.zeros(len(self.terms), device=terms["total"].device, dtype=torch.float32)
+            self.window_sum = torch.zeros((), device=terms["total"].device, dtype=torch.float32)
         values = torch.stack([terms[k].detach().float() for k in self.terms])
         self.epoch_sums.add_(values)
         self.window_sum.add_(values[self._total])

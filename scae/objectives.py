@@ -62,7 +62,7 @@ def forward_train(
     """
     z_in = z
     if variants.input_dropout > 0:
-        keep = torch.rand(x.shape, generator=generator, device=x.device) >= variants.input_dropout
+        keep = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32) >= variants.input_dropout
         z_in = net.encoder_input(x * keep.to(x.dtype))
     if variants.input_noise > 0:
         noise = torch.randn(z_in.shape, generator=generator, device=z_in.device, dtype=z_in.dtype)

@@ -94,7 +94,9 @@ class Sampler:
             self._which = torch.arange(n_batches, device=device).repeat_interleave(per_batch)
 
     def _rand(self, *shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=self.generator, device=self.generator.device).to(self.device)
+        return torch.rand(shape, generator=self.generator, device=self.generator.device, dtype=torch.float32).to(
+            self.device
+        )
 
     def epoch(self):
         """Yield the index tensors of one epoch."""

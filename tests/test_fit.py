@@ -91,6 +91,27 @@ def test_same_seed_gives_identical_outputs(small):
     assert not np.array_equal(a.obsm["X_scae"], c.obsm["X_scae"])
 
 
+def test_float64_default_dtype_gives_the_float32_fit(small):
+    # a session with torch.set_default_dtype(torch.float64) (some notebooks do this) built float64 layers and failed
+    # at the first step ("mat1 and mat2 must have the same dtype"); its minibatch draws (torch.rand) also followed the
+    # default dtype. Now the fit is the float32 session's, bit for bit, and the session's default is left as it was.
+    small.obs["batch"] = np.where(np.arange(small.n_obs) % 3 == 0, "a", "b")  # the batch-stratified sampler too
+    runs = []
+    for dtype in (torch.float32, torch.float64):
+        a = small.copy()
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            scae.tl.fit(a, batch_key="batch", max_epochs=3, random_state=0, progress=False, device="cpu")
+            assert torch.get_default_dtype() == dtype
+        finally:
+            torch.set_default_dtype(before)
+        runs.append(a)
+    assert runs[1].obsm["X_scae"].dtype == np.float32
+    np.testing.assert_array_equal(runs[0].obsm["X_scae"], runs[1].obsm["X_scae"])
+    np.testing.assert_array_equal(runs[0].layers["scae_imputed"], runs[1].layers["scae_imputed"])
+
+
 def test_random_state_none_draws_a_recorded_seed(small, caplog):
     a = small.copy()
     with caplog.at_level(logging.INFO, logger="scae"):

@@ -78,7 +78,7 @@ class BlockHeads(nn.Module):
         self.likelihoods = likelihoods
         self.full = len(blocks) == 1
         if any(lik.has_dispersion for lik in likelihoods):
-            self.log_theta = nn.Parameter(torch.zeros(n_features))
+            self.log_theta = nn.Parameter(torch.zeros(n_features, dtype=torch.float32))
         if any(lik.has_dropout for lik in likelihoods):
             self.dropout = nn.Linear(n_code, n_features)
 

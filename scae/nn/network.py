@@ -98,8 +98,8 @@ class SAUCIENet(nn.Module):
             raise ValueError(msg)
         self.n_features = n_features
         self.n_latent = n_latent
-        mean = torch.zeros(n_features) if feature_mean is None else feature_mean.to(torch.float32)
-        std = torch.ones(n_features) if feature_std is None else feature_std.to(torch.float32)
+        mean = torch.zeros(n_features, dtype=torch.float32) if feature_mean is None else feature_mean.to(torch.float32)
+        std = torch.ones(n_features, dtype=torch.float32) if feature_std is None else feature_std.to(torch.float32)
         self.register_buffer("feature_mean", mean.reshape(1, -1).clone())
         self.register_buffer("feature_std", std.reshape(1, -1).clone())
         if gene_set_layer not in ("encoder", "decoder"):
@@ -265,4 +265,4 @@ def _with_free_nodes(mask: torch.Tensor, n_features: int, n_free_nodes: int) -> 
         msg = f"`n_free_nodes` must be >= 0, got {n_free_nodes}"
         raise ValueError(msg)
     mask = mask.to(torch.float32)
-    return torch.cat([mask, torch.ones(n_features, n_free_nodes)], 1)
+    return torch.cat([mask, torch.ones(n_features, n_free_nodes, dtype=mask.dtype)], 1)
