@@ -30,6 +30,7 @@ from . import _features, data
 from ._accumulator import Chunk, ClusterAccumulator
 from ._reproducible import deterministic_algorithms
 from ._stopping import StopRule, step_budget, steps_per_epoch
+from ._torch_state import trains
 from .train import INFER_CHUNK_ROWS, chunk_outputs, fill_arrays, train_net
 
 MAX_AUTO_EPOCHS = 1000
@@ -44,6 +45,7 @@ def default_max_epochs(n_cells: int, batch_size: int, n_steps: int | None = None
     return int(min(MAX_AUTO_EPOCHS, max(1, round(n_steps / steps_per_epoch(n_cells, batch_size)))))
 
 
+@trains
 def train_model(model, max_epochs: int | None, *, progress: bool, early_stopping: bool | None) -> dict:
     """Train ``model.net`` on the model's row source; returns the runtime entries (steps, why it stopped, ...).
 

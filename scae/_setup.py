@@ -5,7 +5,6 @@ What :class:`scae.SAUCIE` reads from the data before it trains, and the settings
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 from anndata import AnnData
 
 from . import _blocks, _dist, _fast, _reproducible, _values, data, genesets
+from ._torch_state import construction_defaults
 from .nn.network import SAUCIENet
 
 
@@ -116,26 +116,10 @@ def hparams(args: dict, model) -> dict:
 VARIANT_ARGS = ("input_dropout", "input_noise", "l1_activity", "contractive", "lambda_kl")
 
 
-@contextlib.contextmanager
-def float32_default():
-    """Run the block with ``torch.get_default_dtype()`` float32, restoring the caller's default afterwards.
-
-    scae's networks and data are float32. A session that called ``torch.set_default_dtype(torch.float64)`` (some
-    notebooks do) would otherwise build float64 layers and fail at the first step ("mat1 and mat2 must have the
-    same dtype").
-    """
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
 def build_net(model, inputs: ModelInputs, args: dict) -> SAUCIENet:
     """The network, initialized from the model's seed (without touching the global random state)."""
     set_mask = inputs.set_mask
-    with torch.random.fork_rng(devices=[]), float32_default():
+    with torch.random.fork_rng(devices=[]), construction_defaults():
         torch.manual_seed(model.random_state)
         return SAUCIENet(
             inputs.X.shape[1],

@@ -19,6 +19,7 @@ from ._contract import stats_entries, uns_record, write_contract
 from ._mapping import get_mapping_state
 from ._model import SAUCIE
 from ._reproducible import deterministic_algorithms, resolve_seed
+from ._torch_state import trains
 from .train import infer, infer_gene_sets, train_net
 
 logger = logging.getLogger("scae")
@@ -33,6 +34,7 @@ def _in_adata_order(values: np.ndarray, cols: np.ndarray | None, n_vars: int) ->
     return out
 
 
+@trains
 def _fine_tuned_net(model, X, batch_codes: np.ndarray, n_new: int, *, epochs: int, learning_rate, seed: int, progress):
     """Copy of the network whose encoder is trained to move the new batches onto the reference sample.
 

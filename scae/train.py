@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from . import losses, objectives
 from ._align import align, fit_constants, rows_alignment
 from ._stopping import Convergence, StopRule
+from ._torch_state import computes
 from .nn.clustering_head import ClusterLosses
 from .nn.network import SAUCIENet
 from .objectives import Variants
@@ -316,6 +317,7 @@ def _record_epoch(history: dict, sums: dict, n_steps: int, reduce) -> dict[str, 
     return means
 
 
+@computes
 @torch.no_grad()
 def chunk_outputs(
     net: SAUCIENet,
@@ -382,6 +384,7 @@ def infer(
     return fill_arrays(chunks(), len(source))
 
 
+@computes
 @torch.no_grad()
 def infer_gene_sets(net: SAUCIENet, source, *, chunk_size: int = INFER_CHUNK_ROWS) -> torch.Tensor:
     """Oriented gene-set node activities ``(n_cells, n_sets)`` of every row, gathered on the CPU."""

@@ -1,5 +1,6 @@
 """scae.tl.fit on real data: the AnnData contract, quality floors, determinism, loss curves."""
 
+import contextlib
 import logging
 import time
 
@@ -91,25 +92,51 @@ def test_same_seed_gives_identical_outputs(small):
     assert not np.array_equal(a.obsm["X_scae"], c.obsm["X_scae"])
 
 
-def test_float64_default_dtype_gives_the_float32_fit(small):
-    # a session with torch.set_default_dtype(torch.float64) (some notebooks do this) built float64 layers and failed
-    # at the first step ("mat1 and mat2 must have the same dtype"); its minibatch draws (torch.rand) also followed the
-    # default dtype. Now the fit is the float32 session's, bit for bit, and the session's default is left as it was.
-    small.obs["batch"] = np.where(np.arange(small.n_obs) % 3 == 0, "a", "b")  # the batch-stratified sampler too
-    runs = []
-    for dtype in (torch.float32, torch.float64):
-        a = small.copy()
-        before = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            scae.tl.fit(a, batch_key="batch", max_epochs=3, random_state=0, progress=False, device="cpu")
-            assert torch.get_default_dtype() == dtype
-        finally:
-            torch.set_default_dtype(before)
-        runs.append(a)
-    assert runs[1].obsm["X_scae"].dtype == np.float32
-    np.testing.assert_array_equal(runs[0].obsm["X_scae"], runs[1].obsm["X_scae"])
-    np.testing.assert_array_equal(runs[0].layers["scae_imputed"], runs[1].layers["scae_imputed"])
+def _float64_default():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _default_device(device):
+    torch.set_default_device(device)
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+#: global torch states a notebook can leave behind (scae._torch_state); "meta" stands in for another default device
+#: (a GPU session's "cuda" with device="cpu"): each failed inside torch, or (autocast) computed other numbers
+CALLER_STATES = {
+    "no_grad": torch.no_grad,
+    "inference_mode": torch.inference_mode,
+    "float64_default": contextlib.contextmanager(_float64_default),
+    "default_device": lambda: contextlib.contextmanager(_default_device)("meta"),
+    "autocast_bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("state", list(CALLER_STATES))
+def test_fit_ignores_the_callers_torch_state(small, state):
+    # the batch-stratified sampler too (its draws followed the default dtype)
+    small.obs["batch"] = np.where(np.arange(small.n_obs) % 3 == 0, "a", "b")
+    kw = {"batch_key": "batch", "max_epochs": 3, "random_state": 0, "progress": False, "device": "cpu"}
+    plain, inside = small.copy(), small.copy()
+    scae.tl.fit(plain, **kw)
+    before = (torch.get_default_dtype(), torch.is_grad_enabled())
+    with CALLER_STATES[state]():
+        inner = (torch.get_default_dtype(), torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        scae.tl.fit(inside, **kw)
+        assert (torch.get_default_dtype(), torch.is_grad_enabled(), torch.is_inference_mode_enabled()) == inner
+    assert (torch.get_default_dtype(), torch.is_grad_enabled()) == before
+    assert inside.obsm["X_scae"].dtype == np.float32
+    np.testing.assert_array_equal(plain.obsm["X_scae"], inside.obsm["X_scae"])
+    np.testing.assert_array_equal(plain.layers["scae_imputed"], inside.layers["scae_imputed"])
+    np.testing.assert_array_equal(plain.obs["scae_cluster"], inside.obs["scae_cluster"])
 
 
 def test_random_state_none_draws_a_recorded_seed(small, caplog):
