@@ -18,14 +18,19 @@ import torch
 
 
 @contextlib.contextmanager
-def float32_default():
-    """float32 as torch's default dtype in the block."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
+def setting(get, set_, value):
+    """``set_(value)`` for the block, then ``set_`` back to what ``get()`` gave before (also after an error)."""
+    before = get()
+    set_(value)
     try:
         yield
     finally:
-        torch.set_default_dtype(before)
+        set_(before)
+
+
+def default_dtype(dtype: torch.dtype = torch.float32):
+    """``dtype`` as torch's default dtype in the block (float32: scae's networks and data)."""
+    return setting(torch.get_default_dtype, torch.set_default_dtype, dtype)
 
 
 @contextlib.contextmanager
@@ -33,7 +38,7 @@ def construction_defaults():
     """float32 default dtype, the CPU as default device and inference mode off, for building a network (then moved
     to its device): the same parameters whatever the caller set.
     """
-    with float32_default(), torch.device("cpu"), torch.inference_mode(False):
+    with default_dtype(), torch.device("cpu"), torch.inference_mode(False):
         yield
 
 
@@ -46,7 +51,7 @@ def isolated(*, grad: bool = False):
     of a fit name their device.
     """
     with (
-        float32_default(),
+        default_dtype(),
         torch.inference_mode(False),
         torch.enable_grad() if grad else contextlib.nullcontext(),
         torch.autocast("cpu", enabled=False),

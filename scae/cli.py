@@ -291,12 +291,10 @@ def _threads(n: int | None) -> Iterator[None]:
         return
     import torch
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
+    from ._torch_state import setting
+
+    with setting(torch.get_num_threads, torch.set_num_threads, n):
         yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,6 +1,5 @@
 """scae.tl.fit on real data: the AnnData contract, quality floors, determinism, loss curves."""
 
-import contextlib
 import logging
 import time
 
@@ -12,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 import scae
+from scae._torch_state import default_dtype
 from scae.metrics import cluster_scores, knn_accuracy
 
 # Floors sit below the worst of nine default fits on flowsom_bal_flow (CPU; seeds 0-2 under 1 and 2 torch threads
@@ -92,30 +92,13 @@ def test_same_seed_gives_identical_outputs(small):
     assert not np.array_equal(a.obsm["X_scae"], c.obsm["X_scae"])
 
 
-def _float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
-
-
-def _default_device(device):
-    torch.set_default_device(device)
-    try:
-        yield
-    finally:
-        torch.set_default_device(None)
-
-
 #: global torch states a notebook can leave behind (scae._torch_state); "meta" stands in for another default device
 #: (a GPU session's "cuda" with device="cpu"): each failed inside torch, or (autocast) computed other numbers
 CALLER_STATES = {
     "no_grad": torch.no_grad,
     "inference_mode": torch.inference_mode,
-    "float64_default": contextlib.contextmanager(_float64_default),
-    "default_device": lambda: contextlib.contextmanager(_default_device)("meta"),
+    "float64_default": lambda: default_dtype(torch.float64),
+    "default_device": lambda: torch.device("meta"),  # as torch.set_default_device("meta") in the block
     "autocast_bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
 }
 
