@@ -133,6 +133,9 @@ class FlatAdam:
         self.exp_avg = torch.zeros_like(vector, memory_format=torch.preserve_format)
         self.exp_avg_sq = torch.zeros_like(vector, memory_format=torch.preserve_format)
         self.steps = torch.zeros((), dtype=torch.float32, device=vector.device)  # what Adam keeps for fused updates
+        from torch.optim.adam import adam  # (torch.optim is loaded with torch; looked up once, not every step)
+
+        self._update = adam
 
     @property
     def param_groups(self) -> list[dict]:
@@ -142,9 +145,7 @@ class FlatAdam:
     @torch.no_grad()
     def step(self) -> None:
         """One Adam update of the vector from its ``.grad``."""
-        from torch.optim.adam import adam
-
-        adam(
+        self._update(
             [self.vector], [self.vector.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps],
             fused=True, amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr,
             weight_decay=0.0, eps=self.eps, maximize=False,
