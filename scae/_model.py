@@ -368,9 +368,10 @@ class SAUCIE:
 
         Examples
         --------
-        >>> import scae
+        >>> import scae, warnings
         >>> adata = scae.datasets.tcga_coread()  # 121 tumours × 500 genes
-        >>> model = scae.SAUCIE(adata, gene_sets=scae.datasets.hallmark_gmt()).train(max_epochs=2, progress=False)
+        >>> with warnings.catch_warnings(action="ignore"):  # warns of the 14 sets with < min_genes=5 of the genes
+        ...     model = scae.SAUCIE(adata, gene_sets=scae.datasets.hallmark_gmt()).train(max_epochs=2, progress=False)
         >>> model.get_gene_set_activities().shape  # the 36 hallmark sets with >= 5 of the 500 genes
         (121, 36)
         """
@@ -387,10 +388,11 @@ class SAUCIE:
         --------
         >>> import scae
         >>> adata = scae.datasets.tcga_coread()  # 121 tumours × 500 genes
-        >>> model = scae.SAUCIE(adata, gene_sets=scae.datasets.hallmark_gmt()).train(max_epochs=2, progress=False)
+        >>> sets = {"set_a": list(adata.var_names[:20]), "set_b": list(adata.var_names[20:50])}
+        >>> model = scae.SAUCIE(adata, gene_sets=sets).train(max_epochs=2, progress=False)
         >>> w = model.get_gene_set_weights()
-        >>> w.shape, int((w["HALLMARK_HYPOXIA"] != 0).sum())  # nonzero only for the set's 9 genes among the 500
-        ((500, 36), 9)
+        >>> w.shape, int((w["set_b"] != 0).sum())  # nonzero only for the set's 30 genes
+        ((500, 2), 30)
         """
         self._check_gene_sets()
         with torch.no_grad():
