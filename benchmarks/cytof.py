@@ -4,6 +4,10 @@ Data (real, from the shared data directory):
 - flowsom_bal: mouse BAL flow cytometry, 19,225 cells × 8 markers (compensated, logicle), 7 manual gates;
   "Unlabeled" cells are clustered but excluded from scoring.
 - levine3k: Levine 2015 CyTOF bone marrow, 3,000 cells × 23 markers (arcsinh/5), 3 reference groups.
+- bal_rare_B, bal_rare_NK (only when named in ``--datasets``): flowsom_bal with the B cells (a distinct
+  CD19+ population) or the NK cells subsampled to 0.5% of the cells (84 / 95 cells), a rare population.
+  The extra column "rare F1" is the F1 of the cluster that best matches that gate (0 when no cluster holds
+  it); the F1 column still matches every gate one to one.
 
 Every method sees the same input: the marker channels in ``adata.X``. Rows:
 - scae: default automatic cluster count (``scae.tl.fit`` defaults).
@@ -24,6 +28,7 @@ search grows faster than linearly.
 
     python benchmarks/cytof.py [--seeds 0 1 2] [--sizes 10000 100000 1000000] [--scanpy-max 100000]
                                [--steps N] [--hidden 64 32 16] [--batch-size 4096]
+                               [--datasets flowsom_bal levine3k bal_rare_B bal_rare_NK]
 """
 
 from __future__ import annotations
@@ -37,13 +42,42 @@ import sys
 HIDDEN: tuple[int, ...] | None = None
 #: scae minibatch size; ``--batch-size`` sets it in every worker (default: scae's, 512 on the CPU).
 BATCH_SIZE: int | None = None
-DATASETS = {"flowsom_bal": ("cell_type", "Unlabeled"), "levine3k": ("phenograph_cluster", None)}
+DATASETS = {
+    "flowsom_bal": ("cell_type", "Unlabeled"),
+    "levine3k": ("phenograph_cluster", None),
+    "bal_rare_B": ("cell_type", "Unlabeled"),
+    "bal_rare_NK": ("cell_type", "Unlabeled"),
+}
+#: Rare-population variants of flowsom_bal: this gate's cells subsampled (seed 0) to RARE_SHARE of all cells.
+RARE = {"bal_rare_B": "B cells", "bal_rare_NK": "NK cells"}
+RARE_SHARE = 0.005
 
 
 def _load(name: str):
+    import numpy as np
+
     import scae
 
-    return scae.datasets.flowsom_bal() if name == "flowsom_bal" else scae.datasets.levine3k()
+    if name == "levine3k":
+        return scae.datasets.levine3k()
+    adata = scae.datasets.flowsom_bal()
+    if name not in RARE:
+        return adata
+    gate = adata.obs["cell_type"].astype(str).to_numpy() == RARE[name]
+    n_keep = round(RARE_SHARE * np.count_nonzero(~gate) / (1 - RARE_SHARE))
+    kept = np.random.default_rng(0).choice(np.flatnonzero(gate), n_keep, replace=False)
+    return adata[np.sort(np.concatenate([np.flatnonzero(~gate), kept]))].copy()
+
+
+def _rare_f1(truth, labels, gate: str) -> float:
+    """F1 of the cluster that best matches ``gate`` (not one-to-one: is the rare population found at all?)."""
+    import numpy as np
+
+    in_gate, best = truth == gate, 0.0
+    for c in np.unique(labels):
+        hit = np.count_nonzero(in_gate & (labels == c))
+        best = max(best, 2 * hit / (np.count_nonzero(in_gate) + np.count_nonzero(labels == c)))
+    return best
 
 
 def _default_hidden() -> tuple[int, ...]:
@@ -112,6 +146,7 @@ def _score(adata, labels, dataset: str) -> dict:
     keep = truth != exclude if exclude is not None else np.ones(truth.size, bool)
     scores = cluster_scores(truth[keep], np.asarray(labels).astype(str)[keep])
     scores["n_clusters"] = int(len(np.unique(labels)))  # clusters over all cells, not only scored ones
+    scores["rare_f1"] = _rare_f1(truth, np.asarray(labels).astype(str), RARE[dataset]) if dataset in RARE else np.nan
     return scores
 
 
@@ -298,15 +333,18 @@ def _quality_table(rows: list[dict]) -> str:
     df = pd.DataFrame(rows)
     lines = [
         f"{'dataset':<12} {'method':<16} {'F1':>13} {'ARI':>6} {'NMI':>6} {'clusters':>9} {'time_s':>7} {'peak_MB':>8}"
+        f" {'rare F1':>14}"
     ]
     for (dataset, method), g in df.groupby(["dataset", "method"], sort=False):
         nc = f"{g.n_clusters.min()}-{g.n_clusters.max()}" if g.n_clusters.nunique() > 1 else str(g.n_clusters.iloc[0])
         lines.append(
             f"{dataset:<12} {method:<16} {g.f1.mean():>6.3f}±{g.f1.std(ddof=0):<6.3f} {g.ari.mean():>6.3f} "
             f"{g.nmi.mean():>6.3f} {nc:>9} {g.time_s.mean():>7.1f} {g.peak_mb.max():>8.0f}"
+            + (f" {g.rare_f1.mean():>6.3f}±{g.rare_f1.std(ddof=0):<6.3f}" if g.rare_f1.notna().all() else "")
         )
-    per_seed = df.pivot_table(index=["dataset", "method"], columns="seed", values=["f1", "n_clusters"], sort=False)
-    return "\n".join(lines) + "\n\nper seed (F1 / clusters):\n" + per_seed.round(3).to_string()
+    values = ["f1", "n_clusters"] + (["rare_f1"] if df.rare_f1.notna().any() else [])
+    per_seed = df.pivot_table(index=["dataset", "method"], columns="seed", values=values, sort=False)
+    return "\n".join(lines) + "\n\nper seed (F1 / clusters / rare F1):\n" + per_seed.round(3).to_string()
 
 
 def _scaling_table(rows: list[dict], sizes: list[int], scanpy_max: int) -> str:
@@ -342,7 +380,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--scanpy-max", type=int, default=100_000, help="largest size scanpy is run at; larger extrapolated")
-    p.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS), help="none: scaling only")
+    p.add_argument(
+        "--datasets",
+        nargs="*",
+        default=["flowsom_bal", "levine3k"],
+        choices=list(DATASETS),
+        help="none: scaling only; bal_rare_B / bal_rare_NK: flowsom_bal with that gate cut to 0.5%% of the cells",
+    )
     p.add_argument("--quality-worker", nargs=2, metavar=("METHOD", "DATASET"), help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=None, help="scae training steps (default: scae's own stopping rule)")
     p.add_argument("--n-train", type=int, default=100_000, help="cells scae trains on in the scaling table")
