@@ -123,8 +123,13 @@ def write_contract(
     ``obsm[f"X_{key}"]`` (embedding), ``obs[f"{key}_cluster"]`` (categorical clusters), ``uns[key]``
     (``record``), and when given ``obsm[f"X_{key}_codes"]``, the ``layers`` (full names), and ``gene_sets`` =
     ``(activities, weights)`` as ``obsm[f"X_{key}_genesets"]`` / ``varm[f"{key}_gene_set_weights"]``. Called
-    last, once everything is computed, so a failure earlier leaves ``adata`` unchanged.
+    last, once everything is computed, so a failure earlier leaves ``adata`` unchanged. Outputs of an earlier
+    run under the same prefix that this run does not write (:func:`stale_outputs`) are removed: a refit
+    without ``batch_key`` must not leave the old corrected layer for :func:`scae.tl.cluster` to re-cut.
     """
+    stale = stale_outputs(adata, key, codes=codes is not None, layers=layers, gene_sets=gene_sets is not None)
+    for slot, name in stale:
+        del getattr(adata, slot)[name]
     adata.obsm[f"X_{key}"] = embedding
     if codes is not None:
         adata.obsm[f"X_{key}_codes"] = codes
@@ -135,3 +140,16 @@ def write_contract(
         adata.obsm[f"X_{key}_genesets"] = gene_sets[0]
         adata.varm[f"{key}_gene_set_weights"] = gene_sets[1]
     adata.uns[key] = record
+
+
+def stale_outputs(adata, key: str, *, codes: bool, layers: dict | None, gene_sets: bool) -> list[tuple[str, str]]:
+    """``(slot, name)`` of the outputs under prefix ``key`` in ``adata`` that a run writing these will not replace.
+
+    Only the optional outputs of the contract: codes, the ``{key}_imputed`` / ``{key}_corrected`` layers and the
+    gene-set activities and weights (the embedding, clusters and ``uns`` entry are always written).
+    """
+    wanted = {("obsm", f"X_{key}_codes"): codes, ("obsm", f"X_{key}_genesets"): gene_sets}
+    wanted[("varm", f"{key}_gene_set_weights")] = gene_sets
+    for suffix in ("imputed", "corrected"):
+        wanted[("layers", f"{key}_{suffix}")] = f"{key}_{suffix}" in (layers or {})
+    return [(slot, name) for (slot, name), kept in wanted.items() if not kept and name in getattr(adata, slot)]
