@@ -199,6 +199,7 @@ def _stored_inputs(adata: AnnData, key_added: str) -> dict:
         msg = f"adata.layers[{imputed_key!r}] not found: run `scae.tl.fit(adata, impute=True)` first"
         raise KeyError(msg)
     params = _fit_params(adata, key_added)
+    adata = _model_features(adata, adata.layers[imputed_key], key_added)
     X = get_matrix(adata, params.get("layer"))
     blocks = _blocks.resolve_blocks(
         adata, likelihood=params.get("likelihood", "mse"), block_key=params.get("block_key"), block_weights=None
@@ -213,6 +214,14 @@ def _stored_inputs(adata: AnnData, key_added: str) -> dict:
     codes = np.asarray(adata.obsm[codes_key])
     values = np.asarray(values, dtype=np.float32)
     return {"codes": codes, "values": values, "X": X, "blocks": blocks, "mean": mean, "std": std, "units": units}
+
+
+def _model_features(adata: AnnData, imputed, key_added: str) -> AnnData:
+    """``adata``, or its view on the features of the model when a transform gave others NaN (extra features)."""
+    if adata.uns[key_added].get("mode") != "transform" or adata.n_obs == 0:
+        return adata
+    known = ~np.isnan(np.asarray(imputed[:1], dtype=np.float32)).ravel()  # a feature the model lacks: NaN column
+    return adata if known.all() else adata[:, known]
 
 
 def _cut_stored_codes(

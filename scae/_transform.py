@@ -6,6 +6,7 @@ import copy as _copy
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -14,12 +15,13 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from . import _features, _settings, _values, data
+from . import _blocks, _features, _settings, _values, data
 from ._contract import stats_entries, uns_record, write_contract
 from ._mapping import get_mapping_state
 from ._model import SAUCIE
 from ._reproducible import deterministic_algorithms, resolve_seed
 from ._torch_state import trains
+from .genesets import _user_stacklevel
 from .train import infer, infer_gene_sets, train_net
 
 logger = logging.getLogger("scae")
@@ -103,7 +105,7 @@ def transform(
     adata
         New cells × features in the same units as the training data (same transform, same ``layer``).
         Features are matched by name: reordered when they are a permutation, extra ones ignored (NaN in
-        the imputed layers); missing ones raise ``ValueError``.
+        the imputed layers, weight 0 in the gene-set weights); missing ones raise ``ValueError``.
     batch_key
         Column of ``adata.obs`` with the new cells' batches; default the model's ``batch_key`` when
         ``adata.obs`` has it. Used to put imputed values back in each batch's own units and, with
@@ -131,7 +133,10 @@ def transform(
     training clusters as categories), ``layers[f"{key_added}_imputed"]``, ``layers[f"{key_added}_corrected"]``
     (model trained with ``batch_key``), and ``uns[key_added]`` with ``params``, ``versions``, ``device``,
     ``runtime``, ``n_clusters``, ``n_by_code`` (cells whose code is a training code) and ``history`` of the
-    fine-tuning.
+    fine-tuning; ``params`` also holds the model's ``layer``, ``likelihood``, ``block_key`` and the imputed
+    layer's units (``imputed_units``), which :func:`scae.tl.cluster` re-cuts by. With gene sets, also
+    ``obsm[f"X_{key_added}_genesets"]`` and ``varm[f"{key_added}_gene_set_weights"]``. Outputs of an earlier
+    run under ``key_added`` that this one does not write (e.g. a corrected layer) are removed.
 
     Examples
     --------
@@ -148,6 +153,7 @@ def transform(
     _settings.check_transform(model, adata, params, model_type=SAUCIE)
     t0 = time.perf_counter()
     random_state = params["random_state"] = resolve_seed(random_state)  # (None: drawn, recorded in uns)
+    params.update(_model_params(model))
     cells, state = _read_new_cells(model, adata, batch_key), get_mapping_state(model)
     net, history = _mapping_net(model, cells, fine_tune_epochs, fine_tune_learning_rate, random_state, progress)
     t1 = time.perf_counter()
@@ -157,6 +163,20 @@ def transform(
     _write_outputs(adata, mapped, cells.columns, record, key_added)
     _log_summary(adata.n_obs, mapped.by_code, t0)
     return adata if copy else None
+
+
+def _model_params(model) -> dict:
+    """The model's settings that the outputs follow, recorded with the transform's own ``params`` so that
+    :func:`scae.tl.cluster` re-cuts them as it re-cuts a fit's (the input's layer, likelihoods, blocks, and the
+    imputed layer's units: counts, as :meth:`scae.SAUCIE.get_reconstruction` gives them).
+    """
+    likelihood = model.hparams.get("likelihood", "mse")
+    return {
+        "layer": model.layer,
+        "likelihood": likelihood if isinstance(likelihood, str) else dict(likelihood),
+        "block_key": model.hparams.get("block_key"),
+        "imputed_units": "counts",
+    }
 
 
 def _loaded(model, adata, params: dict):
@@ -200,6 +220,7 @@ def _read_new_cells(model, adata: AnnData, batch_key: str | None) -> _NewCells:
     X = data.get_matrix(view, model.layer)
     where = "adata.X" if model.layer is None else f"adata.layers[{model.layer!r}]"
     _values.validate_matrix(X, where=where)
+    _blocks.validate_and_moments(X, model.blocks, where=where)  # the fit's value checks (counts, untransformed)
     batch_codes, n_batches = _batch_codes(model, adata, batch_key)
     columns = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
     return _NewCells(X=X, columns=columns, batch_codes=batch_codes, n_batches=n_batches)
@@ -234,8 +255,11 @@ def _map_cells(model, state, net, cells: _NewCells, *, impute: bool, fine_tuned:
     rec = out["reconstruction"].astype(np.float32)
     corrected = (state.batch_categories is not None and model.weights.lambda_b > 0) or fine_tuned
     imputed = None
-    if impute:
-        imputed = data.restore_batch_moments(rec, cells.X, cells.batch_codes) if corrected else rec
+    if impute and corrected:
+        _warn_small_batches(cells.batch_codes)
+        imputed = data.restore_batch_moments(rec, cells.X, cells.batch_codes)
+    elif impute:
+        imputed = rec
     categories = [str(i) for i in range(state.clusters.n_clusters)]
     gene_sets = None
     if model.gene_set_mask is not None:
@@ -251,6 +275,27 @@ def _map_cells(model, state, net, cells: _NewCells, *, impute: bool, fine_tuned:
         corrected=corrected,
         gene_sets=gene_sets,
     )
+
+
+#: Fewer new cells of a batch than this make its imputed values unreliable (see :func:`_warn_small_batches`).
+MIN_BATCH_CELLS = 30
+
+
+def _warn_small_batches(batch_codes: np.ndarray) -> None:
+    """Warn when a batch of the new cells is too small for its imputed values: those are put back in the batch's
+    own units from the moments of its cells in this call (one cell: its own input values).
+    """
+    counts = np.bincount(batch_codes)
+    small = counts[(counts > 0) & (counts < MIN_BATCH_CELLS)]
+    if small.size:
+        warnings.warn(
+            f"{small.size} batch(es) of the new cells hold fewer than {MIN_BATCH_CELLS} cells (smallest: "
+            f"{int(small.min())}): their imputed values are put back in the batch's own units from the moments of "
+            "these few cells and are unreliable (a single cell gets its input back); transform each batch's cells "
+            "together, or use the corrected layer (in the reference batch's units)",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
 
 
 def _uns_entry(
@@ -294,9 +339,12 @@ def _write_outputs(adata: AnnData, mapped: _MappedCells, columns: np.ndarray | N
         layers[f"{key_added}_imputed"] = _in_adata_order(mapped.imputed, columns, adata.n_vars)
     if mapped.corrected:
         layers[f"{key_added}_corrected"] = _in_adata_order(mapped.reconstruction, columns, adata.n_vars)
+    gene_sets = mapped.gene_sets
+    if gene_sets is not None and columns is not None:  # weights per gene of adata; 0 for genes the model lacks
+        gene_sets = (gene_sets[0], np.nan_to_num(_in_adata_order(gene_sets[1].T, columns, adata.n_vars).T, nan=0.0))
     write_contract(
         adata, key_added, embedding=mapped.embedding.astype(np.float32), codes=mapped.codes.astype(np.float32),
-        clusters=mapped.clusters, layers=layers, gene_sets=mapped.gene_sets, record=record,
+        clusters=mapped.clusters, layers=layers, gene_sets=gene_sets, record=record,
     )  # fmt: skip
 
 
