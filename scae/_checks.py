@@ -199,3 +199,29 @@ def gene_sets(name: str, value) -> None:
     size = value.shape[1] if isinstance(value, pd.DataFrame) else len(value) if isinstance(value, Mapping) else 1
     if size == 0:
         _fail(ValueError, name, value, allowed)
+
+
+#: The file that marks a folder as a saved scae model (:mod:`scae._save`).
+MODEL_JSON = "model.json"
+
+
+def model_folder_problem(path) -> str | None:
+    """Why the folder ``path`` cannot receive a saved model, or ``None``; nothing is created.
+
+    An existing ``path`` must be a folder that is empty or holds a model (it is replaced); otherwise the
+    nearest existing folder above it must be a writable folder, where the missing ones are made.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            return f"{path} exists and is not a folder"
+        if os.listdir(path) and not os.path.isfile(os.path.join(path, MODEL_JSON)):
+            return f"{path} exists and is not a scae model folder; refusing to replace it"
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{path} cannot be made: {parent} is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be made: {parent} is not writable"
+    return None

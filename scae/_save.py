@@ -33,6 +33,7 @@ from anndata import AnnData
 
 from . import _values, data
 from ._atomic import check_signals, deferred_signals, make_dirs, record_created
+from ._checks import MODEL_JSON, model_folder_problem
 from ._contract import versions as _versions
 from ._mapping import ClusterReference, MappingState, get_mapping_state
 from .train import LossWeights
@@ -41,10 +42,12 @@ logger = logging.getLogger("scae")
 
 FORMAT = "scae-model"
 FORMAT_VERSION = 1
-JSON_NAME = "model.json"
+JSON_NAME = MODEL_JSON
 WEIGHTS_NAME = "weights.safetensors"
 TORCH_WEIGHTS_NAME = "weights.pt"
 STATE_NAME = "state.safetensors"
+#: Every file a model folder may hold from :func:`save_model` (older saves: ``weights.pt``); others are the user's.
+MODEL_FILES = frozenset({JSON_NAME, WEIGHTS_NAME, TORCH_WEIGHTS_NAME, STATE_NAME})
 #: SAUCIE arguments that describe the data rather than the model; stored apart from ``hparams``.
 _DATA_ARGS = ("adata", "layer", "batch_key", "reference_batch", "device")
 #: Keys of ``model.json`` that loading reads, with the JSON types they must have.
@@ -90,7 +93,8 @@ def _umask() -> int:
 
 
 def _atomic_dir(path: Path, overwrite: bool):
-    """Context: yields a temporary folder beside ``path`` that replaces ``path`` on success.
+    """Context: yields a temporary folder beside ``path`` that becomes ``path`` on success; an existing model
+    folder ``path`` gets the new model's files instead (file by file), and keeps every other file put into it.
 
     Missing parent folders are made by :func:`scae._atomic.make_dirs`; nothing is renamed after a signal was
     received under :func:`scae._atomic.stop_on_signals`, and a new ``path`` is recorded with the files in it
@@ -102,9 +106,8 @@ def _atomic_dir(path: Path, overwrite: bool):
             if path.exists() and not overwrite:
                 msg = f"{path} exists; pass overwrite=True to replace it"
                 raise FileExistsError(msg)
-            if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / JSON_NAME).is_file())):
-                msg = f"{path} exists and is not a scae model folder; refusing to replace it"
-                raise FileExistsError(msg)
+            if path.exists() and (problem := model_folder_problem(path)) is not None:
+                raise FileExistsError(problem)
             make_dirs(path.parent)
             with deferred_signals():  # a signal now is acted on in __exit__, which removes the folder
                 self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -125,14 +128,15 @@ def _atomic_dir(path: Path, overwrite: bool):
                 except BaseException:
                     shutil.rmtree(self.tmp, ignore_errors=True)
                     raise
-                old = path.parent / f".{path.name}.{os.getpid()}.old" if path.exists() else None
-                if old is not None:
-                    os.replace(path, old)
-                os.replace(self.tmp, path)
-                if old is None:
+                if path.exists():  # a model folder: its model files are replaced, anything else in it stays
+                    for name in sorted(names, key=lambda n: n == JSON_NAME):  # model.json, which marks it, last
+                        os.replace(self.tmp / name, path / name)
+                    for name in sorted(MODEL_FILES - set(names)):  # (weights.pt of an older save)
+                        (path / name).unlink(missing_ok=True)
+                    self.tmp.rmdir()
+                else:
+                    os.replace(self.tmp, path)
                     record_created(path, *(path / name for name in names))
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
             return False
 
     return _Ctx()

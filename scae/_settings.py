@@ -27,6 +27,7 @@ from ._checks import (
     flag_or_none,
     integer,
     key_name,
+    model_folder_problem,
     name_or_none,
     names,
     real,
@@ -130,6 +131,9 @@ def check_fit(values: Mapping[str, object]) -> None:
     backed = bool(getattr(adata, "isbacked", False))
     if backed and values["copy"]:
         msg = "`copy=True` is not supported for a backed AnnData; results are written into it (and `out_path`)"
+        raise ValueError(msg)
+    if values["save_model"] is not None and (problem := model_folder_problem(values["save_model"])) is not None:
+        msg = f"`save_model`: {problem}"
         raise ValueError(msg)
     out_path = values["out_path"]
     if out_path is None:
