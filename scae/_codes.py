@@ -26,7 +26,7 @@ def binarize(codes: np.ndarray, *, threshold: float = 0.1) -> np.ndarray:
     [[1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 0, 1]]
     """
     unit_max = codes.max(0, keepdims=True)
-    return codes > threshold * np.where(unit_max > 0, unit_max, np.inf)
+    return codes > np.where(unit_max > 0, threshold * unit_max, np.inf)  # a unit that never fires stays off
 
 
 def pack_bits(binary: np.ndarray) -> np.ndarray:
@@ -70,7 +70,7 @@ def code_words(
     """
     if unit_max is None:
         unit_max = codes.max(0)
-    cut = threshold * np.where(unit_max > 0, unit_max, np.inf)
+    cut = np.where(unit_max > 0, threshold * unit_max, np.inf)  # (not threshold × inf: NaN at threshold 0)
     words = np.empty((codes.shape[0], -(-codes.shape[1] // 64)), dtype=np.uint64)
     for start in range(0, codes.shape[0], chunk_rows):
         words[start : start + chunk_rows] = pack_bits(codes[start : start + chunk_rows] > cut)

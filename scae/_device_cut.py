@@ -91,7 +91,7 @@ def device_cut(
     for x in source.chunks(chunk_rows):
         m = net(x).codes.float().amax(0)
         unit_max = m if unit_max is None else torch.maximum(unit_max, m)
-    cut = threshold * torch.where(unit_max > 0, unit_max, torch.full_like(unit_max, float("inf")))
+    cut = torch.where(unit_max > 0, threshold * unit_max, torch.full_like(unit_max, float("inf")))
     words = torch.cat([pack_words(net(x).codes.float() > cut) for x in source.chunks(chunk_rows)])
     ids, code_words = first_appearance_ids(words)
     del words

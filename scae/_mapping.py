@@ -25,7 +25,7 @@ REFERENCE_SAMPLE_CELLS = 2000
 
 def binarize_with(codes: np.ndarray, unit_max: np.ndarray, threshold: float) -> np.ndarray:
     """Binarize ``codes`` against a fixed per-unit maximum (the training cells'), as :func:`cluster.binarize`."""
-    return codes > threshold * np.where(unit_max > 0, unit_max, np.inf)[None, :]
+    return codes > np.where(unit_max > 0, threshold * unit_max, np.inf)[None, :]
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from . import _settings
 from ._mapping import binarize_with
 from .cluster import pack_bits
 from .data import column
+from .genesets import _user_stacklevel
 
 logger = logging.getLogger("scae")
 
@@ -146,7 +148,8 @@ def query(
     adata_query
         Query cells with the same keys.
     k
-        Reference cells returned per query cell.
+        Reference cells returned per query cell (at most all of them: a larger ``k`` warns and is lowered,
+        ``uns[key_added]["params"]["k"]`` records the ``k`` used).
     codes_key
         ``obsm`` key of the clustering-layer activations.
     threshold
@@ -179,6 +182,13 @@ def query(
     _settings.check_query(adata_ref, adata_query, locals())
     ref_codes, q_codes = _stored_codes(adata_ref, adata_query, codes_key, tie_break)
     columns = _transfer_columns(adata_ref, transfer)
+    if k > adata_ref.n_obs:
+        warnings.warn(
+            f"k={k} is more than the {adata_ref.n_obs} reference cells: each query cell gets all of them",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
+        )
+        k = adata_ref.n_obs
     t0 = time.perf_counter()
     unit_max = ref_codes.max(0)
     ref_keys = pack_bits(binarize_with(ref_codes, unit_max, threshold))

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _values, data
+from ._checks import real
 
 
 def arcsinh(
@@ -45,9 +46,7 @@ def arcsinh(
     >>> round(float(a.X[0, 1]), 4)
     0.8814
     """
-    if not cofactor > 0:
-        msg = f"`cofactor` must be > 0, got {cofactor}"
-        raise ValueError(msg)
+    real(0, lo_open=True)("cofactor", cofactor)
     X = data.get_matrix(adata, layer)
     _values.validate_matrix(X, where="adata.X" if layer is None else f"adata.layers[{layer!r}]", float32=False)
     target = key_added or layer or "X"
