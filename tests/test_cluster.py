@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -404,3 +406,14 @@ def test_accumulator_set_codes_checks_shapes():
         acc.set_codes(
             np.ones(3), np.zeros(9, dtype=np.int64), words, np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3))
         )
+
+
+def test_threshold_zero_binarizes_without_warnings():
+    """At threshold 0 a unit fires wherever it is positive; a unit that never fires stays off (no 0 x inf)."""
+    codes = np.array([[0.5, 0.0, 0.0], [0.0, 0.2, 0.0], [0.1, 0.3, 0.0]], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        binary = cluster.binarize(codes, threshold=0.0)
+        words = cluster.code_words(codes, threshold=0.0)
+    assert binary.astype(int).tolist() == [[1, 0, 0], [0, 1, 0], [1, 1, 0]]
+    np.testing.assert_array_equal(words, cluster.pack_bits(binary))

@@ -23,6 +23,10 @@ def test_arcsinh_values_sparse_and_double_application(levine):
     assert "asinh" not in b.layers
     with pytest.raises(ValueError, match="cofactor"):
         scae.pp.arcsinh(b, cofactor=0)
+    with pytest.raises(ValueError, match=r"`cofactor` must be a finite number > 0, got inf"):
+        scae.pp.arcsinh(b, cofactor=float("inf"))  # (would set every value to 0)
+    with pytest.raises(TypeError, match=r"`cofactor` must be a finite number > 0, got '5'"):
+        scae.pp.arcsinh(b, cofactor="5")
     # float64 values beyond float32: the transform stays finite (divided in float64), a fit on them is refused
     wide = np.array([[0.0, 5.0, 1e39], [1.0, 2.0, 3.0]])
     for X in (wide, sp.csr_matrix(wide)):

@@ -60,3 +60,11 @@ def test_query_on_real_data_recall_and_label_transfer(flow_fitted):
     assert recall > RECALL_FLOOR and acc > TRANSFER_FLOOR
     with pytest.raises(ValueError, match="run `scae.tl.fit`"):
         scae.tl.query(ref, qry, codes_key="X_pca")
+
+
+def test_k_above_the_reference_cells_warns_and_records_the_k_used(flow_fitted):
+    ref, qry = flow_fitted[:50].copy(), flow_fitted[50:60].copy()
+    with pytest.warns(UserWarning, match="k=80 is more than the 50 reference cells"):
+        scae.tl.query(ref, qry, k=80)
+    assert qry.obsm["scae_query_indices"].shape == (10, 50) and qry.uns["scae_query"]["params"]["k"] == 50
+    assert (np.sort(qry.obsm["scae_query_indices"], axis=1) == np.arange(50)).all()  # every reference cell once
