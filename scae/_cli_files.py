@@ -102,11 +102,16 @@ def input_record(paths) -> str | list[str]:
     return resolved[0] if len(resolved) == 1 else resolved
 
 
-def output_format(out: Path) -> str:
+def output_format(out: Path, inputs=(), save_model=None) -> str:
     """``"h5ad"`` or ``"zarr"`` by the suffix of ``out``; ``ValueError`` before any work for what cannot be written.
 
-    An existing folder is replaced only when it is a zarr store written as OUT before, never another folder.
+    An existing folder is replaced only when it is a zarr store written as OUT before, never another folder. OUT
+    must not be one of the ``inputs`` (IN is never overwritten) nor the ``save_model`` folder.
     """
+    for what, paths in (("the input", inputs), ("the --save-model folder", [] if save_model is None else [save_model])):
+        if out.resolve() in {Path(p).resolve() for p in paths}:
+            msg = f"OUT {out} is {what}; scae never overwrites it: name another output file"
+            raise ValueError(msg)
     fmt = OUTPUT_FORMATS.get(out.suffix.lower())
     if fmt is None:
         msg = f"cannot write {out}: scae writes AnnData as .h5ad or .zarr, not {out.suffix!r}"
@@ -135,13 +140,13 @@ def fcs_outputs(adata, folder: str | os.PathLike, inputs, out: Path) -> dict[Pat
     fcs_in = [Path(p) for p in inputs if Path(p).suffix.lower() == ".fcs"]
     if fcs_in and "sample" in adata.obs:
         samples = adata.obs["sample"].astype("category")
-        stems = [Path(str(c)).stem for c in samples.cat.categories]
+        stems = [str(c) if Path(str(c)).suffix.lower() != ".fcs" else Path(str(c)).stem for c in samples.cat.categories]
         if len(set(stems)) < len(stems):  # files of one name from several folders
             stems = [f"{i + 1}_{stem}" for i, stem in enumerate(stems)]
         cells = [(samples == c).to_numpy() for c in samples.cat.categories]
         plan = {folder / f"{stem}_scae.fcs": rows for stem, rows in zip(stems, cells, strict=True)}
     else:
-        plan = {folder / f"{out.name.split('.')[0]}_scae.fcs": None}
+        plan = {folder / f"{out.stem if out.suffix.lower() in OUTPUT_FORMATS else out.name}_scae.fcs": None}
     clash = {str(p) for p in plan if p.resolve() in {Path(i).resolve() for i in inputs}}
     if clash:
         msg = f"--fcs-dir would overwrite the input {sorted(clash)}; choose another folder"

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from ._atomic import (
     SignalExit,
+    atomic_path,
     check_signals,
     defer_signals,
-    make_dirs,
     remove_created_on_failure,
     stop_on_signals,
     write_h5ad_atomic,
@@ -58,34 +58,37 @@ def _demo(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from . import datasets, pl, tl
+    from . import _settings, datasets, pl, tl
+    from ._config import resolve
 
+    flags = {"random_state": 0 if args.seed is None else args.seed, "device": args.device or "auto"}
+    flags.update(max_epochs=args.max_epochs, progress=not args.quiet)
+    values, _ = resolve(None, tl.fit, flags, _settings.FIT)  # exit code 2 on a bad value, as for `scae fit`
     out_dir = Path(args.out_dir)
+    h5ad, png = out_dir / "scae_demo.h5ad", out_dir / "scae_demo.png"
+    for out in (h5ad, png):  # both outputs checked before the fit, not after it
+        if out.is_dir():
+            msg = f"output {out} exists and is a folder; choose another --out-dir"
+            raise IsADirectoryError(msg)
+        check_writable(out)
     adata = datasets.cytonorm()
     print(
         f"scae demo: CytoNorm example CyTOF, {adata.n_obs} cells x {adata.n_vars} markers, "
         f"{adata.obs['batch'].nunique()} batches (arcsinh, cofactor 5)"
     )
-    tl.fit(
-        adata,
-        batch_key="batch",
-        random_state=0 if args.seed is None else args.seed,
-        device=args.device or "auto",
-        max_epochs=args.max_epochs,
-        progress=not args.quiet,
-    )
+    tl.fit(adata, batch_key="batch", **values)
+    check_signals()
     info = adata.uns["scae"]
     rt = info["runtime"]
-    h5ad = out_dir / "scae_demo.h5ad"
-    png = out_dir / "scae_demo.png"
-    write_h5ad_atomic(adata, h5ad)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     pl.embedding(adata, color="scae_cluster", ax=axes[0], show=False, title="scae clusters")
     pl.embedding(adata, color="batch", ax=axes[1], show=False, title="batch (after MMD correction)")
     fig.tight_layout()
-    make_dirs(out_dir)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    defer_signals()  # from here a signal is acted on right before a rename
+    with atomic_path(png) as tmp:  # the figure renamed into place only once the h5ad is written too
+        fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
+        write_h5ad_atomic(adata, h5ad)
     print(f"device: {info['device']}")
     print(
         f"training: {rt['steps']} steps ({rt['epochs']} epochs, stopped: {rt['stop_reason']}), {rt['train_s']:.1f} s, "
@@ -159,7 +162,8 @@ def _fit(args: argparse.Namespace) -> int:
         from .distributed import fit_file
 
         src = Path(args.input[0])
-        if len(args.input) > 1 or src.suffix.lower() in (".zarr", ".fcs") or output_format(Path(args.output)) == "zarr":
+        fmt = output_format(Path(args.output), args.input, values.get("save_model"))
+        if len(args.input) > 1 or src.suffix.lower() in (".zarr", ".fcs") or fmt == "zarr":
             msg = "under torchrun, IN is one .h5ad file and OUT an .h5ad file (each rank reads IN backed by rows)"
             raise ValueError(msg)
         if args.arcsinh is not None or args.compensate or args.fcs_dir is not None:
@@ -168,7 +172,7 @@ def _fit(args: argparse.Namespace) -> int:
         fit_file(args.input[0], args.output, values)
         return 0
     out = Path(args.output)
-    fmt = output_format(out)
+    fmt = output_format(out, args.input, values.get("save_model"))
     adata = read_input(args.input, all_channels=args.all_channels, compensate=args.compensate)
     arcsinh_input(adata, args.arcsinh, values.get("layer"))
     fcs = {} if args.fcs_dir is None else fcs_outputs(adata, args.fcs_dir, args.input, out)
@@ -199,7 +203,7 @@ def _transform(args: argparse.Namespace) -> int:
     }
     values, cfg = _options(args, tl.transform, flags)
     out = Path(args.output)
-    fmt = output_format(out)
+    fmt = output_format(out, [*args.input, args.model])
     adata = read_input(args.input, all_channels=args.all_channels, compensate=args.compensate)
     fcs = {} if args.fcs_dir is None else fcs_outputs(adata, args.fcs_dir, args.input, out)
     model = SAUCIE.load(args.model, device=args.device or "auto", deterministic=args.deterministic)
@@ -222,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="scae", description="SAUCIE-style autoencoder for single-cell data.")
     parser.add_argument("--version", action="version", version=f"scae {__version__}")
-    parser.add_argument("-v", "--verbosity", type=int, default=1, help="0 errors, 1 info, 2 debug (stderr)")
+    parser.add_argument(
+        "-v", "--verbosity", type=int, default=1, choices=(0, 1, 2), help="0 errors, 1 info, 2 debug (stderr)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="fit the bundled CytoNorm CyTOF data; write scae_demo.h5ad and scae_demo.png")
@@ -305,6 +311,8 @@ def _run(args: argparse.Namespace) -> int:
         with remove_created_on_failure(), _threads(args.threads):
             return args.func(args)
     except ConfigError as e:
+        if args.verbosity >= 2:
+            traceback.print_exc()
         print(f"scae {args.command}: error: {first_line(e)}", file=sys.stderr)
         return 2
     except SignalExit as e:
@@ -339,10 +347,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    level = {0: logging.ERROR, 1: logging.INFO}.get(args.verbosity, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    with stop_on_signals():  # a stopped run removes its temporary files and the folders it created
-        return _run(args)
+    level = {0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}[args.verbosity]
+    # scae's messages at the chosen level; other libraries' (h5py, torch, numcodecs) only from warnings up
+    logging.basicConfig(
+        level=max(level, logging.WARNING), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    scae_logger = logging.getLogger("scae")
+    previous = scae_logger.level
+    scae_logger.setLevel(level)
+    try:
+        with stop_on_signals():  # a stopped run removes its temporary files and the folders it created
+            return _run(args)
+    finally:
+        scae_logger.setLevel(previous)  # (main() called in-process leaves the logger as it found it)
 
 
 if __name__ == "__main__":  # pragma: no cover

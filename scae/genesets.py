@@ -47,24 +47,28 @@ def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
     if not path.is_file():
         msg = f"gene-set file {str(path)!r} not found (expected a GMT file: name<TAB>description<TAB>genes...)"
         raise FileNotFoundError(msg)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        msg = f"{path} is not a GMT text file (not UTF-8 text: {e.reason} at byte {e.start})"
+        raise ValueError(msg) from e
     sets: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if len(fields) < 3:
-                msg = (
-                    f"{path}:{lineno}: a GMT line needs a name, a description and at least one gene, "
-                    f"tab-separated; got {len(fields)} field(s)"
-                )
-                raise ValueError(msg)
-            name = fields[0].strip()
-            if name in sets:
-                msg = f"{path}:{lineno}: gene set {name!r} appears twice"
-                raise ValueError(msg)
-            sets[name] = list(dict.fromkeys(g.strip() for g in fields[2:] if g.strip()))
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 3:
+            msg = (
+                f"{path}:{lineno}: a GMT line needs a name, a description and at least one gene, "
+                f"tab-separated; got {len(fields)} field(s)"
+            )
+            raise ValueError(msg)
+        name = fields[0].strip()
+        if name in sets:
+            msg = f"{path}:{lineno}: gene set {name!r} appears twice"
+            raise ValueError(msg)
+        sets[name] = list(dict.fromkeys(g.strip() for g in fields[2:] if g.strip()))
     if not sets:
         msg = f"{path} holds no gene sets"
         raise ValueError(msg)

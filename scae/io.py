@@ -149,6 +149,11 @@ def read_fcs(
     if not isinstance(compensate, bool):
         msg = f"`compensate` must be True or False, got {compensate!r}"
         raise TypeError(msg)
+    seen = [p.resolve() for p in paths]
+    repeated = sorted({str(p) for p, r in zip(paths, seen, strict=True) if seen.count(r) > 1})
+    if repeated:
+        msg = f"the same FCS file is given more than once: {repeated}"
+        raise ValueError(msg)
     parts = [_read_one(p, compensate=compensate) for p in paths]
     first = parts[0]
     for p, part in zip(paths[1:], parts[1:], strict=True):
