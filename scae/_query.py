@@ -122,6 +122,14 @@ def hamming_knn(
     return indices, dists
 
 
+def _usable_k(k: int, n_ref: int) -> int:
+    """``k``, or ``n_ref`` with a warning when there are fewer reference cells."""
+    if k > n_ref:
+        msg = f"k={k} is more than the {n_ref} reference cells: each query cell gets all of them"
+        warnings.warn(msg, UserWarning, stacklevel=_user_stacklevel())
+    return min(k, n_ref)
+
+
 def query(
     adata_ref: AnnData,
     adata_query: AnnData,
@@ -148,8 +156,7 @@ def query(
     adata_query
         Query cells with the same keys.
     k
-        Reference cells returned per query cell (at most all of them: a larger ``k`` warns and is lowered,
-        ``uns[key_added]["params"]["k"]`` records the ``k`` used).
+        Reference cells per query cell (a larger ``k`` than there are warns; ``uns`` records the ``k`` used).
     codes_key
         ``obsm`` key of the clustering-layer activations.
     threshold
@@ -182,13 +189,7 @@ def query(
     _settings.check_query(adata_ref, adata_query, locals())
     ref_codes, q_codes = _stored_codes(adata_ref, adata_query, codes_key, tie_break)
     columns = _transfer_columns(adata_ref, transfer)
-    if k > adata_ref.n_obs:
-        warnings.warn(
-            f"k={k} is more than the {adata_ref.n_obs} reference cells: each query cell gets all of them",
-            UserWarning,
-            stacklevel=_user_stacklevel(),
-        )
-        k = adata_ref.n_obs
+    k = _usable_k(k, adata_ref.n_obs)
     t0 = time.perf_counter()
     unit_max = ref_codes.max(0)
     ref_keys = pack_bits(binarize_with(ref_codes, unit_max, threshold))

@@ -128,15 +128,11 @@ def transform(
 
     Returns
     -------
-    ``None``, or a new AnnData when ``copy=True``. Writes the keys of :func:`scae.tl.fit`:
-    ``obsm[f"X_{key_added}"]``, ``obsm[f"X_{key_added}_codes"]``, ``obs[f"{key_added}_cluster"]`` (the
-    training clusters as categories), ``layers[f"{key_added}_imputed"]``, ``layers[f"{key_added}_corrected"]``
-    (model trained with ``batch_key``), and ``uns[key_added]`` with ``params``, ``versions``, ``device``,
-    ``runtime``, ``n_clusters``, ``n_by_code`` (cells whose code is a training code) and ``history`` of the
-    fine-tuning; ``params`` also holds the model's ``layer``, ``likelihood``, ``block_key`` and the imputed
-    layer's units (``imputed_units``), which :func:`scae.tl.cluster` re-cuts by. With gene sets, also
-    ``obsm[f"X_{key_added}_genesets"]`` and ``varm[f"{key_added}_gene_set_weights"]``. Outputs of an earlier
-    run under ``key_added`` that this one does not write (e.g. a corrected layer) are removed.
+    ``None``, or a new AnnData when ``copy=True``. Writes the keys of :func:`scae.tl.fit`
+    (``obs[f"{key_added}_cluster"]`` with the training clusters as categories; ``uns[key_added]`` with ``n_by_code``,
+    the cells whose code is a training code, the fine-tuning ``history``, and in ``params`` the model's ``layer``,
+    ``likelihood``, ``block_key``, ``imputed_units``, which :func:`scae.tl.cluster` re-cuts by) and removes other
+    outputs of an earlier run under ``key_added``.
 
     Examples
     --------
@@ -153,7 +149,6 @@ def transform(
     _settings.check_transform(model, adata, params, model_type=SAUCIE)
     t0 = time.perf_counter()
     random_state = params["random_state"] = resolve_seed(random_state)  # (None: drawn, recorded in uns)
-    params.update(_model_params(model))
     cells, state = _read_new_cells(model, adata, batch_key), get_mapping_state(model)
     net, history = _mapping_net(model, cells, fine_tune_epochs, fine_tune_learning_rate, random_state, progress)
     t1 = time.perf_counter()
@@ -313,7 +308,7 @@ def _uns_entry(
     """``uns[key_added]`` of the transform; runtimes from ``t0`` (start) and ``t1`` (after any fine-tuning)."""
     record = uns_record(
         mode="transform",
-        params=params,
+        params={**params, **_model_params(model)},
         history=history,
         seed=params["random_state"],
         device=model.device,

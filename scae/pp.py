@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _values, data
-from ._checks import real
+from ._checks import real as _real
 
 
 def arcsinh(
@@ -46,7 +46,7 @@ def arcsinh(
     >>> round(float(a.X[0, 1]), 4)
     0.8814
     """
-    real(0, lo_open=True)("cofactor", cofactor)
+    _real(0, lo_open=True)("cofactor", cofactor)
     X = data.get_matrix(adata, layer)
     _values.validate_matrix(X, where="adata.X" if layer is None else f"adata.layers[{layer!r}]", float32=False)
     target = key_added or layer or "X"
