@@ -134,13 +134,28 @@ def validate_and_moments(X, blocks: list[Block], *, where: str, validate: bool =
     mean = np.zeros(n_features, dtype=np.float32)
     std = np.ones(n_features, dtype=np.float32)
     for b in blocks:
-        lik = get_likelihood(b.likelihood)
         index = np.arange(n_features) if b.index is None else np.asarray(b.index)
-        Xb = X if b.index is None else data.block_matrix(X, index)
-        if validate:
-            VALUE_CHECKS[lik.value_kind].check(Xb, where=where if b.index is None else f"block {b.name!r} of {where}")
-        mean[index], std[index] = data.feature_moments(lik.encoder_input_np(Xb))
+        Xb = _checked_block(X, b, where=where, validate=validate)
+        mean[index], std[index] = data.feature_moments(get_likelihood(b.likelihood).encoder_input_np(Xb))
     return mean, std
+
+
+def validate_values(X, blocks: list[Block], *, where: str) -> None:
+    """The value checks of :func:`validate_and_moments` alone (no moments: new cells of a trained model)."""
+    if _backed.is_backed(X):
+        validate_and_moments(X, blocks, where=where)
+        return
+    for b in blocks:
+        _checked_block(X, b, where=where, validate=True)
+
+
+def _checked_block(X, b: Block, *, where: str, validate: bool):
+    """Block ``b``'s columns of the in-memory ``X``, checked against its likelihood when ``validate``."""
+    Xb = X if b.index is None else data.block_matrix(X, np.asarray(b.index))
+    if validate:
+        kind = get_likelihood(b.likelihood).value_kind
+        VALUE_CHECKS[kind].check(Xb, where=where if b.index is None else f"block {b.name!r} of {where}")
+    return Xb
 
 
 def _backed_moments(X, blocks: list[Block], *, where: str) -> tuple[np.ndarray, np.ndarray]:

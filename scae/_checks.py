@@ -208,20 +208,25 @@ MODEL_JSON = "model.json"
 def model_folder_problem(path) -> str | None:
     """Why the folder ``path`` cannot receive a saved model, or ``None``; nothing is created.
 
-    An existing ``path`` must be a folder that is empty or holds a model (it is replaced); otherwise the
-    nearest existing folder above it must be a writable folder, where the missing ones are made.
+    An existing ``path`` must be a folder that is empty or holds a model, in a writable folder (it is replaced by
+    a rename, its other files moved into the new one); a new one needs a writable nearest existing folder above
+    it (the missing ones are made there).
     """
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path):
+    exists = os.path.exists(path)
+    if exists:
         if not os.path.isdir(path):
             return f"{path} exists and is not a folder"
         if os.listdir(path) and not os.path.isfile(os.path.join(path, MODEL_JSON)):
             return f"{path} exists and is not a scae model folder; refusing to replace it"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{path} cannot be replaced: it is not writable"
     parent = os.path.dirname(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    verb = "replaced" if exists else "made"
     if not os.path.isdir(parent):
-        return f"{path} cannot be made: {parent} is a file"
+        return f"{path} cannot be {verb}: {parent} is a file"
     if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path} cannot be made: {parent} is not writable"
+        return f"{path} cannot be {verb}: {parent} is not writable"
     return None

@@ -37,6 +37,10 @@ def positive_int(text: str) -> int:
     return value
 
 
+#: The levels of ``-v``: 0 errors, 1 info, 2 debug.
+VERBOSITY = (0, 1, 2)
+
+
 def add_input_args(p: argparse.ArgumentParser) -> None:
     """IN and the options of reading it (``fit`` and ``transform``)."""
     p.add_argument("input", nargs="+", help="input .h5ad or .zarr, or .fcs files (one panel; obs['sample'] per file)")
@@ -58,4 +62,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="CPU threads of torch (default: one per core); give it for identical reruns on other machines",
     )
-    p.add_argument("-v", "--verbosity", type=int, default=argparse.SUPPRESS, help="0 errors, 1 info, 2 debug")
+    p.add_argument(
+        "-v", "--verbosity", type=int, default=argparse.SUPPRESS, choices=VERBOSITY, help="0 errors, 1 info, 2 debug"
+    )

@@ -102,14 +102,15 @@ def input_record(paths) -> str | list[str]:
     return resolved[0] if len(resolved) == 1 else resolved
 
 
-def output_format(out: Path, inputs=(), save_model=None) -> str:
+def output_format(out: Path, inputs=(), save_model=None, model=None) -> str:
     """``"h5ad"`` or ``"zarr"`` by the suffix of ``out``; ``ValueError`` before any work for what cannot be written.
 
     An existing folder is replaced only when it is a zarr store written as OUT before, never another folder. OUT
-    must not be one of the ``inputs`` (IN is never overwritten) nor the ``save_model`` folder.
+    must not be one of the ``inputs`` (IN is never overwritten), the ``save_model`` folder nor the ``model`` read.
     """
-    for what, paths in (("the input", inputs), ("the --save-model folder", [] if save_model is None else [save_model])):
-        if out.resolve() in {Path(p).resolve() for p in paths}:
+    others = {"the input": inputs, "the --save-model folder": [save_model], "the model folder": [model]}
+    for what, paths in others.items():
+        if out.resolve() in {Path(p).resolve() for p in paths if p is not None}:
             msg = f"OUT {out} is {what}; scae never overwrites it: name another output file"
             raise ValueError(msg)
     fmt = OUTPUT_FORMATS.get(out.suffix.lower())

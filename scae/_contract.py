@@ -128,7 +128,8 @@ def write_contract(
     without ``batch_key`` must not leave the old corrected layer for :func:`scae.tl.cluster` to re-cut.
     """
     stale = stale_outputs(adata, key, codes=codes is not None, layers=layers, gene_sets=gene_sets is not None)
-    for slot, name in stale:
+    fitted_layer = record.get("params", {}).get("layer")  # (a fit on an earlier run's imputed layer keeps it)
+    for slot, name in [(slot, name) for slot, name in stale if (slot, name) != ("layers", fitted_layer)]:
         del getattr(adata, slot)[name]
     adata.obsm[f"X_{key}"] = embedding
     if codes is not None:
@@ -146,10 +147,12 @@ def stale_outputs(adata, key: str, *, codes: bool, layers: dict | None, gene_set
     """``(slot, name)`` of the outputs under prefix ``key`` in ``adata`` that a run writing these will not replace.
 
     Only the optional outputs of the contract: codes, the ``{key}_imputed`` / ``{key}_corrected`` layers and the
-    gene-set activities and weights (the embedding, clusters and ``uns`` entry are always written).
+    gene-set activities and weights (the embedding, clusters and ``uns`` entry are always written), and the
+    ranking of the earlier run's gene-set activities (``uns[f"{key}_rank_gene_sets"]``, :func:`scae.tl.rank_gene_sets`).
     """
     wanted = {("obsm", f"X_{key}_codes"): codes, ("obsm", f"X_{key}_genesets"): gene_sets}
     wanted[("varm", f"{key}_gene_set_weights")] = gene_sets
+    wanted[("uns", f"{key}_rank_gene_sets")] = False
     for suffix in ("imputed", "corrected"):
         wanted[("layers", f"{key}_{suffix}")] = f"{key}_{suffix}" in (layers or {})
     return [(slot, name) for (slot, name), kept in wanted.items() if not kept and name in getattr(adata, slot)]

@@ -198,7 +198,8 @@ progress
     Show a progress bar.
 save_model
     Folder to save the trained model in (:meth:`scae.SAUCIE.save`), with these clusters, so that
-    :func:`scae.tl.transform` can place new cells into them later.
+    :func:`scae.tl.transform` can place new cells into them later. Checked before training: a new folder or
+    a model folder (replaced; other files in it are kept).
 key_added
     Prefix of every key written.
 copy
@@ -239,4 +240,7 @@ FIT_RETURNS = """\
     ``gene_sets`` (names of the kept sets, the columns of the two arrays above); per-cluster
     ``cluster_means``/``cluster_medians`` (DataFrames, clusters × features, of the input values) and
     ``cluster_sizes`` (see :func:`scae.tl.cluster_stats`).
+
+Outputs of an earlier run under the same ``key_added`` that this fit does not write (e.g. the corrected layer
+of a fit with ``batch_key``, or ``uns[f"{key_added}_rank_gene_sets"]``) are removed; the fitted ``layer`` stays.
 """

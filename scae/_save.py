@@ -46,7 +46,8 @@ JSON_NAME = MODEL_JSON
 WEIGHTS_NAME = "weights.safetensors"
 TORCH_WEIGHTS_NAME = "weights.pt"
 STATE_NAME = "state.safetensors"
-#: Every file a model folder may hold from :func:`save_model` (older saves: ``weights.pt``); others are the user's.
+#: Every file a model folder may hold from :func:`save_model` (older saves: ``weights.pt``); others are the user's,
+#: moved into the folder that replaces it.
 MODEL_FILES = frozenset({JSON_NAME, WEIGHTS_NAME, TORCH_WEIGHTS_NAME, STATE_NAME})
 #: SAUCIE arguments that describe the data rather than the model; stored apart from ``hparams``.
 _DATA_ARGS = ("adata", "layer", "batch_key", "reference_batch", "device")
@@ -93,8 +94,9 @@ def _umask() -> int:
 
 
 def _atomic_dir(path: Path, overwrite: bool):
-    """Context: yields a temporary folder beside ``path`` that becomes ``path`` on success; an existing model
-    folder ``path`` gets the new model's files instead (file by file), and keeps every other file put into it.
+    """Context: yields a temporary folder beside ``path`` that replaces ``path`` on success (one rename); the files
+    of an existing model folder that are not model files (e.g. ``fitted.h5ad`` saved beside the model) are then
+    moved into the new one (:func:`_move_other_files`).
 
     Missing parent folders are made by :func:`scae._atomic.make_dirs`; nothing is renamed after a signal was
     received under :func:`scae._atomic.stop_on_signals`, and a new ``path`` is recorded with the files in it
@@ -107,7 +109,7 @@ def _atomic_dir(path: Path, overwrite: bool):
                 msg = f"{path} exists; pass overwrite=True to replace it"
                 raise FileExistsError(msg)
             if path.exists() and (problem := model_folder_problem(path)) is not None:
-                raise FileExistsError(problem)
+                raise (PermissionError if problem.endswith("not writable") else FileExistsError)(problem)
             make_dirs(path.parent)
             with deferred_signals():  # a signal now is acted on in __exit__, which removes the folder
                 self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -128,18 +130,41 @@ def _atomic_dir(path: Path, overwrite: bool):
                 except BaseException:
                     shutil.rmtree(self.tmp, ignore_errors=True)
                     raise
-                if path.exists():  # a model folder: its model files are replaced, anything else in it stays
-                    for name in sorted(names, key=lambda n: n == JSON_NAME):  # model.json, which marks it, last
-                        os.replace(self.tmp / name, path / name)
-                    for name in sorted(MODEL_FILES - set(names)):  # (weights.pt of an older save)
-                        (path / name).unlink(missing_ok=True)
-                    self.tmp.rmdir()
-                else:
-                    os.replace(self.tmp, path)
+                old = path.parent / f".{path.name}.{os.getpid()}.old" if path.exists() else None
+                if old is not None:
+                    os.replace(path, old)
+                try:
+                    os.replace(self.tmp, path)  # the whole model in one rename: never half old, half new
+                except BaseException:
+                    if old is not None:
+                        os.replace(old, path)
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+                    raise
+                if old is None:
                     record_created(path, *(path / name for name in names))
+                else:
+                    _move_other_files(old, path)
             return False
 
     return _Ctx()
+
+
+def _move_other_files(old: Path, path: Path) -> None:
+    """Move what ``old`` (the replaced model folder) holds besides :data:`MODEL_FILES` into ``path``; then delete
+    ``old``, unless a move failed: those entries stay there, named in a warning.
+    """
+    left = []
+    for entry in sorted(old.iterdir()):
+        if entry.name in MODEL_FILES:
+            continue
+        try:
+            shutil.move(entry, path / entry.name)
+        except OSError as e:
+            left.append(f"{entry.name} ({e.strerror or e})")
+    if left:
+        logger.warning("could not move %s from the replaced model folder; they are in %s", ", ".join(left), old)
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(model, path, *, overwrite: bool = True) -> Path:

@@ -196,10 +196,20 @@ def _stored_inputs(adata: AnnData, key_added: str) -> dict:
             )
         raise KeyError(msg)
     if imputed_key not in adata.layers:
-        msg = f"adata.layers[{imputed_key!r}] not found: run `scae.tl.fit(adata, impute=True)` first"
+        msg = (
+            f"adata.layers[{imputed_key!r}] not found: run `scae.tl.fit(adata, impute=True)` (or `scae.tl.transform` "
+            "with `impute=True`) first"
+        )
         raise KeyError(msg)
     params = _fit_params(adata, key_added)
     adata = _model_features(adata, adata.layers[imputed_key], key_added)
+    block_key = params.get("block_key")
+    if block_key is not None and block_key not in adata.var.columns:
+        msg = (
+            f"adata.var[{block_key!r}] not found: the model was fitted with block_key={block_key!r}; to re-cut, add "
+            "that column (each feature's block, as in the training AnnData's var)"
+        )
+        raise KeyError(msg)
     X = get_matrix(adata, params.get("layer"))
     blocks = _blocks.resolve_blocks(
         adata, likelihood=params.get("likelihood", "mse"), block_key=params.get("block_key"), block_weights=None

@@ -215,7 +215,7 @@ def _read_new_cells(model, adata: AnnData, batch_key: str | None) -> _NewCells:
     X = data.get_matrix(view, model.layer)
     where = "adata.X" if model.layer is None else f"adata.layers[{model.layer!r}]"
     _values.validate_matrix(X, where=where)
-    _blocks.validate_and_moments(X, model.blocks, where=where)  # the fit's value checks (counts, untransformed)
+    _blocks.validate_values(X, model.blocks, where=where)  # the fit's value checks (counts, untransformed)
     batch_codes, n_batches = _batch_codes(model, adata, batch_key)
     columns = None if view is adata else adata.var_names.astype(str).get_indexer(pd.Index(model.var_names))
     return _NewCells(X=X, columns=columns, batch_codes=batch_codes, n_batches=n_batches)

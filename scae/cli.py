@@ -36,7 +36,7 @@ from ._atomic import (
     stop_on_signals,
     write_h5ad_atomic,
 )
-from ._cli_args import add_common_args, add_input_args, positive_int
+from ._cli_args import VERBOSITY, add_common_args, add_input_args, positive_int
 from ._cli_files import (
     arcsinh_input,
     check_writable,
@@ -203,7 +203,7 @@ def _transform(args: argparse.Namespace) -> int:
     }
     values, cfg = _options(args, tl.transform, flags)
     out = Path(args.output)
-    fmt = output_format(out, [*args.input, args.model])
+    fmt = output_format(out, args.input, model=args.model)
     adata = read_input(args.input, all_channels=args.all_channels, compensate=args.compensate)
     fcs = {} if args.fcs_dir is None else fcs_outputs(adata, args.fcs_dir, args.input, out)
     model = SAUCIE.load(args.model, device=args.device or "auto", deterministic=args.deterministic)
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scae", description="SAUCIE-style autoencoder for single-cell data.")
     parser.add_argument("--version", action="version", version=f"scae {__version__}")
     parser.add_argument(
-        "-v", "--verbosity", type=int, default=1, choices=(0, 1, 2), help="0 errors, 1 info, 2 debug (stderr)"
+        "-v", "--verbosity", type=int, default=1, choices=VERBOSITY, help="0 errors, 1 info, 2 debug (stderr)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

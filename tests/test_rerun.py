@@ -39,6 +39,9 @@ def test_refit_removes_outputs_it_does_not_write(cyto):
         scae.tl.cluster(a)
     scae.tl.fit(a, key_added="other", batch_key="batch", **FIT)  # another prefix is left alone
     assert "X_scae_codes" in a.obsm and "other_corrected" in a.layers and "scae_imputed" not in a.layers
+    a.uns["other_rank_gene_sets"] = {"names": ["a set of the earlier fit"]}
+    scae.tl.fit(a, key_added="other", layer="other_imputed", impute=False, **FIT)  # on the earlier denoised values
+    assert "other_imputed" in a.layers and "other_corrected" not in a.layers and "other_rank_gene_sets" not in a.uns
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,8 @@ def test_transform_gene_set_weights_follow_the_adata_genes(gene_set_model, guard
     np.testing.assert_array_equal(out.varm["scae_gene_set_weights"][:500], weights)
     assert (out.varm["scae_gene_set_weights"][500:] == 0).all()  # genes the model lacks are in no set
     assert np.isnan(out.layers["scae_imputed"][:, 500:]).all()
+    scae.tl.cluster(out)  # re-cut on the model's 500 genes (the extra ones are NaN in the imputed layer)
+    np.testing.assert_array_equal(out.obs["scae_cluster"].to_numpy(), adata.obs["scae_cluster"].to_numpy())
 
 
 def test_recut_of_a_transform_uses_the_model_layer(tmp_path):
