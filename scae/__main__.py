@@ -1,7 +1,5 @@
 """``python -m scae``: the ``scae`` command (also under torchrun: ``torchrun ... -m scae fit IN OUT``)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -362,5 +363,18 @@ def main(argv: list[str] | None = None) -> int:
         scae_logger.setLevel(previous)  # (main() called in-process leaves the logger as it found it)
 
 
+def run() -> None:
+    """The ``scae`` console script and ``python -m scae``: :func:`main`, then exit with its code.
+
+    Once a run has succeeded the process only shuts down (interpreter and torch teardown, about half a second):
+    SIGTERM and SIGINT are ignored from then on, so a late signal cannot turn a finished run into exit 143.
+    """
+    code = main()
+    if code == 0 and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -6,7 +6,10 @@ earlier outputs as they were when it fails; ``-v`` takes 0, 1 or 2.
 """
 
 import hashlib
+import subprocess
+import sys
 
+import anndata as ad
 import fcswrite
 import numpy as np
 import pytest
@@ -100,3 +103,16 @@ def test_verbosity_levels_and_unreadable_gene_sets(cells, tmp_path, capsys):
         assert e.value.code == 2
     assert cli.main(["fit", str(cells), str(tmp_path / "o.h5ad"), "--gene-sets", str(cells), *QUICK]) == 1
     assert f"{cells} is not a GMT text file" in capsys.readouterr().err
+
+
+def test_a_signal_after_a_finished_run_exits_0(cells, tmp_path):
+    """SIGTERM during the interpreter's shutdown (here: from an atexit hook) does not turn success into 143."""
+    out = tmp_path / "out.h5ad"
+    argv = ["scae", "fit", str(cells), str(out), *QUICK]
+    code = (
+        "import atexit, os, signal, sys; atexit.register(lambda: os.kill(os.getpid(), signal.SIGTERM)); "
+        f"sys.argv = {argv!r}; from scae.cli import run; run()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert ad.read_h5ad(out).obsm["X_scae"].shape == (600, 2)
