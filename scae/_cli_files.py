@@ -17,6 +17,12 @@ def first_line(e: BaseException) -> str:
 
 def check_writable(out: Path) -> None:
     """Fail before training, not after, when ``out`` cannot be written (missing folders are created)."""
+    above = out.parent
+    while not above.exists() and above.parent != above:
+        above = above.parent
+    if not above.is_dir():
+        msg = f"cannot write {out}: {above} is a file, not a folder"
+        raise NotADirectoryError(msg)
     try:
         make_dirs(out.parent)
         with deferred_signals():  # the probe file is gone before a signal stops the run
@@ -53,6 +59,10 @@ def read_input(paths, *, all_channels: bool = False, compensate: bool = False):
         )
         raise ValueError(msg)
     if fcs:
+        folders = [str(p) for p in paths if Path(p).is_dir()]
+        if folders:
+            msg = f"input {', '.join(folders)}: a folder, not an FCS file"
+            raise IsADirectoryError(msg)
         missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing:
             msg = f"input file not found: {', '.join(missing)}"

@@ -55,6 +55,9 @@ def _read_one(path: Path, *, compensate: bool = False) -> AnnData:
         msg = "scae.pp.read_fcs needs the readfcs package: pip install 'scae[fcs]'"
         raise ImportError(msg) from e
 
+    if path.is_dir():
+        msg = f"{str(path)!r} is a folder, not an FCS file"
+        raise IsADirectoryError(msg)
     if not path.is_file():
         msg = f"FCS file {str(path)!r} not found"
         raise FileNotFoundError(msg)

@@ -116,3 +116,15 @@ def test_a_signal_after_a_finished_run_exits_0(cells, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert ad.read_h5ad(out).obsm["X_scae"].shape == (600, 2)
+
+
+def test_folders_where_files_go_are_named(cells, tmp_path, capsys):
+    (tmp_path / "d.fcs").mkdir()
+    assert cli.main(["fit", str(tmp_path / "d.fcs"), str(tmp_path / "o.h5ad")]) == 1
+    assert "d.fcs: a folder, not an FCS file" in capsys.readouterr().err
+    with pytest.raises(IsADirectoryError, match=r"d\.fcs' is a folder, not an FCS file"):
+        scae.pp.read_fcs(tmp_path / "d.fcs")
+    assert cli.main(["fit", str(cells), str(cells / "o.h5ad")]) == 1  # OUT inside a file
+    assert "cells.h5ad is a file, not a folder" in capsys.readouterr().err
+    assert cli.main(["fit", str(cells), str(tmp_path / "o.h5ad"), "--fcs-dir", str(cells)]) == 1
+    assert "cells.h5ad is a file, not a folder" in capsys.readouterr().err
