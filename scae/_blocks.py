@@ -141,7 +141,9 @@ def validate_and_moments(X, blocks: list[Block], *, where: str, validate: bool =
 
 
 def validate_values(X, blocks: list[Block], *, where: str) -> None:
-    """The value checks of :func:`validate_and_moments` alone (no moments: new cells of a trained model)."""
+    """The value checks of :func:`validate_and_moments` alone, for new cells of a trained model (a backed matrix is
+    checked in the one pass of :func:`validate_and_moments`, its moments then dropped).
+    """
     if _backed.is_backed(X):
         validate_and_moments(X, blocks, where=where)
         return

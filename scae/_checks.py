@@ -205,8 +205,8 @@ def gene_sets(name: str, value) -> None:
 MODEL_JSON = "model.json"
 
 
-def model_folder_problem(path) -> str | None:
-    """Why the folder ``path`` cannot receive a saved model, or ``None``; nothing is created.
+def model_folder_problem(path) -> OSError | None:
+    """Why the folder ``path`` cannot receive a saved model (the error to raise), or ``None``; nothing is created.
 
     An existing ``path`` must be a folder that is empty or holds a model, in a writable folder (it is replaced by
     a rename, its other files moved into the new one); a new one needs a writable nearest existing folder above
@@ -216,17 +216,17 @@ def model_folder_problem(path) -> str | None:
     exists = os.path.exists(path)
     if exists:
         if not os.path.isdir(path):
-            return f"{path} exists and is not a folder"
+            return FileExistsError(f"{path} exists and is not a folder")
         if os.listdir(path) and not os.path.isfile(os.path.join(path, MODEL_JSON)):
-            return f"{path} exists and is not a scae model folder; refusing to replace it"
+            return FileExistsError(f"{path} exists and is not a scae model folder; refusing to replace it")
         if not os.access(path, os.W_OK | os.X_OK):
-            return f"{path} cannot be replaced: it is not writable"
+            return PermissionError(f"{path} cannot be replaced: it is not writable")
     parent = os.path.dirname(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     verb = "replaced" if exists else "made"
     if not os.path.isdir(parent):
-        return f"{path} cannot be {verb}: {parent} is a file"
+        return NotADirectoryError(f"{path} cannot be {verb}: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path} cannot be {verb}: {parent} is not writable"
+        return PermissionError(f"{path} cannot be {verb}: {parent} is not writable")
     return None

@@ -127,9 +127,8 @@ def write_contract(
     run under the same prefix that this run does not write (:func:`stale_outputs`) are removed: a refit
     without ``batch_key`` must not leave the old corrected layer for :func:`scae.tl.cluster` to re-cut.
     """
-    stale = stale_outputs(adata, key, codes=codes is not None, layers=layers, gene_sets=gene_sets is not None)
-    fitted_layer = record.get("params", {}).get("layer")  # (a fit on an earlier run's imputed layer keeps it)
-    for slot, name in [(slot, name) for slot, name in stale if (slot, name) != ("layers", fitted_layer)]:
+    written = {"codes": codes is not None, "layers": layers, "gene_sets": gene_sets is not None}
+    for slot, name in stale_outputs(adata, key, **written, fitted_layer=record.get("params", {}).get("layer")):
         del getattr(adata, slot)[name]
     adata.obsm[f"X_{key}"] = embedding
     if codes is not None:
@@ -143,8 +142,11 @@ def write_contract(
     adata.uns[key] = record
 
 
-def stale_outputs(adata, key: str, *, codes: bool, layers: dict | None, gene_sets: bool) -> list[tuple[str, str]]:
-    """``(slot, name)`` of the outputs under prefix ``key`` in ``adata`` that a run writing these will not replace.
+def stale_outputs(
+    adata, key: str, *, codes: bool, layers: dict | None, gene_sets: bool, fitted_layer: str | None = None
+) -> list[tuple[str, str]]:
+    """``(slot, name)`` of the outputs under prefix ``key`` in ``adata`` that a run writing these will not replace;
+    never ``fitted_layer``, the layer the run read (a fit on an earlier run's imputed values keeps it).
 
     Only the optional outputs of the contract: codes, the ``{key}_imputed`` / ``{key}_corrected`` layers and the
     gene-set activities and weights (the embedding, clusters and ``uns`` entry are always written), and the
@@ -154,5 +156,6 @@ def stale_outputs(adata, key: str, *, codes: bool, layers: dict | None, gene_set
     wanted[("varm", f"{key}_gene_set_weights")] = gene_sets
     wanted[("uns", f"{key}_rank_gene_sets")] = False
     for suffix in ("imputed", "corrected"):
-        wanted[("layers", f"{key}_{suffix}")] = f"{key}_{suffix}" in (layers or {})
+        name = f"{key}_{suffix}"
+        wanted[("layers", name)] = name in (layers or {}) or name == fitted_layer
     return [(slot, name) for (slot, name), kept in wanted.items() if not kept and name in getattr(adata, slot)]

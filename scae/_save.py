@@ -109,7 +109,7 @@ def _atomic_dir(path: Path, overwrite: bool):
                 msg = f"{path} exists; pass overwrite=True to replace it"
                 raise FileExistsError(msg)
             if path.exists() and (problem := model_folder_problem(path)) is not None:
-                raise (PermissionError if problem.endswith("not writable") else FileExistsError)(problem)
+                raise problem
             make_dirs(path.parent)
             with deferred_signals():  # a signal now is acted on in __exit__, which removes the folder
                 self.tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
